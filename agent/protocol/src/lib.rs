@@ -1,0 +1,143 @@
+//! The one place that defines what crosses the wire between the `gpuctl` controller and
+//! `gpuctl-agent`: the agent's config file, its status answer, and its final record.
+//!
+//! Serde only, so both sides (and nothing else) depend on it. Changing a field here is a
+//! protocol change: bump [`PROTOCOL_VERSION`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a type below changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Written by the controller, read by the agent at start (`gpuctl-agent serve --config FILE`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub protocol: u32,
+    pub session_id: String,
+    /// The absolute moment the agent stops serving, whatever the controller does.
+    pub deadline: DateTime<Utc>,
+    /// Evidence is flushed this many seconds before the deadline.
+    pub grace_secs: u64,
+    /// Port on 127.0.0.1 where the agent serves its API.
+    pub listen_port: u16,
+    /// File holding the bearer token every request must present (never the token itself).
+    pub token_file: String,
+    /// Folder where the agent writes its evidence files.
+    pub evidence_dir: String,
+    pub model: ModelConfig,
+    /// What the agent runs on the host after it stops serving at the deadline.
+    #[serde(default)]
+    pub stop_action: StopAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: String,
+    pub runtime: Runtime,
+    /// Weights on the host (candle).
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The full server command (runtime = command).
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// How the model is served.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Candle,
+    Vllm,
+    Sglang,
+    Command,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 4] = [
+        Runtime::Candle,
+        Runtime::Vllm,
+        Runtime::Sglang,
+        Runtime::Command,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Candle => "candle",
+            Runtime::Vllm => "vllm",
+            Runtime::Sglang => "sglang",
+            Runtime::Command => "command",
+        }
+    }
+}
+
+/// The agent's own last act at the deadline, run on the host with no network needed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "argv")]
+pub enum StopAction {
+    /// Stop serving and exit.
+    #[default]
+    Exit,
+    /// Run this command (for example `sudo shutdown -h now` on a host the engineer owns).
+    Command(Vec<String>),
+}
+
+/// Answer of the agent's `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    pub protocol: u32,
+    pub session_id: String,
+    pub version: String,
+    pub ready: bool,
+    pub model: String,
+    pub deadline: DateTime<Utc>,
+}
+
+/// The agent's final record, written before it exits (`final_record.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinalRecord {
+    pub session_id: String,
+    pub stopped_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub reason: StopReason,
+    /// What was stopped: the server, child processes with their PIDs.
+    pub stopped: Vec<String>,
+    /// The stop action's outcome, when one ran.
+    pub stop_action: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Deadline,
+    Signal,
+    Requested,
+    ServerFailed,
+}
+
+/// The evidence files the agent produces, by their names in the bundle.
+pub mod evidence_files {
+    pub const ENVIRONMENT_REPORT: &str = "environment_report.txt";
+    pub const REQUESTS: &str = "requests.jsonl";
+    pub const GPU_METRICS: &str = "gpu_metrics.csv";
+    pub const AGENT_LOG: &str = "agent.log";
+    pub const FINAL_RECORD: &str = "final_record.json";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_action_round_trips() {
+        let a = StopAction::Command(vec!["sudo".into(), "poweroff".into()]);
+        let json = serde_json::to_string(&a).expect("serialize");
+        assert_eq!(json, r#"{"kind":"command","argv":["sudo","poweroff"]}"#);
+        let back: StopAction = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, a);
+    }
+}

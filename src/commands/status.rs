@@ -1,0 +1,54 @@
+//! `gpuctl status [ID]`: one session in full, with its events.
+
+use super::{open_db, usd};
+use crate::cli::StatusArgs;
+use crate::exit::Exit;
+use crate::session::SessionState;
+
+pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
+    let db = open_db()?;
+    let session = match &args.id {
+        Some(id) => db.get_session(id)?,
+        None => match db.latest_session()? {
+            Some(s) => s,
+            None => {
+                eprintln!("no sessions in {}", db.path().display());
+                return Ok(Exit::Done);
+            }
+        },
+    };
+    let events = db.events(&session.id)?;
+    if args.json {
+        let doc = serde_json::json!({ "session": session, "events": events });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let s = &session;
+        println!("session   {}", s.id);
+        println!("plan      {} (sha256 {}{})", s.plan_name, &s.plan_sha256[..12.min(s.plan_sha256.len())],
+            s.plan_git_commit.as_ref().map(|c| format!(", git {}{}", &c[..12.min(c.len())], if s.plan_git_dirty == Some(true) { " + local changes" } else { "" })).unwrap_or_default());
+        println!("route     {} on {}{}", s.route, s.provider, s.instance_type.as_ref().map(|t| format!(" ({t})")).unwrap_or_default());
+        let state = if s.state == SessionState::StopUnconfirmed { "STOP_UNCONFIRMED: the provider has not confirmed the stop; it may still bill".to_string() } else { s.state.to_string() };
+        println!("state     {state}");
+        println!("created   {}", s.created_at.to_rfc3339());
+        println!("deadline  {} ({})", s.deadline.to_rfc3339(), s.stop_cause);
+        if let Some(end) = s.ended_at {
+            println!("ended     {}", end.to_rfc3339());
+        }
+        println!("price     {}/h, budget {}/h and {} in total", usd(s.price_usd_per_hour), usd(s.hourly_budget_usd), usd(s.max_total_usd));
+        println!("cost      {}", usd(s.cost_usd));
+        if let Some(r) = &s.stop_reason {
+            println!("stopped   {r}");
+        }
+        if let Some(r) = &s.failure_reason {
+            println!("failure   {r}");
+        }
+        if let Some(d) = &s.evidence_dir {
+            println!("evidence  {d}");
+        }
+        println!("events:");
+        for e in &events {
+            println!("  {} {:<8} {}", e.at.format("%H:%M:%S%.3f"), e.kind, e.message);
+        }
+    }
+    Ok(if session.state == SessionState::StopUnconfirmed { Exit::StopUnconfirmed } else { Exit::Done })
+}

@@ -1,0 +1,82 @@
+//! Versioned migrations, tracked in `PRAGMA user_version`. Append only: a released
+//! migration is never edited, because teams' databases already hold it.
+
+use super::{Db, DbError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, events, evidence manifest.
+    r#"
+    CREATE TABLE sessions (
+        id                      TEXT PRIMARY KEY,
+        plan_name               TEXT NOT NULL,
+        plan_sha256             TEXT NOT NULL,
+        plan_text               TEXT NOT NULL,
+        plan_path               TEXT,
+        plan_git_commit         TEXT,
+        plan_git_dirty          INTEGER,
+        owner                   TEXT,
+        route                   TEXT NOT NULL,
+        provider                TEXT NOT NULL,
+        instance_type           TEXT,
+        region                  TEXT,
+        instance_id             TEXT,
+        host                    TEXT,
+        host_key_fingerprint    TEXT,
+        price_usd_per_hour      REAL,
+        catalog_price_usd_per_hour REAL,
+        hourly_budget_usd       REAL,
+        max_total_usd           REAL,
+        created_at              TEXT NOT NULL,
+        launched_at             TEXT,
+        deadline                TEXT NOT NULL,
+        stop_cause              TEXT NOT NULL,
+        ended_at                TEXT,
+        state                   TEXT NOT NULL,
+        stop_reason             TEXT,
+        failure_reason          TEXT,
+        cost_usd                REAL,
+        controller_pid          INTEGER,
+        evidence_dir            TEXT,
+        updated_at              TEXT NOT NULL
+    );
+    CREATE INDEX sessions_state ON sessions(state);
+    CREATE INDEX sessions_created ON sessions(created_at);
+    CREATE INDEX sessions_plan ON sessions(plan_name);
+
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL REFERENCES sessions(id),
+        at          TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        state       TEXT,
+        message     TEXT NOT NULL,
+        data        TEXT
+    );
+    CREATE INDEX events_session ON events(session_id, id);
+
+    CREATE TABLE evidence (
+        session_id  TEXT NOT NULL REFERENCES sessions(id),
+        path        TEXT NOT NULL,
+        sha256      TEXT,
+        size        INTEGER,
+        status      TEXT NOT NULL,
+        PRIMARY KEY (session_id, path)
+    );
+    "#,
+];
+
+pub fn migrate(db: &mut Db) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let path = db.path.clone();
+    let sql = |source| DbError::Sql { path: path.clone(), source };
+    let tx = db.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+    if current > known {
+        return Err(DbError::TooNew { path: path.clone(), found: current, known });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(migration).map_err(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1).map_err(sql)?;
+    }
+    tx.commit().map_err(sql)
+}

@@ -1,0 +1,265 @@
+//! Session rows and their events.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{Db, DbError};
+use crate::session::SessionState;
+
+/// What `up` records before anything is launched.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: String,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    pub plan_text: String,
+    pub plan_path: Option<String>,
+    pub plan_git_commit: Option<String>,
+    pub plan_git_dirty: Option<bool>,
+    pub owner: Option<String>,
+    pub route: String,
+    pub provider: String,
+    pub instance_type: Option<String>,
+    pub region: Option<String>,
+    pub price_usd_per_hour: Option<f64>,
+    pub catalog_price_usd_per_hour: Option<f64>,
+    pub hourly_budget_usd: Option<f64>,
+    pub max_total_usd: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub stop_cause: String,
+    pub controller_pid: Option<u32>,
+    pub evidence_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    #[serde(skip)]
+    pub plan_text: String,
+    pub plan_path: Option<String>,
+    pub plan_git_commit: Option<String>,
+    pub plan_git_dirty: Option<bool>,
+    pub owner: Option<String>,
+    pub route: String,
+    pub provider: String,
+    pub instance_type: Option<String>,
+    pub region: Option<String>,
+    pub instance_id: Option<String>,
+    pub host: Option<String>,
+    pub host_key_fingerprint: Option<String>,
+    pub price_usd_per_hour: Option<f64>,
+    pub catalog_price_usd_per_hour: Option<f64>,
+    pub hourly_budget_usd: Option<f64>,
+    pub max_total_usd: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub deadline: DateTime<Utc>,
+    pub stop_cause: String,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub state: SessionState,
+    pub stop_reason: Option<String>,
+    pub failure_reason: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub controller_pid: Option<u32>,
+    pub evidence_dir: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub state: Option<SessionState>,
+    pub message: String,
+}
+
+const COLUMNS: &str = "id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at";
+
+fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn time(row: &Row, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let s: String = row.get(idx)?;
+    DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(|e| bad_column(idx, e))
+}
+
+fn opt_time(row: &Row, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let s: Option<String> = row.get(idx)?;
+    s.map(|s| DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(|e| bad_column(idx, e)))
+        .transpose()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StateError(String);
+
+fn state(row: &Row, idx: usize) -> rusqlite::Result<SessionState> {
+    let s: String = row.get(idx)?;
+    s.parse().map_err(|e: String| bad_column(idx, StateError(e)))
+}
+
+fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        plan_name: row.get(1)?,
+        plan_sha256: row.get(2)?,
+        plan_text: row.get(3)?,
+        plan_path: row.get(4)?,
+        plan_git_commit: row.get(5)?,
+        plan_git_dirty: row.get(6)?,
+        owner: row.get(7)?,
+        route: row.get(8)?,
+        provider: row.get(9)?,
+        instance_type: row.get(10)?,
+        region: row.get(11)?,
+        instance_id: row.get(12)?,
+        host: row.get(13)?,
+        host_key_fingerprint: row.get(14)?,
+        price_usd_per_hour: row.get(15)?,
+        catalog_price_usd_per_hour: row.get(16)?,
+        hourly_budget_usd: row.get(17)?,
+        max_total_usd: row.get(18)?,
+        created_at: time(row, 19)?,
+        launched_at: opt_time(row, 20)?,
+        deadline: time(row, 21)?,
+        stop_cause: row.get(22)?,
+        ended_at: opt_time(row, 23)?,
+        state: state(row, 24)?,
+        stop_reason: row.get(25)?,
+        failure_reason: row.get(26)?,
+        cost_usd: row.get(27)?,
+        controller_pid: row.get(28)?,
+        evidence_dir: row.get(29)?,
+        updated_at: time(row, 30)?,
+    })
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Db {
+    /// Record a new session in state `planned`, with its first event, in one transaction.
+    pub fn insert_session(&mut self, s: &NewSession) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            &format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13, ?14, ?15, ?16, ?17, NULL, ?18, ?19, NULL, ?20, NULL, NULL, NULL, ?21, ?22, ?17)"),
+            params![
+                s.id, s.plan_name, s.plan_sha256, s.plan_text, s.plan_path, s.plan_git_commit, s.plan_git_dirty, s.owner,
+                s.route, s.provider, s.instance_type, s.region, s.price_usd_per_hour, s.catalog_price_usd_per_hour,
+                s.hourly_budget_usd, s.max_total_usd, ts(s.created_at), ts(s.deadline), s.stop_cause,
+                SessionState::Planned.as_str(), s.controller_pid, s.evidence_dir,
+            ],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO events (session_id, at, kind, state, message) VALUES (?1, ?2, 'state', ?3, ?4)",
+            params![s.id, ts(s.created_at), SessionState::Planned.as_str(), format!("session recorded; deadline {}", ts(s.deadline))],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// Move a session to `state`, with an event saying why, in one transaction.
+    pub fn transition(&mut self, id: &str, state: SessionState, message: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let n = tx
+            .execute("UPDATE sessions SET state = ?2, updated_at = ?3 WHERE id = ?1", params![id, state.as_str(), ts(at)])
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(DbError::NotFound(id.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO events (session_id, at, kind, state, message) VALUES (?1, ?2, 'state', ?3, ?4)",
+            params![id, ts(at), state.as_str(), message],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    pub fn add_event(&self, id: &str, kind: &str, message: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        self.conn
+            .execute("INSERT INTO events (session_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)", params![id, ts(at), kind, message])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// All sessions, what may still bill first, then newest first.
+    pub fn list_sessions(&self, limit: Option<usize>) -> Result<Vec<SessionRecord>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM sessions ORDER BY created_at DESC LIMIT ?1"))
+            .map_err(|e| self.err(e))?;
+        let limit = limit.map(|l| l as i64).unwrap_or(-1);
+        let rows = stmt.query_map([limit], session_from_row).map_err(|e| self.err(e))?;
+        let mut sessions = rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))?;
+        sessions.sort_by_key(|s| s.state.display_rank());
+        Ok(sessions)
+    }
+
+    /// A session by id or unique id prefix.
+    pub fn get_session(&self, id: &str) -> Result<SessionRecord, DbError> {
+        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1 OR id LIKE ?2 ORDER BY id = ?1 DESC LIMIT 2"))
+            .map_err(|e| self.err(e))?;
+        let found = stmt
+            .query_map(params![id, pattern], session_from_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        match found.as_slice() {
+            [] => Err(DbError::NotFound(id.to_string())),
+            [one] => Ok(one.clone()),
+            [first, ..] if first.id == id => Ok(first.clone()),
+            _ => Err(DbError::Ambiguous(id.to_string())),
+        }
+    }
+
+    /// The most recent session, live ones first.
+    pub fn latest_session(&self) -> Result<Option<SessionRecord>, DbError> {
+        Ok(self.list_sessions(None)?.into_iter().next())
+    }
+
+    pub fn events(&self, id: &str) -> Result<Vec<EventRecord>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, kind, state, message FROM events WHERE session_id = ?1 ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |row| {
+                let st: Option<String> = row.get(2)?;
+                Ok(EventRecord {
+                    at: time(row, 0)?,
+                    kind: row.get(1)?,
+                    state: st.map(|s| s.parse().map_err(|e: String| bad_column(2, StateError(e)))).transpose()?,
+                    message: row.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn count_sessions(&self) -> Result<i64, DbError> {
+        self.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).map_err(|e| self.err(e))
+    }
+
+    /// Read an optional value; used by tests and diagnostics.
+    pub fn session_exists(&self, id: &str) -> Result<bool, DbError> {
+        self.conn
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,12 @@
+//! gpuctl: run one bounded LLM experiment on rented compute and prove that it stopped.
+//!
+//! The binary is a thin shell over this library (see ARCHITECTURE.md): `cli` parses,
+//! `commands` runs one subcommand each, and the concerns live in their own modules.
+
+pub mod cli;
+pub mod commands;
+pub mod db;
+pub mod exit;
+pub mod home;
+pub mod plan;
+pub mod session;

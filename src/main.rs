@@ -1,0 +1,17 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = gpuctl::cli::Cli::parse();
+    match gpuctl::commands::run(cli) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            gpuctl::exit::Exit::Failed.into()
+        }
+    }
+}
