@@ -184,10 +184,10 @@ fn read_plan(mut root: TableView, cx: &mut Ctx, plan_dir: Option<&Path>, now: Da
     let head = { let t = root.table(cx, "plan"); read_head(cx, t) };
     let model = { let t = root.table(cx, "model"); read_model(cx, t) };
     let instance = { let t = root.table(cx, "instance"); read_instance(cx, t, head.as_ref().map(|h| h.route)) };
-    let budget = { let t = root.table(cx, "budget"); read_budget(cx, t) };
+    let budget = { let t = root.table(cx, "budget"); read_budget(cx, t, head.as_ref().map(|h| h.route)) };
     let stop = { let t = root.table(cx, "stop"); read_stop(cx, t, now) };
     let fallback = { let t = root.table(cx, "fallback"); read_fallback(cx, t) };
-    let access = { let t = root.table(cx, "access"); read_access(cx, t) };
+    let access = { let t = root.table(cx, "access"); read_access(cx, t, head.as_ref().map(|h| h.route)) };
     let evidence = { let t = root.table(cx, "evidence"); read_evidence(cx, t) };
     let eval = { let t = root.table(cx, "eval"); read_eval(cx, t, plan_dir) };
     root.finish(cx);
@@ -218,13 +218,10 @@ fn read_plan(mut root: TableView, cx: &mut Ctx, plan_dir: Option<&Path>, now: Da
         why: head.why.map(|w| w.span),
         provider: instance.provider_span,
         price: instance.price_span,
-        hourly: budget.hourly_span,
         total: budget.total_span,
-        budget_table: budget.table_span,
         on_stop: stop.on_stop_span,
         fallback_route: fallback.route_span,
         access_table: access.table_span,
-        method: access.method_span,
         proof: evidence.proof_span,
         gpus: instance.gpus_span,
     };
@@ -434,9 +431,7 @@ pub fn is_fingerprint(s: &str) -> bool {
 
 struct BudgetRead {
     spec: Budget,
-    hourly_span: Range<usize>,
     total_span: Range<usize>,
-    table_span: Range<usize>,
 }
 
 fn money(cx: &mut Ctx, t: &mut TableView, key: &'static str, max: f64) -> Option<Sp<f64>> {
@@ -460,16 +455,23 @@ fn money(cx: &mut Ctx, t: &mut TableView, key: &'static str, max: f64) -> Option
     Some(v)
 }
 
-fn read_budget(cx: &mut Ctx, mut t: TableView) -> Option<BudgetRead> {
+fn read_budget(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<BudgetRead> {
     let hourly = money(cx, &mut t, "hourly_usd", MAX_HOURLY_USD);
     let total = money(cx, &mut t, "max_total_usd", MAX_TOTAL_USD);
+    if route == Some(Route::RentedGpu) {
+        let why = "a rented GPU bills by the hour; without a budget nothing bounds the bill";
+        if hourly.is_none() && t.raw("hourly_usd").is_none() {
+            missing(cx, &t, "hourly_usd", why, "add `hourly_usd = 1.10` under [budget] (offers above it are refused)");
+        }
+        if total.is_none() && t.raw("max_total_usd").is_none() {
+            missing(cx, &t, "max_total_usd", why, "add `max_total_usd = 5.00` under [budget] (the session stops before spending more)");
+        }
+    }
     let table_span = t.missing_span();
     t.finish(cx);
     Some(BudgetRead {
         spec: Budget { hourly_usd: hourly.as_ref().map(|h| h.value), max_total_usd: total.as_ref().map(|v| v.value) },
-        hourly_span: hourly.map(|h| h.span).unwrap_or_else(|| table_span.clone()),
-        total_span: total.map(|v| v.span).unwrap_or_else(|| table_span.clone()),
-        table_span,
+        total_span: total.map(|v| v.span).unwrap_or(table_span),
     })
 }
 
@@ -622,11 +624,21 @@ fn parse_capacity_target(s: &str) -> Result<CapacityTarget, String> {
 struct AccessRead {
     spec: Access,
     table_span: Range<usize>,
-    method_span: Range<usize>,
 }
 
-fn read_access(cx: &mut Ctx, mut t: TableView) -> Option<AccessRead> {
+fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<AccessRead> {
     let method = optional(cx, &mut t, "method");
+    if route == Some(Route::RentedGpu) && method.is_none() && t.raw("method").is_none() {
+        missing(cx, &t, "method", "rented hosts are reached by SSH key only; passwords are never used", "add `method = \"ssh_key\"` and `identity_file = \"~/.ssh/id_ed25519\"` under [access]");
+    }
+    let declared_ports = t.raw("ports").is_some_and(|v| !matches!(v.get_ref(), toml::de::DeValue::Array(a) if a.is_empty()));
+    if !declared_ports && route.is_some_and(|r| r != Route::FreeColab) {
+        let span = t.raw("ports").map(|v| v.span()).unwrap_or_else(|| t.missing_span());
+        cx.push(
+            Problem::error(t.field("ports"), span, "no port is forwarded, so the served API cannot be reached")
+                .fix("add `ports = [{ local = 8000, remote = 8000 }]` under [access] (the first entry is the served API)"),
+        );
+    }
     if let Some(m) = &method {
         if m.value != "ssh_key" {
             cx.push(
@@ -681,7 +693,6 @@ fn read_access(cx: &mut Ctx, mut t: TableView) -> Option<AccessRead> {
     t.finish(cx);
     Some(AccessRead {
         spec: Access { method: method.as_ref().map(|m| m.value.clone()), identity_file: identity_file.map(|i| i.value), ports, public_ports },
-        method_span: method.map(|m| m.span).unwrap_or_else(|| table_span.clone()),
         table_span,
     })
 }
@@ -805,13 +816,10 @@ struct Spans {
     why: Option<Range<usize>>,
     provider: Range<usize>,
     price: Range<usize>,
-    hourly: Range<usize>,
     total: Range<usize>,
-    budget_table: Range<usize>,
     on_stop: Range<usize>,
     fallback_route: Range<usize>,
     access_table: Range<usize>,
-    method: Range<usize>,
     proof: Range<usize>,
     gpus: Range<usize>,
 }
@@ -849,31 +857,9 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
         );
     }
     if plan.route == Route::RentedGpu {
-        for (key, value, span) in [("hourly_usd", plan.budget.hourly_usd, &s.hourly), ("max_total_usd", plan.budget.max_total_usd, &s.total)] {
-            if value.is_none() {
-                cx.push(
-                    Problem::error(format!("budget.{key}"), if span == &s.budget_table { s.budget_table.clone() } else { span.clone() }, format!("required field `{key}` is missing"))
-                        .why("a rented GPU bills by the hour; without a budget nothing bounds the bill")
-                        .fix(if key == "hourly_usd" { "add a [budget] section with `hourly_usd = 1.10` (offers above it are refused)" } else { "add `max_total_usd = 5.00` under [budget] (the session stops before spending more)" }),
-                );
-            }
-        }
-        if plan.access.method.is_none() {
-            cx.push(
-                Problem::error("access.method", s.method.clone(), if s.method == s.access_table && plan.access.ports.is_empty() { "required field `method` is missing" } else { "required field `method` is missing" })
-                    .why("rented hosts are reached by SSH key only; passwords are never used")
-                    .fix("add an [access] section with `method = \"ssh_key\"` and `identity_file = \"~/.ssh/id_ed25519\"`"),
-            );
-        }
         if plan.instance.gpus == 0 {
             cx.push(Problem::warning("instance.gpus", s.gpus.clone(), "is 0 on route rented_gpu").fix("set `gpus = 1` or more, or use route local_cpu"));
         }
-    }
-    if plan.access.ports.is_empty() && plan.route != Route::FreeColab {
-        cx.push(
-            Problem::error("access.ports", s.access_table.clone(), "no port is forwarded, so the served API cannot be reached")
-                .fix("add `ports = [{ local = 8000, remote = 8000 }]` under [access] (the first entry is the served API)"),
-        );
     }
     if !plan.access.public_ports.is_empty() {
         cx.push(Problem::warning("access.public_ports", s.access_table.clone(), "this plan opens public ports; `gpuctl up` refuses it without --allow-public-ports").why("a public port exposes the model, and your bill, to anyone who finds it"));
@@ -926,7 +912,7 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
                     Problem::error("budget.max_total_usd", s.total.clone(), format!("${:.2} buys only {} at ${price:.2}/h, not more than the grace period", plan.budget.max_total_usd.unwrap_or_default(), humantime::format_duration(Duration::from_secs(runway.as_secs()))))
                         .fix("raise max_total_usd or use a cheaper host"),
                 );
-            } else if cause == StopCause::Budget {
+            } else if cause == StopCause::Budget && (plan.stop.hard_stop_time.is_some() || plan.stop.max_duration.is_some()) {
                 cx.push(Problem::warning("budget.max_total_usd", s.total.clone(), format!("the budget ends the session first: ${:.2} at ${price:.2}/h lasts {}", plan.budget.max_total_usd.unwrap_or_default(), humantime::format_duration(Duration::from_secs(runway.as_secs())))));
             }
         }
