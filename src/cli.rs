@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "gpuctl", version, about = "Run one bounded LLM experiment on rented compute and prove that it stopped")]
+#[command(
+    name = "gpuctl",
+    version,
+    about = "Run one bounded LLM experiment on rented compute and prove that it stopped"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -23,9 +23,37 @@ impl Rng {
 }
 
 const FRAGMENTS: &[&str] = &[
-    "\"", "[", "]", "{", "}", "=", "\n", "#", "'''", "\"\"\"", "\\u{0}", "1e999", "-0", "nan", "inf",
-    "2026-13-45T99:99:99Z", "[[eval.case]]", "[plan]", "a.b.c = 1", "é", "\u{202e}", "0x7fffffffffffffff",
-    "99999999999999999999", "true", "[]", "{ local = 0 }", "sk-", "-----BEGIN", "  ", "\t", "\r\n",
+    "\"",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    "\n",
+    "#",
+    "'''",
+    "\"\"\"",
+    "\\u{0}",
+    "1e999",
+    "-0",
+    "nan",
+    "inf",
+    "2026-13-45T99:99:99Z",
+    "[[eval.case]]",
+    "[plan]",
+    "a.b.c = 1",
+    "é",
+    "\u{202e}",
+    "0x7fffffffffffffff",
+    "99999999999999999999",
+    "true",
+    "[]",
+    "{ local = 0 }",
+    "sk-",
+    "-----BEGIN",
+    "  ",
+    "\t",
+    "\r\n",
 ];
 
 #[test]
@@ -72,11 +100,17 @@ fn mutated_plans_never_panic() {
         };
         if checked.plan.is_none() {
             refused += 1;
-            assert!(checked.errors().next().is_some(), "a plan without a verdict must say why");
+            assert!(
+                checked.errors().next().is_some(),
+                "a plan without a verdict must say why"
+            );
         }
         for p in &checked.problems {
             assert!(p.line >= 1 && p.column >= 1, "unlocated problem: {p}");
         }
     }
-    assert!(refused > 1000, "mutations should mostly be refused, got {refused}");
+    assert!(
+        refused > 1000,
+        "mutations should mostly be refused, got {refused}"
+    );
 }

@@ -53,7 +53,10 @@ fn a_killed_writer_leaves_a_sound_database() {
         let mut lines = BufReader::new(stdout).lines();
         // Let it commit a batch, then kill it in the middle of whatever it is writing.
         for _ in 0..(40 + round * 17) {
-            lines.next().expect("writer ended early").expect("read line");
+            lines
+                .next()
+                .expect("writer ended early")
+                .expect("read line");
         }
         child.kill().expect("SIGKILL the writer");
         child.wait().expect("reap");
@@ -61,14 +64,23 @@ fn a_killed_writer_leaves_a_sound_database() {
         let db = Db::open(&ctx.home()).expect("reopen after kill");
         assert_eq!(db.integrity_check().expect("integrity"), "ok");
         let sessions = db.list_sessions(None).expect("list");
-        assert!(sessions.len() >= 40, "committed sessions were lost: {}", sessions.len());
+        assert!(
+            sessions.len() >= 40,
+            "committed sessions were lost: {}",
+            sessions.len()
+        );
         for s in &sessions {
             let events = db.events(&s.id).expect("events");
             assert!(!events.is_empty(), "session {} has no event", s.id);
             // A row is either fully recorded as planned, or already moved on with its event.
-            assert!(matches!(s.state, SessionState::Planned | SessionState::Stopped));
+            assert!(matches!(
+                s.state,
+                SessionState::Planned | SessionState::Stopped
+            ));
             if s.state == SessionState::Stopped {
-                assert!(events.iter().any(|e| e.state == Some(SessionState::Stopped)));
+                assert!(events
+                    .iter()
+                    .any(|e| e.state == Some(SessionState::Stopped)));
             }
         }
         let ls = ctx.run(["ls", "--json"]);
@@ -81,39 +93,82 @@ fn a_killed_writer_leaves_a_sound_database() {
 fn ls_and_status_show_unconfirmed_stops_first() {
     let ctx = Ctx::new();
     let mut db = Db::open(&ctx.home()).expect("open");
-    db.insert_session(&new_session("20261125-100000-aaaaaa", "done-one")).expect("insert");
-    db.transition("20261125-100000-aaaaaa", SessionState::Stopped, "stopped; proof recorded", Utc::now()).expect("transition");
-    db.insert_session(&new_session("20261125-110000-bbbbbb", "billing-maybe")).expect("insert");
-    db.transition("20261125-110000-bbbbbb", SessionState::StopUnconfirmed, "provider has not confirmed", Utc::now()).expect("transition");
-    db.insert_session(&new_session("20261125-120000-cccccc", "newest")).expect("insert");
+    db.insert_session(&new_session("20261125-100000-aaaaaa", "done-one"))
+        .expect("insert");
+    db.transition(
+        "20261125-100000-aaaaaa",
+        SessionState::Stopped,
+        "stopped; proof recorded",
+        Utc::now(),
+    )
+    .expect("transition");
+    db.insert_session(&new_session("20261125-110000-bbbbbb", "billing-maybe"))
+        .expect("insert");
+    db.transition(
+        "20261125-110000-bbbbbb",
+        SessionState::StopUnconfirmed,
+        "provider has not confirmed",
+        Utc::now(),
+    )
+    .expect("transition");
+    db.insert_session(&new_session("20261125-120000-cccccc", "newest"))
+        .expect("insert");
     drop(db);
 
     let ls = ctx.run(["ls", "--json"]);
     assert_eq!(ls.code, 0);
     let doc = ls.json();
-    assert_eq!(doc[0]["id"], "20261125-110000-bbbbbb", "stop_unconfirmed comes first: {doc:#}");
+    assert_eq!(
+        doc[0]["id"], "20261125-110000-bbbbbb",
+        "stop_unconfirmed comes first: {doc:#}"
+    );
     assert_eq!(doc[0]["state"], "stop_unconfirmed");
-    assert!(doc[0].get("plan_text").is_none(), "ls --json should not dump plan texts");
+    assert!(
+        doc[0].get("plan_text").is_none(),
+        "ls --json should not dump plan texts"
+    );
 
     let text = ctx.run(["ls"]);
-    assert!(text.stdout.lines().nth(1).is_some_and(|l| l.contains("STOP_UNCONFIRMED")), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("STOP_UNCONFIRMED")),
+        "{}",
+        text.stdout
+    );
     assert!(text.stderr.contains("may still bill"));
 
     let status = ctx.run(["status", "20261125-110000"]);
-    assert_eq!(status.code, 4, "status of an unconfirmed stop exits 4: {}", status.stderr);
+    assert_eq!(
+        status.code, 4,
+        "status of an unconfirmed stop exits 4: {}",
+        status.stderr
+    );
     assert!(status.stdout.contains("STOP_UNCONFIRMED"));
     let status = ctx.run(["status", "--json", "20261125-100000-aaaaaa"]);
     assert_eq!(status.code, 0);
     let doc = status.json();
     assert_eq!(doc["session"]["state"], "stopped");
-    assert_eq!(doc["session"]["plan_git_commit"], "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(
+        doc["session"]["plan_git_commit"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
     assert_eq!(doc["events"].as_array().map(|a| a.len()), Some(2));
 
     let ambiguous = ctx.run(["status", "2026"]);
     assert_eq!(ambiguous.code, 1);
-    assert!(ambiguous.stderr.contains("several sessions"), "{}", ambiguous.stderr);
+    assert!(
+        ambiguous.stderr.contains("several sessions"),
+        "{}",
+        ambiguous.stderr
+    );
     let missing = ctx.run(["status", "nope"]);
-    assert!(missing.stderr.contains("no session matches"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no session matches"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
@@ -132,13 +187,20 @@ fn migrations_are_versioned_and_a_newer_database_is_refused() {
     drop(Db::open_path(&path).expect("create"));
     drop(Db::open_path(&path).expect("reopen is a no-op migration"));
     let conn = rusqlite::Connection::open(&path).expect("raw open");
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
     assert_eq!(version, 1);
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
     assert_eq!(mode, "wal");
     conn.pragma_update(None, "user_version", 99).expect("bump");
     drop(conn);
-    assert!(matches!(Db::open_path(&path), Err(DbError::TooNew { found: 99, .. })));
+    assert!(matches!(
+        Db::open_path(&path),
+        Err(DbError::TooNew { found: 99, .. })
+    ));
 }
 
 #[test]

@@ -12,22 +12,53 @@ pub fn report(work_dir: &Path) -> String {
     let _ = writeln!(out, "# environment report");
     let _ = writeln!(out, "generated_at: {}", chrono::Utc::now().to_rfc3339());
     let _ = writeln!(out, "agent: gpuctl-agent {}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(out, "hostname: {}", read_trim("/proc/sys/kernel/hostname").unwrap_or_else(unknown));
+    let _ = writeln!(
+        out,
+        "hostname: {}",
+        read_trim("/proc/sys/kernel/hostname").unwrap_or_else(unknown)
+    );
     let _ = writeln!(out, "os: {}", os_name().unwrap_or_else(unknown));
-    let _ = writeln!(out, "kernel: {}", read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(unknown));
+    let _ = writeln!(
+        out,
+        "kernel: {}",
+        read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(unknown)
+    );
     let _ = writeln!(out, "arch: {}", std::env::consts::ARCH);
-    let _ = writeln!(out, "glibc: {}", command_line("getconf", &["GNU_LIBC_VERSION"]).unwrap_or_else(unknown));
+    let _ = writeln!(
+        out,
+        "glibc: {}",
+        command_line("getconf", &["GNU_LIBC_VERSION"]).unwrap_or_else(unknown)
+    );
     let _ = writeln!(out, "cpu: {}", cpu_model().unwrap_or_else(unknown));
     let _ = writeln!(
         out,
         "cpu_threads: {}",
-        std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| unknown())
+        std::thread::available_parallelism()
+            .map(|n| n.get().to_string())
+            .unwrap_or_else(|_| unknown())
     );
     let (total, available) = memory_kib();
-    let _ = writeln!(out, "memory_total: {}", total.map(gib).unwrap_or_else(unknown));
-    let _ = writeln!(out, "memory_available: {}", available.map(gib).unwrap_or_else(unknown));
-    let _ = writeln!(out, "disk ({}): {}", work_dir.display(), disk(work_dir).unwrap_or_else(unknown));
-    let _ = writeln!(out, "python: {}", command_line("python3", &["--version"]).unwrap_or_else(|| "not found".into()));
+    let _ = writeln!(
+        out,
+        "memory_total: {}",
+        total.map(gib).unwrap_or_else(unknown)
+    );
+    let _ = writeln!(
+        out,
+        "memory_available: {}",
+        available.map(gib).unwrap_or_else(unknown)
+    );
+    let _ = writeln!(
+        out,
+        "disk ({}): {}",
+        work_dir.display(),
+        disk(work_dir).unwrap_or_else(unknown)
+    );
+    let _ = writeln!(
+        out,
+        "python: {}",
+        command_line("python3", &["--version"]).unwrap_or_else(|| "not found".into())
+    );
     out.push_str(&gpu::report());
     out
 }
@@ -41,7 +72,9 @@ fn gib(kib: u64) -> String {
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn os_name() -> Option<String> {
@@ -54,12 +87,19 @@ fn os_name() -> Option<String> {
 fn cpu_model() -> Option<String> {
     let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let model = text.lines().find_map(|l| l.strip_prefix("model name"))?;
-    let flags = text.lines().find_map(|l| l.strip_prefix("flags")).unwrap_or_default();
+    let flags = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .unwrap_or_default();
     let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
         .into_iter()
         .filter(|f| flags.split_whitespace().any(|x| x == *f))
         .collect();
-    Some(format!("{} [{}]", model.trim_start_matches([' ', '\t', ':']), simd.join(" ")))
+    Some(format!(
+        "{} [{}]",
+        model.trim_start_matches([' ', '\t', ':']),
+        simd.join(" ")
+    ))
 }
 
 fn memory_kib() -> (Option<u64>, Option<u64>) {
@@ -67,7 +107,13 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+            .and_then(|v| {
+                v.trim_start_matches(':')
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
     };
     (field("MemTotal"), field("MemAvailable"))
 }
@@ -84,6 +130,13 @@ fn disk(dir: &Path) -> Option<String> {
 
 fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
-    String::from_utf8_lossy(&text).lines().next().map(str::to_string)
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(str::to_string)
 }

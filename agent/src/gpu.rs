@@ -14,7 +14,9 @@ pub fn report() -> String {
             return out;
         }
     };
-    let driver = nvml.sys_driver_version().unwrap_or_else(|e| format!("unknown ({e})"));
+    let driver = nvml
+        .sys_driver_version()
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let cuda = nvml
         .sys_cuda_driver_version()
         .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
@@ -38,7 +40,11 @@ pub fn report() -> String {
             );
         }
         if let Ok(util) = dev.utilization_rates() {
-            let _ = writeln!(out, "gpu {i} utilization: {}% compute, {}% memory", util.gpu, util.memory);
+            let _ = writeln!(
+                out,
+                "gpu {i} utilization: {}% compute, {}% memory",
+                util.gpu, util.memory
+            );
         }
         if let Ok(mw) = dev.power_usage() {
             let _ = writeln!(out, "gpu {i} power: {:.1} W", f64::from(mw) / 1000.0);

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("env-report") => {
-            print!("{}", envreport::report(&std::env::current_dir().unwrap_or_else(|_| "/".into())));
+            print!(
+                "{}",
+                envreport::report(&std::env::current_dir().unwrap_or_else(|_| "/".into()))
+            );
             ExitCode::SUCCESS
         }
         Some("help" | "--help" | "-h") => {

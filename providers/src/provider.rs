@@ -78,7 +78,10 @@ pub trait Provider: Send + Sync {
         &self,
         instance_id: &str,
     ) -> impl Future<Output = Result<InstanceState, ProviderError>> + Send;
-    fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    fn terminate(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
     fn ssh_target(
         &self,
         instance_id: &str,
@@ -95,6 +98,11 @@ mod tests {
         assert_eq!(BillingGranularity::PerSecond.billed(d).as_secs(), 62);
         assert_eq!(BillingGranularity::PerMinute.billed(d).as_secs(), 120);
         assert_eq!(BillingGranularity::PerHour.billed(d).as_secs(), 3600);
-        assert_eq!(BillingGranularity::PerMinute.billed(Duration::ZERO).as_secs(), 0);
+        assert_eq!(
+            BillingGranularity::PerMinute
+                .billed(Duration::ZERO)
+                .as_secs(),
+            0
+        );
     }
 }

@@ -38,7 +38,12 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<Exit> {
                     controller_pid: Some(std::process::id()),
                     evidence_dir: None,
                 })?;
-                db.transition(&id, crate::session::SessionState::Stopped, "debug writer", now)?;
+                db.transition(
+                    &id,
+                    crate::session::SessionState::Stopped,
+                    "debug writer",
+                    now,
+                )?;
                 println!("{i}");
             }
             Ok(Exit::Done)

@@ -19,12 +19,20 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Done);
     }
     let now = Utc::now();
-    println!("{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}", "ID", "PLAN", "ROUTE", "PROVIDER", "STATE", "DEADLINE", "COST");
+    println!(
+        "{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}",
+        "ID", "PLAN", "ROUTE", "PROVIDER", "STATE", "DEADLINE", "COST"
+    );
     for s in &sessions {
         let deadline = if s.state.is_final() {
             s.deadline.format("%Y-%m-%d %H:%M:%S").to_string()
         } else if s.deadline > now {
-            format!("in {}", humantime::format_duration(std::time::Duration::from_secs((s.deadline - now).num_seconds().max(0) as u64)))
+            format!(
+                "in {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (s.deadline - now).num_seconds().max(0) as u64
+                ))
+            )
         } else {
             "PASSED".to_string()
         };
@@ -33,9 +41,21 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         } else {
             s.state.to_string()
         };
-        println!("{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}", s.id, s.plan_name, s.route, s.provider, state, deadline, usd(s.cost_usd));
+        println!(
+            "{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}",
+            s.id,
+            s.plan_name,
+            s.route,
+            s.provider,
+            state,
+            deadline,
+            usd(s.cost_usd)
+        );
     }
-    if sessions.iter().any(|s| s.state == SessionState::StopUnconfirmed) {
+    if sessions
+        .iter()
+        .any(|s| s.state == SessionState::StopUnconfirmed)
+    {
         eprintln!("warning: sessions in STOP_UNCONFIRMED may still bill; the daemon retries until the provider confirms");
     }
     Ok(Exit::Done)

@@ -20,11 +20,18 @@ pub fn new(args: PlanNewArgs) -> anyhow::Result<Exit> {
     match args.output {
         Some(path) => {
             if path.exists() && !args.force {
-                eprintln!("error: {} exists; pass --force to overwrite it", path.display());
+                eprintln!(
+                    "error: {} exists; pass --force to overwrite it",
+                    path.display()
+                );
                 return Ok(Exit::Refused);
             }
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}; fill it in, then run `gpuctl plan check {}`", path.display(), path.display());
+            eprintln!(
+                "wrote {}; fill it in, then run `gpuctl plan check {}`",
+                path.display(),
+                path.display()
+            );
         }
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
@@ -40,13 +47,23 @@ struct FileReport<'a> {
 
 pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
     let now = Utc::now();
-    let checked: Vec<_> = args.plans.iter().map(|p| (p, plan::check_file(p, now))).collect();
-    let refused = |c: &plan::Checked| c.errors().next().is_some() || (args.deny_warnings && c.warnings().next().is_some());
+    let checked: Vec<_> = args
+        .plans
+        .iter()
+        .map(|p| (p, plan::check_file(p, now)))
+        .collect();
+    let refused = |c: &plan::Checked| {
+        c.errors().next().is_some() || (args.deny_warnings && c.warnings().next().is_some())
+    };
     let all_ok = checked.iter().all(|(_, c)| !refused(c));
     if args.json {
         let reports: Vec<FileReport> = checked
             .iter()
-            .map(|(path, c)| FileReport { file: path.display().to_string(), ok: !refused(c), problems: &c.problems })
+            .map(|(path, c)| FileReport {
+                file: path.display().to_string(),
+                ok: !refused(c),
+                problems: &c.problems,
+            })
             .collect();
         let doc = serde_json::json!({ "ok": all_ok, "files": reports });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -58,14 +75,32 @@ pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
             let errors = c.errors().count();
             let warnings = c.warnings().count();
             if refused(c) {
-                eprintln!("{}: refused ({errors} error(s), {warnings} warning(s))", path.display());
+                eprintln!(
+                    "{}: refused ({errors} error(s), {warnings} warning(s))",
+                    path.display()
+                );
             } else if let Some(plan) = &c.plan {
                 let stop = plan
                     .effective_stop(now, plan.declared_price())
-                    .map(|(t, cause)| format!("; started now it would stop at {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), cause.describe()))
+                    .map(|(t, cause)| {
+                        format!(
+                            "; started now it would stop at {} ({})",
+                            t.format("%Y-%m-%d %H:%M:%S UTC"),
+                            cause.describe()
+                        )
+                    })
                     .unwrap_or_default();
-                let warn = if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() };
-                println!("{}: ok ({}, {}{warn}){stop}", path.display(), plan.route, plan.instance.provider);
+                let warn = if warnings > 0 {
+                    format!(", {warnings} warning(s)")
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}: ok ({}, {}{warn}){stop}",
+                    path.display(),
+                    plan.route,
+                    plan.instance.provider
+                );
             }
         }
     }

@@ -24,17 +24,50 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
     } else {
         let s = &session;
         println!("session   {}", s.id);
-        println!("plan      {} (sha256 {}{})", s.plan_name, &s.plan_sha256[..12.min(s.plan_sha256.len())],
-            s.plan_git_commit.as_ref().map(|c| format!(", git {}{}", &c[..12.min(c.len())], if s.plan_git_dirty == Some(true) { " + local changes" } else { "" })).unwrap_or_default());
-        println!("route     {} on {}{}", s.route, s.provider, s.instance_type.as_ref().map(|t| format!(" ({t})")).unwrap_or_default());
-        let state = if s.state == SessionState::StopUnconfirmed { "STOP_UNCONFIRMED: the provider has not confirmed the stop; it may still bill".to_string() } else { s.state.to_string() };
+        println!(
+            "plan      {} (sha256 {}{})",
+            s.plan_name,
+            &s.plan_sha256[..12.min(s.plan_sha256.len())],
+            s.plan_git_commit
+                .as_ref()
+                .map(|c| format!(
+                    ", git {}{}",
+                    &c[..12.min(c.len())],
+                    if s.plan_git_dirty == Some(true) {
+                        " + local changes"
+                    } else {
+                        ""
+                    }
+                ))
+                .unwrap_or_default()
+        );
+        println!(
+            "route     {} on {}{}",
+            s.route,
+            s.provider,
+            s.instance_type
+                .as_ref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default()
+        );
+        let state = if s.state == SessionState::StopUnconfirmed {
+            "STOP_UNCONFIRMED: the provider has not confirmed the stop; it may still bill"
+                .to_string()
+        } else {
+            s.state.to_string()
+        };
         println!("state     {state}");
         println!("created   {}", s.created_at.to_rfc3339());
         println!("deadline  {} ({})", s.deadline.to_rfc3339(), s.stop_cause);
         if let Some(end) = s.ended_at {
             println!("ended     {}", end.to_rfc3339());
         }
-        println!("price     {}/h, budget {}/h and {} in total", usd(s.price_usd_per_hour), usd(s.hourly_budget_usd), usd(s.max_total_usd));
+        println!(
+            "price     {}/h, budget {}/h and {} in total",
+            usd(s.price_usd_per_hour),
+            usd(s.hourly_budget_usd),
+            usd(s.max_total_usd)
+        );
         println!("cost      {}", usd(s.cost_usd));
         if let Some(r) = &s.stop_reason {
             println!("stopped   {r}");
@@ -47,8 +80,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         }
         println!("events:");
         for e in &events {
-            println!("  {} {:<8} {}", e.at.format("%H:%M:%S%.3f"), e.kind, e.message);
+            println!(
+                "  {} {:<8} {}",
+                e.at.format("%H:%M:%S%.3f"),
+                e.kind,
+                e.message
+            );
         }
     }
-    Ok(if session.state == SessionState::StopUnconfirmed { Exit::StopUnconfirmed } else { Exit::Done })
+    Ok(if session.state == SessionState::StopUnconfirmed {
+        Exit::StopUnconfirmed
+    } else {
+        Exit::Done
+    })
 }

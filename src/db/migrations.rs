@@ -68,15 +68,28 @@ const MIGRATIONS: &[&str] = &[
 pub fn migrate(db: &mut Db) -> Result<(), DbError> {
     let known = MIGRATIONS.len() as i64;
     let path = db.path.clone();
-    let sql = |source| DbError::Sql { path: path.clone(), source };
-    let tx = db.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+    let sql = |source| DbError::Sql {
+        path: path.clone(),
+        source,
+    };
+    let tx = db
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
     if current > known {
-        return Err(DbError::TooNew { path: path.clone(), found: current, known });
+        return Err(DbError::TooNew {
+            path: path.clone(),
+            found: current,
+            known,
+        });
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(migration).map_err(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1).map_err(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(sql)?;
     }
     tx.commit().map_err(sql)
 }

@@ -17,13 +17,26 @@ pub use sessions::{EventRecord, NewSession, SessionRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot create the gpuctl data directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the session database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("session database {path}: {source}")]
-    Sql { path: PathBuf, source: rusqlite::Error },
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("the session database {path} was written by a newer gpuctl (schema {found}, this build knows {known}); upgrade gpuctl")]
-    TooNew { path: PathBuf, found: i64, known: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("no session matches {0:?}")]
     NotFound(String),
     #[error("{0:?} matches several sessions; give more of the id")]
@@ -41,23 +54,36 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 impl Db {
     /// Open (creating if needed) `sessions.db` in `home`.
     pub fn open(home: &Path) -> Result<Db, DbError> {
-        std::fs::create_dir_all(home).map_err(|source| DbError::CreateDir { path: home.to_path_buf(), source })?;
+        std::fs::create_dir_all(home).map_err(|source| DbError::CreateDir {
+            path: home.to_path_buf(),
+            source,
+        })?;
         Db::open_path(&home.join("sessions.db"))
     }
 
     pub fn open_path(path: &Path) -> Result<Db, DbError> {
-        let conn = Connection::open(path).map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
-        let mut db = Db { conn, path: path.to_path_buf() };
+        let conn = Connection::open(path).map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
         db.configure()?;
         migrations::migrate(&mut db)?;
         Ok(db)
     }
 
     fn configure(&self) -> Result<(), DbError> {
-        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.err(e))?;
         // WAL: readers never block the writer; synchronous=FULL: a committed state survives power loss.
         self.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            )
             .map_err(|e| self.err(e))
     }
 
@@ -66,11 +92,16 @@ impl Db {
     }
 
     fn err(&self, source: rusqlite::Error) -> DbError {
-        DbError::Sql { path: self.path.clone(), source }
+        DbError::Sql {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// `PRAGMA integrity_check`: "ok" when the file is sound.
     pub fn integrity_check(&self) -> Result<String, DbError> {
-        self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| self.err(e))
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 }

@@ -85,13 +85,19 @@ fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> 
 
 fn time(row: &Row, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
     let s: String = row.get(idx)?;
-    DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(|e| bad_column(idx, e))
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| bad_column(idx, e))
 }
 
 fn opt_time(row: &Row, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
     let s: Option<String> = row.get(idx)?;
-    s.map(|s| DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(|e| bad_column(idx, e)))
-        .transpose()
+    s.map(|s| {
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| bad_column(idx, e))
+    })
+    .transpose()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +106,8 @@ struct StateError(String);
 
 fn state(row: &Row, idx: usize) -> rusqlite::Result<SessionState> {
     let s: String = row.get(idx)?;
-    s.parse().map_err(|e: String| bad_column(idx, StateError(e)))
+    s.parse()
+        .map_err(|e: String| bad_column(idx, StateError(e)))
 }
 
 fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
@@ -147,7 +154,10 @@ impl Db {
     /// Record a new session in state `planned`, with its first event, in one transaction.
     pub fn insert_session(&mut self, s: &NewSession) -> Result<(), DbError> {
         let path = self.path.clone();
-        let sql = |source| DbError::Sql { path: path.clone(), source };
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
             &format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13, ?14, ?15, ?16, ?17, NULL, ?18, ?19, NULL, ?20, NULL, NULL, NULL, ?21, ?22, ?17)"),
@@ -168,12 +178,24 @@ impl Db {
     }
 
     /// Move a session to `state`, with an event saying why, in one transaction.
-    pub fn transition(&mut self, id: &str, state: SessionState, message: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+    pub fn transition(
+        &mut self,
+        id: &str,
+        state: SessionState,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
         let path = self.path.clone();
-        let sql = |source| DbError::Sql { path: path.clone(), source };
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(sql)?;
         let n = tx
-            .execute("UPDATE sessions SET state = ?2, updated_at = ?3 WHERE id = ?1", params![id, state.as_str(), ts(at)])
+            .execute(
+                "UPDATE sessions SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, state.as_str(), ts(at)],
+            )
             .map_err(sql)?;
         if n == 0 {
             return Err(DbError::NotFound(id.to_string()));
@@ -186,9 +208,18 @@ impl Db {
         tx.commit().map_err(sql)
     }
 
-    pub fn add_event(&self, id: &str, kind: &str, message: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+    pub fn add_event(
+        &self,
+        id: &str,
+        kind: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
         self.conn
-            .execute("INSERT INTO events (session_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)", params![id, ts(at), kind, message])
+            .execute(
+                "INSERT INTO events (session_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
+                params![id, ts(at), kind, message],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -197,11 +228,17 @@ impl Db {
     pub fn list_sessions(&self, limit: Option<usize>) -> Result<Vec<SessionRecord>, DbError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM sessions ORDER BY created_at DESC LIMIT ?1"))
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM sessions ORDER BY created_at DESC LIMIT ?1"
+            ))
             .map_err(|e| self.err(e))?;
         let limit = limit.map(|l| l as i64).unwrap_or(-1);
-        let rows = stmt.query_map([limit], session_from_row).map_err(|e| self.err(e))?;
-        let mut sessions = rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit], session_from_row)
+            .map_err(|e| self.err(e))?;
+        let mut sessions = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
         sessions.sort_by_key(|s| s.state.display_rank());
         Ok(sessions)
     }
@@ -234,7 +271,9 @@ impl Db {
     pub fn events(&self, id: &str) -> Result<Vec<EventRecord>, DbError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT at, kind, state, message FROM events WHERE session_id = ?1 ORDER BY id")
+            .prepare(
+                "SELECT at, kind, state, message FROM events WHERE session_id = ?1 ORDER BY id",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([id], |row| {
@@ -242,7 +281,9 @@ impl Db {
                 Ok(EventRecord {
                     at: time(row, 0)?,
                     kind: row.get(1)?,
-                    state: st.map(|s| s.parse().map_err(|e: String| bad_column(2, StateError(e)))).transpose()?,
+                    state: st
+                        .map(|s| s.parse().map_err(|e: String| bad_column(2, StateError(e))))
+                        .transpose()?,
                     message: row.get(3)?,
                 })
             })
@@ -251,7 +292,9 @@ impl Db {
     }
 
     pub fn count_sessions(&self) -> Result<i64, DbError> {
-        self.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).map_err(|e| self.err(e))
+        self.conn
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 
     /// Read an optional value; used by tests and diagnostics.

@@ -49,11 +49,25 @@ impl Checked {
 pub fn check_file(path: &Path, now: DateTime<Utc>) -> Checked {
     match Source::read(path) {
         Ok(source) => {
-            let dir = path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
+            let dir = path.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            });
             let (plan, problems) = validate::check(&source, dir, now);
-            Checked { source: Some(source), plan, problems }
+            Checked {
+                source: Some(source),
+                plan,
+                problems,
+            }
         }
-        Err(problem) => Checked { source: None, plan: None, problems: vec![problem] },
+        Err(problem) => Checked {
+            source: None,
+            plan: None,
+            problems: vec![*problem],
+        },
     }
 }
 
@@ -61,12 +75,16 @@ pub fn check_file(path: &Path, now: DateTime<Utc>) -> Checked {
 pub fn check_str(name: &str, text: &str, now: DateTime<Utc>) -> Checked {
     let source = Source::new(name, text);
     let (plan, problems) = validate::check(&source, None, now);
-    Checked { source: Some(source), plan, problems }
+    Checked {
+        source: Some(source),
+        plan,
+        problems,
+    }
 }
 
 /// Read an eval cases file: a TOML file of `[[case]]` tables.
 pub fn read_cases_file(path: &Path) -> Result<Vec<EvalCase>, Vec<Problem>> {
-    let source = Source::read(path).map_err(|p| vec![p])?;
+    let source = Source::read(path).map_err(|p| vec![*p])?;
     let (cases, mut problems) = validate::check_cases(&source);
     if problems.iter().any(Problem::is_error) {
         for p in &mut problems {

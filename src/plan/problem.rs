@@ -46,7 +46,11 @@ impl Problem {
         }
     }
 
-    pub fn warning(field: impl Into<String>, span: Range<usize>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        field: impl Into<String>,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             severity: Severity::Warning,
             ..Problem::error(field, span, message)

@@ -244,8 +244,14 @@ impl<'a> TableView<'a> {
             }),
             Err(e) => {
                 cx.push(
-                    Problem::error(self.field(key), v.span(), format!("is not a duration ({e})"))
-                        .fix(format!("write it like {key} = \"90m\", \"2h\" or \"1h 30m\"")),
+                    Problem::error(
+                        self.field(key),
+                        v.span(),
+                        format!("is not a duration ({e})"),
+                    )
+                    .fix(format!(
+                        "write it like {key} = \"90m\", \"2h\" or \"1h 30m\""
+                    )),
                 );
                 None
             }
@@ -306,7 +312,9 @@ impl<'a> TableView<'a> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match item.get_ref() {
-                DeValue::Table(t) => out.push(TableView::new(format!("{path}[{i}]"), item.span(), t)),
+                DeValue::Table(t) => {
+                    out.push(TableView::new(format!("{path}[{i}]"), item.span(), t))
+                }
                 other => cx.push(Problem::error(
                     format!("{path}[{i}]"),
                     item.span(),
@@ -338,7 +346,11 @@ impl<'a> TableView<'a> {
                 Some((_, k)) => problem.fix(format!("did you mean `{k}`?")),
                 None => problem.fix(format!(
                     "remove it; the fields of [{}] are: {}",
-                    if self.path.is_empty() { "top level" } else { &self.path },
+                    if self.path.is_empty() {
+                        "top level"
+                    } else {
+                        &self.path
+                    },
                     self.asked.join(", ")
                 )),
             };

@@ -3,15 +3,56 @@
 
 /// Words that name a constraint a route decision can rest on.
 const CONSTRAINTS: &[&str] = &[
-    "vram", "memory", "oom", "gb", "budget", "cost", "price", "cheap", "$", "usd", "dollar",
-    "privacy", "private", "data", "secret", "ssh", "availab", "capacity", "quota", "stock",
-    "time", "hour", "minute", "deadline", "stop", "latency", "throughput", "serving", "serve",
-    "vllm", "sglang", "disk", "cuda", "gpu", "cpu", "laptop", "offline", "network", "port",
-    "reproduc", "7b", "13b", "context", "batch",
+    "vram",
+    "memory",
+    "oom",
+    "gb",
+    "budget",
+    "cost",
+    "price",
+    "cheap",
+    "$",
+    "usd",
+    "dollar",
+    "privacy",
+    "private",
+    "data",
+    "secret",
+    "ssh",
+    "availab",
+    "capacity",
+    "quota",
+    "stock",
+    "time",
+    "hour",
+    "minute",
+    "deadline",
+    "stop",
+    "latency",
+    "throughput",
+    "serving",
+    "serve",
+    "vllm",
+    "sglang",
+    "disk",
+    "cuda",
+    "gpu",
+    "cpu",
+    "laptop",
+    "offline",
+    "network",
+    "port",
+    "reproduc",
+    "7b",
+    "13b",
+    "context",
+    "batch",
 ];
 
 /// Words of enthusiasm that do not decide anything by themselves.
-const ENTHUSIASM: &[&str] = &["faster", "better", "best", "cool", "easier", "powerful", "modern", "nicer", "quicker"];
+const ENTHUSIASM: &[&str] = &[
+    "faster", "better", "best", "cool", "easier", "powerful", "modern", "nicer", "quicker",
+];
 
 /// A warning when `why` names no constraint; `None` when it does.
 pub fn judge_why(why: &str) -> Option<String> {
@@ -19,11 +60,18 @@ pub fn judge_why(why: &str) -> Option<String> {
     if CONSTRAINTS.iter().any(|c| lower.contains(c)) {
         return None;
     }
-    let enthusiastic: Vec<&str> = ENTHUSIASM.iter().copied().filter(|w| lower.contains(w)).collect();
+    let enthusiastic: Vec<&str> = ENTHUSIASM
+        .iter()
+        .copied()
+        .filter(|w| lower.contains(w))
+        .collect();
     Some(if enthusiastic.is_empty() {
         "names no constraint".to_string()
     } else {
-        format!("only says it is {} and names no constraint", enthusiastic.join("/"))
+        format!(
+            "only says it is {} and names no constraint",
+            enthusiastic.join("/")
+        )
     })
 }
 

@@ -14,17 +14,17 @@ fn value_patterns() -> &'static RegexSet {
     static SET: OnceLock<RegexSet> = OnceLock::new();
     SET.get_or_init(|| {
         RegexSet::new([
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY",          // PEM / OpenSSH private keys
-            r"\bsk-[A-Za-z0-9_\-]{16,}",                   // OpenAI / Anthropic style keys
-            r"\b(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",   // GitHub tokens
+            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY", // PEM / OpenSSH private keys
+            r"\bsk-[A-Za-z0-9_\-]{16,}",         // OpenAI / Anthropic style keys
+            r"\b(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}", // GitHub tokens
             r"\bgithub_pat_[A-Za-z0-9_]{20,}",
-            r"\bAKIA[0-9A-Z]{16}\b",                       // AWS access key ids
-            r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",            // Slack
-            r"\bhf_[A-Za-z0-9]{30,}",                      // Hugging Face
-            r"\bsecret_[A-Za-z0-9_\-]{20,}",               // Lambda Cloud API keys
-            r"\brpa_[A-Za-z0-9]{20,}",                     // RunPod API keys
+            r"\bAKIA[0-9A-Z]{16}\b",            // AWS access key ids
+            r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", // Slack
+            r"\bhf_[A-Za-z0-9]{30,}",           // Hugging Face
+            r"\bsecret_[A-Za-z0-9_\-]{20,}",    // Lambda Cloud API keys
+            r"\brpa_[A-Za-z0-9]{20,}",          // RunPod API keys
             r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.", // JWTs
-            r"[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s@]+@",   // passwords inside URLs
+            r"[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s@]+@", // passwords inside URLs
         ])
         .expect("secret patterns are valid regexes")
     })
@@ -80,7 +80,11 @@ fn scan_table(table: &DeTable<'_>, path: &str, cx: &mut Ctx) {
 fn scan_value(value: &Spanned<DeValue<'_>>, field: &str, cx: &mut Ctx) {
     match value.get_ref() {
         DeValue::String(s) if looks_like_secret(s) => {
-            cx.push(refusal(field, value.span(), "holds a value that looks like a secret"));
+            cx.push(refusal(
+                field,
+                value.span(),
+                "holds a value that looks like a secret",
+            ));
         }
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -105,10 +109,14 @@ mod tests {
     #[test]
     fn recognises_common_secrets() {
         assert!(looks_like_secret("sk-abcdefghijklmnopqrstuvwx"));
-        assert!(looks_like_secret("-----BEGIN OPENSSH PRIVATE KEY-----\nabc"));
+        assert!(looks_like_secret(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc"
+        ));
         assert!(looks_like_secret("https://user:hunter2@example.com/x"));
         assert!(!looks_like_secret("~/.ssh/id_ed25519"));
-        assert!(!looks_like_secret("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"));
+        assert!(!looks_like_secret(
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
+        ));
         assert!(!looks_like_secret("Qwen/Qwen2.5-0.5B-Instruct"));
     }
 

@@ -29,11 +29,11 @@ impl Source {
     }
 
     /// Read a plan file, refusing what cannot be a plan with a located problem.
-    pub fn read(path: &Path) -> Result<Source, Problem> {
+    pub fn read(path: &Path) -> Result<Source, Box<Problem>> {
         let name = path.display().to_string();
         let located = |mut p: Problem, text: &str| {
             p.locate(&Source::new(name.clone(), text));
-            p
+            Box::new(p)
         };
         let meta = std::fs::metadata(path).map_err(|e| {
             located(
@@ -53,7 +53,9 @@ impl Source {
                         MAX_PLAN_BYTES
                     ),
                 )
-                .why("a plan is a page of settings reviewed in git; a file this large is not a plan")
+                .why(
+                    "a plan is a page of settings reviewed in git; a file this large is not a plan",
+                )
                 .fix("point gpuctl at the plan file itself"),
                 "",
             ));
@@ -67,7 +69,7 @@ impl Source {
         Source::from_bytes(name, bytes)
     }
 
-    pub fn from_bytes(name: String, bytes: Vec<u8>) -> Result<Source, Problem> {
+    pub fn from_bytes(name: String, bytes: Vec<u8>) -> Result<Source, Box<Problem>> {
         match String::from_utf8(bytes) {
             Ok(text) => Ok(Source::new(name, text)),
             Err(e) => {
@@ -82,7 +84,7 @@ impl Source {
                 .why("TOML files must be UTF-8")
                 .fix("re-save the file as UTF-8");
                 p.locate(&source);
-                Err(p)
+                Err(Box::new(p))
             }
         }
     }

@@ -255,7 +255,11 @@ impl Plan {
         if let Some(t) = self.stop.hard_stop_time {
             candidates.push((t, StopCause::HardStopTime));
         }
-        if let Some(d) = self.stop.max_duration.and_then(|d| chrono::Duration::from_std(d).ok()) {
+        if let Some(d) = self
+            .stop
+            .max_duration
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+        {
             candidates.push((start + d, StopCause::MaxDuration));
         }
         if let (Some(total), Some(price)) = (self.budget.max_total_usd, price_per_hour) {
@@ -263,7 +267,10 @@ impl Plan {
                 let secs = (total / price * 3600.0).floor();
                 if secs.is_finite() && secs < 1e9 {
                     // Truncation is intended: stop at or before the last affordable second.
-                    candidates.push((start + chrono::Duration::seconds(secs as i64), StopCause::Budget));
+                    candidates.push((
+                        start + chrono::Duration::seconds(secs as i64),
+                        StopCause::Budget,
+                    ));
                 }
             }
         }

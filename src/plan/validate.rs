@@ -30,7 +30,11 @@ const HARD_STOP_WHY: &str = "a rented GPU without a hard stop keeps billing unti
 
 /// Read and validate a plan. `plan_dir` resolves relative paths (the eval cases file);
 /// `now` is the moment the hard stop must lie after.
-pub fn check(source: &Source, plan_dir: Option<&Path>, now: DateTime<Utc>) -> (Option<Plan>, Vec<Problem>) {
+pub fn check(
+    source: &Source,
+    plan_dir: Option<&Path>,
+    now: DateTime<Utc>,
+) -> (Option<Plan>, Vec<Problem>) {
     let mut cx = Ctx::default();
     let plan = match DeTable::parse(&source.text) {
         Ok(doc) => {
@@ -40,10 +44,21 @@ pub fn check(source: &Source, plan_dir: Option<&Path>, now: DateTime<Utc>) -> (O
         }
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let first_line = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+            let first_line = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
             cx.push(
-                Problem::error("toml", span, format!("the plan is not valid TOML: {first_line}"))
-                    .fix("fix the syntax at this position (strings need quotes, tables need [brackets])"),
+                Problem::error(
+                    "toml",
+                    span,
+                    format!("the plan is not valid TOML: {first_line}"),
+                )
+                .fix(
+                    "fix the syntax at this position (strings need quotes, tables need [brackets])",
+                ),
             );
             None
         }
@@ -53,7 +68,11 @@ pub fn check(source: &Source, plan_dir: Option<&Path>, now: DateTime<Utc>) -> (O
     for p in &mut problems {
         p.locate(source);
     }
-    let plan = if problems.iter().any(Problem::is_error) { None } else { plan };
+    let plan = if problems.iter().any(Problem::is_error) {
+        None
+    } else {
+        plan
+    };
     (plan, problems)
 }
 
@@ -61,18 +80,35 @@ fn missing(cx: &mut Ctx, view: &TableView, key: &str, why: &str, fix: &str) {
     let message = if view.is_present() {
         format!("required field `{key}` is missing")
     } else {
-        format!("required field `{key}` is missing (there is no [{}] section)", view.path)
+        format!(
+            "required field `{key}` is missing (there is no [{}] section)",
+            view.path
+        )
     };
-    cx.push(Problem::error(view.field(key), view.missing_span(), message).why(why).fix(fix));
+    cx.push(
+        Problem::error(view.field(key), view.missing_span(), message)
+            .why(why)
+            .fix(fix),
+    );
 }
 
 /// A required, non-empty string.
-fn required(cx: &mut Ctx, view: &mut TableView, key: &'static str, why: &str, fix: &str) -> Option<Sp<String>> {
+fn required(
+    cx: &mut Ctx,
+    view: &mut TableView,
+    key: &'static str,
+    why: &str,
+    fix: &str,
+) -> Option<Sp<String>> {
     let present = view.raw(key).is_some();
     let value = view.string(cx, key);
     match value {
         Some(v) if v.value.trim().is_empty() => {
-            cx.push(Problem::error(view.field(key), v.span, "is empty").why(why).fix(fix));
+            cx.push(
+                Problem::error(view.field(key), v.span, "is empty")
+                    .why(why)
+                    .fix(fix),
+            );
             None
         }
         Some(v) => Some(v),
@@ -104,10 +140,21 @@ fn text(cx: &mut Ctx, view: &mut TableView, key: &'static str) -> Option<Sp<Stri
 }
 
 /// Report a field that this plan needs but lacks, or has left empty. Returns the value if usable.
-fn need(cx: &mut Ctx, view: &mut TableView, key: &'static str, value: Option<Sp<String>>, why: &str, fix: &str) -> Option<Sp<String>> {
+fn need(
+    cx: &mut Ctx,
+    view: &mut TableView,
+    key: &'static str,
+    value: Option<Sp<String>>,
+    why: &str,
+    fix: &str,
+) -> Option<Sp<String>> {
     match value {
         Some(v) if v.value.trim().is_empty() => {
-            cx.push(Problem::error(view.field(key), v.span, "is empty").why(why).fix(fix));
+            cx.push(
+                Problem::error(view.field(key), v.span, "is empty")
+                    .why(why)
+                    .fix(fix),
+            );
             None
         }
         Some(v) => Some(v),
@@ -131,8 +178,15 @@ fn one_of<T: Copy>(
         return Some(*t);
     }
     let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-    let mut p = Problem::error(view.field(key), value.span.clone(), format!("{:?} is not one of: {}", value.value, names.join(", ")));
-    if let Some(close) = names.iter().find(|n| strsim::jaro_winkler(n, &value.value) > 0.8) {
+    let mut p = Problem::error(
+        view.field(key),
+        value.span.clone(),
+        format!("{:?} is not one of: {}", value.value, names.join(", ")),
+    );
+    if let Some(close) = names
+        .iter()
+        .find(|n| strsim::jaro_winkler(n, &value.value) > 0.8)
+    {
         p = p.fix(format!("did you mean \"{close}\"?"));
     } else {
         p = p.fix(format!("write one of: {}", names.join(", ")));
@@ -144,56 +198,129 @@ fn one_of<T: Copy>(
 fn port(cx: &mut Ctx, view: &mut TableView, key: &'static str) -> Option<Sp<u16>> {
     let v = view.integer(cx, key)?;
     match u16::try_from(v.value) {
-        Ok(p) if p > 0 => Some(Sp { value: p, span: v.span }),
+        Ok(p) if p > 0 => Some(Sp {
+            value: p,
+            span: v.span,
+        }),
         _ => {
-            cx.push(Problem::error(view.field(key), v.span, format!("{} is not a TCP port", v.value)).fix("use a number from 1 to 65535"));
+            cx.push(
+                Problem::error(
+                    view.field(key),
+                    v.span,
+                    format!("{} is not a TCP port", v.value),
+                )
+                .fix("use a number from 1 to 65535"),
+            );
             None
         }
     }
 }
 
-fn positive_u32(cx: &mut Ctx, view: &mut TableView, key: &'static str, allow_zero: bool) -> Option<Sp<u32>> {
+fn positive_u32(
+    cx: &mut Ctx,
+    view: &mut TableView,
+    key: &'static str,
+    allow_zero: bool,
+) -> Option<Sp<u32>> {
     let v = view.integer(cx, key)?;
     let min = if allow_zero { 0 } else { 1 };
     match u32::try_from(v.value) {
-        Ok(n) if i64::from(n) >= min && n <= 1_000_000 => Some(Sp { value: n, span: v.span }),
+        Ok(n) if i64::from(n) >= min && n <= 1_000_000 => Some(Sp {
+            value: n,
+            span: v.span,
+        }),
         _ => {
-            cx.push(Problem::error(view.field(key), v.span, format!("{} is out of range", v.value)).fix(format!("use a whole number of at least {min}")));
+            cx.push(
+                Problem::error(
+                    view.field(key),
+                    v.span,
+                    format!("{} is out of range", v.value),
+                )
+                .fix(format!("use a whole number of at least {min}")),
+            );
             None
         }
     }
 }
 
 fn strings(cx: &mut Ctx, view: &mut TableView, key: &'static str) -> Vec<String> {
-    view.string_array(cx, key).map(|a| a.value.into_iter().map(|s| s.value).collect()).unwrap_or_default()
+    view.string_array(cx, key)
+        .map(|a| a.value.into_iter().map(|s| s.value).collect())
+        .unwrap_or_default()
 }
 
-fn read_plan(mut root: TableView, cx: &mut Ctx, plan_dir: Option<&Path>, now: DateTime<Utc>) -> Option<Plan> {
+fn read_plan(
+    mut root: TableView,
+    cx: &mut Ctx,
+    plan_dir: Option<&Path>,
+    now: DateTime<Utc>,
+) -> Option<Plan> {
     match root.integer(cx, "schema") {
         Some(v) if v.value == SCHEMA_VERSION => {}
         Some(v) => cx.push(
-            Problem::error("schema", v.span, format!("schema {} is not known to this gpuctl (it reads schema {SCHEMA_VERSION})", v.value))
-                .fix("write `schema = 1`, or upgrade gpuctl"),
+            Problem::error(
+                "schema",
+                v.span,
+                format!(
+                    "schema {} is not known to this gpuctl (it reads schema {SCHEMA_VERSION})",
+                    v.value
+                ),
+            )
+            .fix("write `schema = 1`, or upgrade gpuctl"),
         ),
         None => {
             if root.raw("schema").is_none() {
-                missing(cx, &root, "schema", "the schema version lets future gpuctl releases read today's plans", "add `schema = 1` as the first line");
+                missing(
+                    cx,
+                    &root,
+                    "schema",
+                    "the schema version lets future gpuctl releases read today's plans",
+                    "add `schema = 1` as the first line",
+                );
             }
         }
     }
-    let head = { let t = root.table(cx, "plan"); read_head(cx, t) };
-    let model = { let t = root.table(cx, "model"); read_model(cx, t) };
-    let instance = { let t = root.table(cx, "instance"); read_instance(cx, t, head.as_ref().map(|h| h.route)) };
-    let budget = { let t = root.table(cx, "budget"); read_budget(cx, t, head.as_ref().map(|h| h.route)) };
-    let stop = { let t = root.table(cx, "stop"); read_stop(cx, t, now) };
-    let fallback = { let t = root.table(cx, "fallback"); read_fallback(cx, t) };
-    let access = { let t = root.table(cx, "access"); read_access(cx, t, head.as_ref().map(|h| h.route)) };
-    let evidence = { let t = root.table(cx, "evidence"); read_evidence(cx, t) };
-    let eval = { let t = root.table(cx, "eval"); read_eval(cx, t, plan_dir) };
+    let head = {
+        let t = root.table(cx, "plan");
+        read_head(cx, t)
+    };
+    let model = {
+        let t = root.table(cx, "model");
+        read_model(cx, t)
+    };
+    let instance = {
+        let t = root.table(cx, "instance");
+        read_instance(cx, t, head.as_ref().map(|h| h.route))
+    };
+    let budget = {
+        let t = root.table(cx, "budget");
+        read_budget(cx, t, head.as_ref().map(|h| h.route))
+    };
+    let stop = {
+        let t = root.table(cx, "stop");
+        read_stop(cx, t, now)
+    };
+    let fallback = {
+        let t = root.table(cx, "fallback");
+        read_fallback(cx, t)
+    };
+    let access = {
+        let t = root.table(cx, "access");
+        read_access(cx, t, head.as_ref().map(|h| h.route))
+    };
+    let evidence = {
+        let t = root.table(cx, "evidence");
+        read_evidence(cx, t)
+    };
+    let eval = {
+        let t = root.table(cx, "eval");
+        read_eval(cx, t, plan_dir)
+    };
     root.finish(cx);
 
-    let (head, model, instance, budget, stop, fallback, access, evidence) =
-        (head?, model?, instance?, budget?, stop?, fallback?, access?, evidence?);
+    let (head, model, instance, budget, stop, fallback, access, evidence) = (
+        head?, model?, instance?, budget?, stop?, fallback?, access?, evidence?,
+    );
     let plan = Plan {
         name: head.name,
         goal: head.goal,
@@ -242,20 +369,57 @@ struct Head {
 }
 
 fn read_head(cx: &mut Ctx, mut t: TableView) -> Option<Head> {
-    let name = required(cx, &mut t, "name", "the name identifies the session in `gpuctl ls`, audits and evidence folders", "add `name = \"my-experiment\"` ([a-z0-9-])");
+    let name = required(
+        cx,
+        &mut t,
+        "name",
+        "the name identifies the session in `gpuctl ls`, audits and evidence folders",
+        "add `name = \"my-experiment\"` ([a-z0-9-])",
+    );
     if let Some(n) = &name {
         let ok = n.value.len() <= 63
-            && n.value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && n.value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !n.value.starts_with('-')
             && !n.value.ends_with('-');
         if !ok {
-            cx.push(Problem::error(t.field("name"), n.span.clone(), "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'").fix("rename it, e.g. `qwen05b-vllm-smoke`"));
+            cx.push(
+                Problem::error(
+                    t.field("name"),
+                    n.span.clone(),
+                    "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+                )
+                .fix("rename it, e.g. `qwen05b-vllm-smoke`"),
+            );
         }
     }
-    let goal = required(cx, &mut t, "goal", "a session answers one bounded question; the goal is the first line of its route card", "add `goal = \"prove the deployment loop for one small project\"`");
-    let route_raw = required(cx, &mut t, "route", "the route decides what can be proven and which rules apply", "add `route = \"local_cpu\"` (or free_colab, rented_gpu)");
+    let goal = required(
+        cx,
+        &mut t,
+        "goal",
+        "a session answers one bounded question; the goal is the first line of its route card",
+        "add `goal = \"prove the deployment loop for one small project\"`",
+    );
+    let route_raw = required(
+        cx,
+        &mut t,
+        "route",
+        "the route decides what can be proven and which rules apply",
+        "add `route = \"local_cpu\"` (or free_colab, rented_gpu)",
+    );
     let route = route_raw.as_ref().and_then(|r| {
-        one_of(cx, &t, "route", r, &[("local_cpu", Route::LocalCpu), ("free_colab", Route::FreeColab), ("rented_gpu", Route::RentedGpu)])
+        one_of(
+            cx,
+            &t,
+            "route",
+            r,
+            &[
+                ("local_cpu", Route::LocalCpu),
+                ("free_colab", Route::FreeColab),
+                ("rented_gpu", Route::RentedGpu),
+            ],
+        )
     });
     let question = optional(cx, &mut t, "question").map(|s| s.value);
     let mut why = text(cx, &mut t, "why");
@@ -263,9 +427,25 @@ fn read_head(cx: &mut Ctx, mut t: TableView) -> Option<Head> {
     let mut cannot_prove = text(cx, &mut t, "cannot_prove");
     let privacy = optional(cx, &mut t, "privacy_level");
     let privacy_level = match &privacy {
-        Some(p) => one_of(cx, &t, "privacy_level", p, &[("public", PrivacyLevel::Public), ("internal", PrivacyLevel::Internal), ("private", PrivacyLevel::Private)])
-            .map(|v| Sp { value: v, span: p.span.clone() }),
-        None => Some(Sp { value: PrivacyLevel::Internal, span: t.missing_span() }),
+        Some(p) => one_of(
+            cx,
+            &t,
+            "privacy_level",
+            p,
+            &[
+                ("public", PrivacyLevel::Public),
+                ("internal", PrivacyLevel::Internal),
+                ("private", PrivacyLevel::Private),
+            ],
+        )
+        .map(|v| Sp {
+            value: v,
+            span: p.span.clone(),
+        }),
+        None => Some(Sp {
+            value: PrivacyLevel::Internal,
+            span: t.missing_span(),
+        }),
     };
     let owner = optional(cx, &mut t, "owner").map(|s| s.value);
     let card_why = "a rented GPU costs money by the hour: the plan must say why this route, and what it can and cannot prove, before anything is rented";
@@ -306,10 +486,33 @@ struct ModelRead {
 }
 
 fn read_model(cx: &mut Ctx, mut t: TableView) -> Option<ModelRead> {
-    let id = required(cx, &mut t, "id", "the model id is the evidence of what was served", "add `id = \"HuggingFaceTB/SmolLM2-135M-Instruct\"`");
-    let runtime_raw = required(cx, &mut t, "runtime", "the runtime decides how the agent serves the model", "add `runtime = \"candle\"` (or vllm, sglang, command)");
+    let id = required(
+        cx,
+        &mut t,
+        "id",
+        "the model id is the evidence of what was served",
+        "add `id = \"HuggingFaceTB/SmolLM2-135M-Instruct\"`",
+    );
+    let runtime_raw = required(
+        cx,
+        &mut t,
+        "runtime",
+        "the runtime decides how the agent serves the model",
+        "add `runtime = \"candle\"` (or vllm, sglang, command)",
+    );
     let runtime = runtime_raw.as_ref().and_then(|r| {
-        one_of(cx, &t, "runtime", r, &[("candle", Runtime::Candle), ("vllm", Runtime::Vllm), ("sglang", Runtime::Sglang), ("command", Runtime::Command)])
+        one_of(
+            cx,
+            &t,
+            "runtime",
+            r,
+            &[
+                ("candle", Runtime::Candle),
+                ("vllm", Runtime::Vllm),
+                ("sglang", Runtime::Sglang),
+                ("command", Runtime::Command),
+            ],
+        )
     });
     let path = optional(cx, &mut t, "path");
     let args = strings(cx, &mut t, "args");
@@ -318,7 +521,10 @@ fn read_model(cx: &mut Ctx, mut t: TableView) -> Option<ModelRead> {
         (Some(Runtime::Candle), None) if t.raw("path").is_none() => missing(cx, &t, "path", "candle serves weights from a file on the host", "add `path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"` (a GGUF file or a safetensors folder)"),
         _ => {}
     }
-    let command_list: Vec<String> = command.as_ref().map(|c| c.value.iter().map(|s| s.value.clone()).collect()).unwrap_or_default();
+    let command_list: Vec<String> = command
+        .as_ref()
+        .map(|c| c.value.iter().map(|s| s.value.clone()).collect())
+        .unwrap_or_default();
     match (runtime, &command) {
         (Some(Runtime::Command), None) => missing(cx, &t, "command", "runtime = \"command\" runs the server you name", "add `command = [\"python\", \"-m\", \"llama_cpp.server\", \"--host\", \"127.0.0.1\", \"--port\", \"8000\"]`"),
         (Some(Runtime::Command), Some(c)) if c.value.is_empty() => cx.push(Problem::error(t.field("command"), c.span.clone(), "is empty").fix("give the full server command as an array of strings")),
@@ -330,7 +536,13 @@ fn read_model(cx: &mut Ctx, mut t: TableView) -> Option<ModelRead> {
     }
     t.finish(cx);
     Some(ModelRead {
-        spec: ModelSpec { id: id?.value, runtime: runtime?, path: path.map(|p| p.value), args, command: command_list },
+        spec: ModelSpec {
+            id: id?.value,
+            runtime: runtime?,
+            path: path.map(|p| p.value),
+            args,
+            command: command_list,
+        },
     })
 }
 
@@ -342,9 +554,18 @@ struct InstanceRead {
 }
 
 fn read_instance(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<InstanceRead> {
-    let provider_raw = required(cx, &mut t, "provider", "the provider is who launches, bills and terminates the machine", "add `provider = \"local\"` (or ssh, lambda, runpod, vast)");
-    let choices: Vec<(&str, ProviderKind)> = ProviderKind::ALL.iter().map(|k| (k.as_str(), *k)).collect();
-    let provider = provider_raw.as_ref().and_then(|p| one_of(cx, &t, "provider", p, &choices));
+    let provider_raw = required(
+        cx,
+        &mut t,
+        "provider",
+        "the provider is who launches, bills and terminates the machine",
+        "add `provider = \"local\"` (or ssh, lambda, runpod, vast)",
+    );
+    let choices: Vec<(&str, ProviderKind)> =
+        ProviderKind::ALL.iter().map(|k| (k.as_str(), *k)).collect();
+    let provider = provider_raw
+        .as_ref()
+        .and_then(|p| one_of(cx, &t, "provider", p, &choices));
     let mut host = text(cx, &mut t, "host");
     let port_v = port(cx, &mut t, "port");
     let mut user = text(cx, &mut t, "user");
@@ -357,7 +578,16 @@ fn read_instance(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option
     let price = t.number(cx, "hourly_price_usd");
     if let Some(p) = &price {
         if p.value < 0.0 || p.value > MAX_HOURLY_USD {
-            cx.push(Problem::error(t.field("hourly_price_usd"), p.span.clone(), format!("{} is not a plausible hourly price", p.value)).fix(format!("give the host's price in US dollars per hour, between 0 and {MAX_HOURLY_USD}")));
+            cx.push(
+                Problem::error(
+                    t.field("hourly_price_usd"),
+                    p.span.clone(),
+                    format!("{} is not a plausible hourly price", p.value),
+                )
+                .fix(format!(
+                    "give the host's price in US dollars per hour, between 0 and {MAX_HOURLY_USD}"
+                )),
+            );
         }
     }
     if let Some(k) = &host_key {
@@ -370,17 +600,39 @@ fn read_instance(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option
         }
     }
     for (key, value) in [("host", &mut host), ("user", &mut user)] {
-        if provider != Some(ProviderKind::Ssh) && value.as_ref().is_some_and(|v| v.value.trim().is_empty()) {
+        if provider != Some(ProviderKind::Ssh)
+            && value.as_ref().is_some_and(|v| v.value.trim().is_empty())
+        {
             if let Some(v) = value.take() {
-                cx.push(Problem::error(t.field(key), v.span, "is empty").fix(format!("fill in `{key}` or remove the line")));
+                cx.push(
+                    Problem::error(t.field(key), v.span, "is empty")
+                        .fix(format!("fill in `{key}` or remove the line")),
+                );
             }
         }
     }
     match provider {
         Some(ProviderKind::Ssh) => {
-            host = need(cx, &mut t, "host", host.take(), "provider = \"ssh\" reaches the host you rent by its address", "write `host = \"gpu-box.example.com\"`");
-            user = need(cx, &mut t, "user", user.take(), "SSH logs in as a named user; gpuctl never guesses one", "write `user = \"ubuntu\"`");
-            if route == Some(Route::RentedGpu) && price.is_none() && t.raw("hourly_price_usd").is_none() {
+            host = need(
+                cx,
+                &mut t,
+                "host",
+                host.take(),
+                "provider = \"ssh\" reaches the host you rent by its address",
+                "write `host = \"gpu-box.example.com\"`",
+            );
+            user = need(
+                cx,
+                &mut t,
+                "user",
+                user.take(),
+                "SSH logs in as a named user; gpuctl never guesses one",
+                "write `user = \"ubuntu\"`",
+            );
+            if route == Some(Route::RentedGpu)
+                && price.is_none()
+                && t.raw("hourly_price_usd").is_none()
+            {
                 missing(cx, &t, "hourly_price_usd", "an SSH host has no price API: the budget and the cost records are computed from the price you declare", "add `hourly_price_usd = 0.75` (what the host costs you per hour)");
             }
         }
@@ -389,7 +641,13 @@ fn read_instance(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option
                 missing(cx, &t, "instance_type", "the cloud rents a named instance type, and its price is checked against the budget", "add `instance_type = \"gpu_1x_a10\"` (the provider's own name)");
             }
             if kind == ProviderKind::Lambda && region.is_none() && t.raw("region").is_none() {
-                missing(cx, &t, "region", "Lambda launches in a named region", "add `region = \"us-east-1\"`");
+                missing(
+                    cx,
+                    &t,
+                    "region",
+                    "Lambda launches in a named region",
+                    "add `region = \"us-east-1\"`",
+                );
             }
         }
         _ => {}
@@ -412,20 +670,18 @@ fn read_instance(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option
             hourly_price_usd: price.as_ref().map(|p| p.value),
         },
         provider_span: provider_raw?.span,
-        price_span: price.map(|p| p.span).unwrap_or_else(|| t_span_fallback()),
-        gpus_span: gpus.map(|g| g.span).unwrap_or_else(t_span_fallback),
+        price_span: price.map(|p| p.span).unwrap_or_default(),
+        gpus_span: gpus.map(|g| g.span).unwrap_or_default(),
     })
-}
-
-fn t_span_fallback() -> Range<usize> {
-    0..0
 }
 
 /// `SHA256:` followed by 43 unpadded base64 characters, as OpenSSH prints it.
 pub fn is_fingerprint(s: &str) -> bool {
     s.strip_prefix("SHA256:").is_some_and(|b| {
         b.trim_end_matches('=').len() == 43
-            && b.trim_end_matches('=').bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+            && b.trim_end_matches('=')
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
     })
 }
 
@@ -438,17 +694,27 @@ fn money(cx: &mut Ctx, t: &mut TableView, key: &'static str, max: f64) -> Option
     let v = t.number(cx, key)?;
     if v.value <= 0.0 {
         cx.push(
-            Problem::error(t.field(key), v.span, format!("must be more than zero, found {}", v.value))
-                .why("a budget of zero or less cannot pay for anything and cannot bound anything")
-                .fix(format!("give a positive amount in US dollars, e.g. {key} = 5.00")),
+            Problem::error(
+                t.field(key),
+                v.span,
+                format!("must be more than zero, found {}", v.value),
+            )
+            .why("a budget of zero or less cannot pay for anything and cannot bound anything")
+            .fix(format!(
+                "give a positive amount in US dollars, e.g. {key} = 5.00"
+            )),
         );
         return None;
     }
     if v.value > max {
         cx.push(
-            Problem::error(t.field(key), v.span, format!("{} is not a plausible budget (the limit is {max})", v.value))
-                .why("an absurd budget is a typo that would let a session bill without bound")
-                .fix("check the number of digits"),
+            Problem::error(
+                t.field(key),
+                v.span,
+                format!("{} is not a plausible budget (the limit is {max})", v.value),
+            )
+            .why("an absurd budget is a typo that would let a session bill without bound")
+            .fix("check the number of digits"),
         );
         return None;
     }
@@ -461,7 +727,13 @@ fn read_budget(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<B
     if route == Some(Route::RentedGpu) {
         let why = "a rented GPU bills by the hour; without a budget nothing bounds the bill";
         if hourly.is_none() && t.raw("hourly_usd").is_none() {
-            missing(cx, &t, "hourly_usd", why, "add `hourly_usd = 1.10` under [budget] (offers above it are refused)");
+            missing(
+                cx,
+                &t,
+                "hourly_usd",
+                why,
+                "add `hourly_usd = 1.10` under [budget] (offers above it are refused)",
+            );
         }
         if total.is_none() && t.raw("max_total_usd").is_none() {
             missing(cx, &t, "max_total_usd", why, "add `max_total_usd = 5.00` under [budget] (the session stops before spending more)");
@@ -470,7 +742,10 @@ fn read_budget(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<B
     let table_span = t.missing_span();
     t.finish(cx);
     Some(BudgetRead {
-        spec: Budget { hourly_usd: hourly.as_ref().map(|h| h.value), max_total_usd: total.as_ref().map(|v| v.value) },
+        spec: Budget {
+            hourly_usd: hourly.as_ref().map(|h| h.value),
+            max_total_usd: total.as_ref().map(|v| v.value),
+        },
         total_span: total.map(|v| v.span).unwrap_or(table_span),
     })
 }
@@ -486,14 +761,31 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
     let grace = t.duration(cx, "grace");
     let on_stop_raw = optional(cx, &mut t, "on_stop");
     let on_stop = match &on_stop_raw {
-        Some(o) => one_of(cx, &t, "on_stop", o, &[("terminate", OnStop::Terminate), ("stop", OnStop::Stop), ("command", OnStop::Command)]),
+        Some(o) => one_of(
+            cx,
+            &t,
+            "on_stop",
+            o,
+            &[
+                ("terminate", OnStop::Terminate),
+                ("stop", OnStop::Stop),
+                ("command", OnStop::Command),
+            ],
+        ),
         None => Some(OnStop::Terminate),
     };
     let stop_command = t.string_array(cx, "stop_command");
-    let after_eval = t.boolean(cx, "after_eval").map(|b| b.value).unwrap_or(false);
+    let after_eval = t
+        .boolean(cx, "after_eval")
+        .map(|b| b.value)
+        .unwrap_or(false);
     let grace_value = grace.as_ref().map(|g| g.value).unwrap_or(DEFAULT_GRACE);
 
-    if hard.is_none() && max_duration.is_none() && t.raw("hard_stop_time").is_none() && t.raw("max_duration").is_none() {
+    if hard.is_none()
+        && max_duration.is_none()
+        && t.raw("hard_stop_time").is_none()
+        && t.raw("max_duration").is_none()
+    {
         let message = if t.is_present() {
             "no hard stop: neither `hard_stop_time` nor `max_duration` is set".to_string()
         } else {
@@ -508,9 +800,13 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
     if let Some(h) = &hard {
         if h.value <= now {
             cx.push(
-                Problem::error(t.field("hard_stop_time"), h.span.clone(), format!("{} is in the past", h.value.to_rfc3339()))
-                    .why("a session whose hard stop has passed would be stopped before it starts")
-                    .fix("set a future time, or use `max_duration = \"2h\"`, which counts from `up`"),
+                Problem::error(
+                    t.field("hard_stop_time"),
+                    h.span.clone(),
+                    format!("{} is in the past", h.value.to_rfc3339()),
+                )
+                .why("a session whose hard stop has passed would be stopped before it starts")
+                .fix("set a future time, or use `max_duration = \"2h\"`, which counts from `up`"),
             );
         } else if h.value <= now + chrono::Duration::from_std(grace_value).unwrap_or_default() {
             cx.push(
@@ -519,14 +815,33 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
                     .fix("move the hard stop later"),
             );
         } else if h.value - now > chrono::Duration::from_std(MAX_SESSION).unwrap_or_default() {
-            cx.push(Problem::error(t.field("hard_stop_time"), h.span.clone(), "is more than 7 days away").why("gpuctl runs bounded experiments; a week-long rental is not one").fix("split the work into shorter sessions"));
+            cx.push(
+                Problem::error(
+                    t.field("hard_stop_time"),
+                    h.span.clone(),
+                    "is more than 7 days away",
+                )
+                .why("gpuctl runs bounded experiments; a week-long rental is not one")
+                .fix("split the work into shorter sessions"),
+            );
         }
     }
     if let Some(d) = &max_duration {
         if d.value.is_zero() {
-            cx.push(Problem::error(t.field("max_duration"), d.span.clone(), "is zero").fix("give a duration such as \"90m\""));
+            cx.push(
+                Problem::error(t.field("max_duration"), d.span.clone(), "is zero")
+                    .fix("give a duration such as \"90m\""),
+            );
         } else if d.value > MAX_SESSION {
-            cx.push(Problem::error(t.field("max_duration"), d.span.clone(), "is more than 7 days").why("gpuctl runs bounded experiments; a week-long rental is not one").fix("split the work into shorter sessions"));
+            cx.push(
+                Problem::error(
+                    t.field("max_duration"),
+                    d.span.clone(),
+                    "is more than 7 days",
+                )
+                .why("gpuctl runs bounded experiments; a week-long rental is not one")
+                .fix("split the work into shorter sessions"),
+            );
         } else if d.value <= grace_value {
             cx.push(
                 Problem::error(t.field("max_duration"), d.span.clone(), "is not longer than the grace period")
@@ -537,18 +852,42 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
     }
     if let Some(g) = &grace {
         if g.value > Duration::from_secs(3600) {
-            cx.push(Problem::error(t.field("grace"), g.span.clone(), "is more than an hour").fix("evidence collection takes seconds to minutes; use e.g. grace = \"2m\""));
+            cx.push(
+                Problem::error(t.field("grace"), g.span.clone(), "is more than an hour")
+                    .fix("evidence collection takes seconds to minutes; use e.g. grace = \"2m\""),
+            );
         }
     }
-    let command: Vec<String> = stop_command.as_ref().map(|c| c.value.iter().map(|s| s.value.clone()).collect()).unwrap_or_default();
+    let command: Vec<String> = stop_command
+        .as_ref()
+        .map(|c| c.value.iter().map(|s| s.value.clone()).collect())
+        .unwrap_or_default();
     match on_stop {
         Some(OnStop::Command) if command.is_empty() => {
-            let span = stop_command.as_ref().map(|c| c.span.clone()).or(on_stop_raw.as_ref().map(|o| o.span.clone())).unwrap_or_else(|| t.missing_span());
-            cx.push(Problem::error(t.field("stop_command"), span, "on_stop = \"command\" needs a non-empty stop_command").fix("add e.g. `stop_command = [\"sudo\", \"shutdown\", \"-h\", \"now\"]`"));
+            let span = stop_command
+                .as_ref()
+                .map(|c| c.span.clone())
+                .or(on_stop_raw.as_ref().map(|o| o.span.clone()))
+                .unwrap_or_else(|| t.missing_span());
+            cx.push(
+                Problem::error(
+                    t.field("stop_command"),
+                    span,
+                    "on_stop = \"command\" needs a non-empty stop_command",
+                )
+                .fix("add e.g. `stop_command = [\"sudo\", \"shutdown\", \"-h\", \"now\"]`"),
+            );
         }
         Some(o) if o != OnStop::Command && !command.is_empty() => {
             if let Some(c) = &stop_command {
-                cx.push(Problem::error(t.field("stop_command"), c.span.clone(), "is only used with on_stop = \"command\"").fix("set `on_stop = \"command\"` or remove stop_command"));
+                cx.push(
+                    Problem::error(
+                        t.field("stop_command"),
+                        c.span.clone(),
+                        "is only used with on_stop = \"command\"",
+                    )
+                    .fix("set `on_stop = \"command\"` or remove stop_command"),
+                );
             }
         }
         _ => {}
@@ -576,14 +915,34 @@ struct FallbackRead {
 fn read_fallback(cx: &mut Ctx, mut t: TableView) -> Option<FallbackRead> {
     let route_raw = required(cx, &mut t, "route", "when the GPU is out of memory or out of stock, the plan must already say where the work goes next", "add a [fallback] section with `route = \"local_cpu\"`");
     let route = route_raw.as_ref().and_then(|r| {
-        one_of(cx, &t, "route", r, &[("local_cpu", Some(Route::LocalCpu)), ("free_colab", Some(Route::FreeColab)), ("rented_gpu", Some(Route::RentedGpu)), ("none", None)])
+        one_of(
+            cx,
+            &t,
+            "route",
+            r,
+            &[
+                ("local_cpu", Some(Route::LocalCpu)),
+                ("free_colab", Some(Route::FreeColab)),
+                ("rented_gpu", Some(Route::RentedGpu)),
+                ("none", None),
+            ],
+        )
     });
     let mut oom_view = t.table(cx, "if_oom");
     let if_oom = if oom_view.is_present() {
-        let model = required(cx, &mut oom_view, "model", "the OOM fallback restarts the server with this model", "add `model = \"Qwen/Qwen2.5-0.5B-Instruct\"`");
+        let model = required(
+            cx,
+            &mut oom_view,
+            "model",
+            "the OOM fallback restarts the server with this model",
+            "add `model = \"Qwen/Qwen2.5-0.5B-Instruct\"`",
+        );
         let args = strings(cx, &mut oom_view, "args");
         oom_view.finish(cx);
-        model.map(|m| OomFallback { model: m.value, args })
+        model.map(|m| OomFallback {
+            model: m.value,
+            args,
+        })
     } else {
         None
     };
@@ -601,7 +960,11 @@ fn read_fallback(cx: &mut Ctx, mut t: TableView) -> Option<FallbackRead> {
     }
     t.finish(cx);
     Some(FallbackRead {
-        spec: Fallback { route: route?, if_oom, if_no_capacity: targets },
+        spec: Fallback {
+            route: route?,
+            if_oom,
+            if_no_capacity: targets,
+        },
         route_span: route_raw?.span,
     })
 }
@@ -614,11 +977,19 @@ fn parse_capacity_target(s: &str) -> Result<CapacityTarget, String> {
     if parts.next().is_some() || instance_type.is_empty() {
         return Err(format!("{s:?} is not provider:instance_type:region"));
     }
-    let provider: ProviderKind = provider.parse().map_err(|e: gpuctl_providers::UnknownProvider| e.to_string())?;
+    let provider: ProviderKind = provider
+        .parse()
+        .map_err(|e: gpuctl_providers::UnknownProvider| e.to_string())?;
     if !provider.is_cloud() {
-        return Err(format!("{provider} cannot be launched on demand; only lambda, runpod and vast can"));
+        return Err(format!(
+            "{provider} cannot be launched on demand; only lambda, runpod and vast can"
+        ));
     }
-    Ok(CapacityTarget { provider, instance_type: instance_type.to_string(), region: region.filter(|r| !r.is_empty()).map(str::to_string) })
+    Ok(CapacityTarget {
+        provider,
+        instance_type: instance_type.to_string(),
+        region: region.filter(|r| !r.is_empty()).map(str::to_string),
+    })
 }
 
 struct AccessRead {
@@ -629,11 +1000,22 @@ struct AccessRead {
 fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<AccessRead> {
     let method = optional(cx, &mut t, "method");
     if route == Some(Route::RentedGpu) && method.is_none() && t.raw("method").is_none() {
-        missing(cx, &t, "method", "rented hosts are reached by SSH key only; passwords are never used", "add `method = \"ssh_key\"` and `identity_file = \"~/.ssh/id_ed25519\"` under [access]");
+        missing(
+            cx,
+            &t,
+            "method",
+            "rented hosts are reached by SSH key only; passwords are never used",
+            "add `method = \"ssh_key\"` and `identity_file = \"~/.ssh/id_ed25519\"` under [access]",
+        );
     }
-    let declared_ports = t.raw("ports").is_some_and(|v| !matches!(v.get_ref(), toml::de::DeValue::Array(a) if a.is_empty()));
+    let declared_ports = t
+        .raw("ports")
+        .is_some_and(|v| !matches!(v.get_ref(), toml::de::DeValue::Array(a) if a.is_empty()));
     if !declared_ports && route.is_some_and(|r| r != Route::FreeColab) {
-        let span = t.raw("ports").map(|v| v.span()).unwrap_or_else(|| t.missing_span());
+        let span = t
+            .raw("ports")
+            .map(|v| v.span())
+            .unwrap_or_else(|| t.missing_span());
         cx.push(
             Problem::error(t.field("ports"), span, "no port is forwarded, so the served API cannot be reached")
                 .fix("add `ports = [{ local = 8000, remote = 8000 }]` under [access] (the first entry is the served API)"),
@@ -652,7 +1034,14 @@ fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<A
     let mut ports = Vec::new();
     let mut seen_local = HashSet::new();
     for mut entry in t.tables(cx, "ports") {
-        for key in ["bind", "host", "address", "local_host", "remote_host", "listen"] {
+        for key in [
+            "bind",
+            "host",
+            "address",
+            "local_host",
+            "remote_host",
+            "listen",
+        ] {
             if let Some(v) = entry.raw(key) {
                 cx.push(
                     Problem::error(entry.field(key), v.span(), "ports always bind 127.0.0.1 on both ends and take no address")
@@ -665,14 +1054,30 @@ fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<A
         let remote = port(cx, &mut entry, "remote");
         for (key, v) in [("local", &local), ("remote", &remote)] {
             if v.is_none() && entry.raw(key).is_none() {
-                missing(cx, &entry, key, "each forwarded port names its local and remote end", "write entries as { local = 8000, remote = 8000 }");
+                missing(
+                    cx,
+                    &entry,
+                    key,
+                    "each forwarded port names its local and remote end",
+                    "write entries as { local = 8000, remote = 8000 }",
+                );
             }
         }
         if let (Some(l), Some(r)) = (local, remote) {
             if !seen_local.insert(l.value) {
-                cx.push(Problem::error(entry.field("local"), l.span, format!("local port {} is listed twice", l.value)).fix("give each forward its own local port"));
+                cx.push(
+                    Problem::error(
+                        entry.field("local"),
+                        l.span,
+                        format!("local port {} is listed twice", l.value),
+                    )
+                    .fix("give each forward its own local port"),
+                );
             } else {
-                ports.push(PortForward { local: l.value, remote: r.value });
+                ports.push(PortForward {
+                    local: l.value,
+                    remote: r.value,
+                });
             }
         }
         entry.finish(cx);
@@ -681,18 +1086,38 @@ fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<A
     for mut entry in t.tables(cx, "public_ports") {
         let p = port(cx, &mut entry, "port");
         if p.is_none() && entry.raw("port").is_none() {
-            missing(cx, &entry, "port", "a public port names the port it opens", "write entries as { port = 8000, reason = \"...\" }");
+            missing(
+                cx,
+                &entry,
+                "port",
+                "a public port names the port it opens",
+                "write entries as { port = 8000, reason = \"...\" }",
+            );
         }
-        let reason = required(cx, &mut entry, "reason", "a public port lets anyone on the internet reach the server; the plan must say why", "add `reason = \"...\"` explaining who needs it and why a tunnel will not do");
+        let reason = required(
+            cx,
+            &mut entry,
+            "reason",
+            "a public port lets anyone on the internet reach the server; the plan must say why",
+            "add `reason = \"...\"` explaining who needs it and why a tunnel will not do",
+        );
         entry.finish(cx);
         if let (Some(p), Some(r)) = (p, reason) {
-            public_ports.push(PublicPort { port: p.value, reason: r.value });
+            public_ports.push(PublicPort {
+                port: p.value,
+                reason: r.value,
+            });
         }
     }
     let table_span = t.missing_span();
     t.finish(cx);
     Some(AccessRead {
-        spec: Access { method: method.as_ref().map(|m| m.value.clone()), identity_file: identity_file.map(|i| i.value), ports, public_ports },
+        spec: Access {
+            method: method.as_ref().map(|m| m.value.clone()),
+            identity_file: identity_file.map(|i| i.value),
+            ports,
+            public_ports,
+        },
         table_span,
     })
 }
@@ -726,12 +1151,29 @@ fn read_evidence(cx: &mut Ctx, mut t: TableView) -> Option<EvidenceRead> {
     }
     let proof_raw = required(cx, &mut t, "shutdown_proof", "gpuctl records a stop only with the proof the plan expects; without it a stop cannot be trusted", "add `shutdown_proof = \"process_exited\"` (or provider_terminated, host_unreachable)");
     let proof = proof_raw.as_ref().and_then(|p| {
-        one_of(cx, &t, "shutdown_proof", p, &[("provider_terminated", ShutdownProof::ProviderTerminated), ("process_exited", ShutdownProof::ProcessExited), ("host_unreachable", ShutdownProof::HostUnreachable)])
+        one_of(
+            cx,
+            &t,
+            "shutdown_proof",
+            p,
+            &[
+                ("provider_terminated", ShutdownProof::ProviderTerminated),
+                ("process_exited", ShutdownProof::ProcessExited),
+                ("host_unreachable", ShutdownProof::HostUnreachable),
+            ],
+        )
     });
     let dir = optional(cx, &mut t, "dir").map(|d| d.value);
     t.finish(cx);
     copy_back.as_ref()?;
-    Some(EvidenceRead { spec: EvidenceSpec { copy_back: files, shutdown_proof: proof?, dir }, proof_span: proof_raw?.span })
+    Some(EvidenceRead {
+        spec: EvidenceSpec {
+            copy_back: files,
+            shutdown_proof: proof?,
+            dir,
+        },
+        proof_span: proof_raw?.span,
+    })
 }
 
 fn read_eval(cx: &mut Ctx, mut t: TableView, plan_dir: Option<&Path>) -> Option<EvalSpec> {
@@ -748,7 +1190,10 @@ fn read_eval(cx: &mut Ctx, mut t: TableView, plan_dir: Option<&Path>) -> Option<
     let tables = t.tables(cx, "case");
     let cases = read_cases(cx, tables);
     t.finish(cx);
-    Some(EvalSpec { cases_file: cases_file.map(|f| f.value), cases })
+    Some(EvalSpec {
+        cases_file: cases_file.map(|f| f.value),
+        cases,
+    })
 }
 
 /// Eval cases, from `[[eval.case]]` in a plan or `[[case]]` in a cases file.
@@ -756,8 +1201,20 @@ pub(super) fn read_cases(cx: &mut Ctx, tables: Vec<TableView>) -> Vec<EvalCase> 
     let mut ids = HashSet::new();
     let mut cases = Vec::new();
     for mut c in tables {
-        let id = required(cx, &mut c, "id", "each case is reported by its id", "add `id = \"capital\"`");
-        let prompt = required(cx, &mut c, "prompt", "a case without a prompt tests nothing", "add `prompt = \"What is the capital of France?\"`");
+        let id = required(
+            cx,
+            &mut c,
+            "id",
+            "each case is reported by its id",
+            "add `id = \"capital\"`",
+        );
+        let prompt = required(
+            cx,
+            &mut c,
+            "prompt",
+            "a case without a prompt tests nothing",
+            "add `prompt = \"What is the capital of France?\"`",
+        );
         let contains = c.string(cx, "expect_contains");
         let regex = c.string(cx, "expect_regex");
         let max_tokens = c.integer(cx, "max_tokens");
@@ -767,17 +1224,40 @@ pub(super) fn read_cases(cx: &mut Ctx, tables: Vec<TableView>) -> Vec<EvalCase> 
             (None, Some(r)) => match regex::Regex::new(&r.value) {
                 Ok(_) => Some(Expectation::Regex(r.value)),
                 Err(e) => {
-                    cx.push(Problem::error(c.field("expect_regex"), r.span, format!("is not a valid regular expression: {}", e.to_string().lines().last().unwrap_or_default())).fix("fix the pattern (Rust regex syntax)"));
+                    cx.push(
+                        Problem::error(
+                            c.field("expect_regex"),
+                            r.span,
+                            format!(
+                                "is not a valid regular expression: {}",
+                                e.to_string().lines().last().unwrap_or_default()
+                            ),
+                        )
+                        .fix("fix the pattern (Rust regex syntax)"),
+                    );
                     None
                 }
             },
             (Some(_), Some(r)) => {
-                cx.push(Problem::error(c.field("expect_regex"), r.span, "a case has either expect_contains or expect_regex, not both").fix("keep one of the two"));
+                cx.push(
+                    Problem::error(
+                        c.field("expect_regex"),
+                        r.span,
+                        "a case has either expect_contains or expect_regex, not both",
+                    )
+                    .fix("keep one of the two"),
+                );
                 None
             }
             (None, None) => {
                 if c.raw("expect_contains").is_none() && c.raw("expect_regex").is_none() {
-                    missing(cx, &c, "expect_contains", "a case needs a pass condition", "add `expect_contains = \"Paris\"` or `expect_regex = \"(?i)paris\"`");
+                    missing(
+                        cx,
+                        &c,
+                        "expect_contains",
+                        "a case needs a pass condition",
+                        "add `expect_contains = \"Paris\"` or `expect_regex = \"(?i)paris\"`",
+                    );
                 }
                 None
             }
@@ -785,7 +1265,14 @@ pub(super) fn read_cases(cx: &mut Ctx, tables: Vec<TableView>) -> Vec<EvalCase> 
         let max_tokens = match max_tokens {
             Some(m) if (1..=MAX_EVAL_TOKENS).contains(&m.value) => u32::try_from(m.value).ok(),
             Some(m) => {
-                cx.push(Problem::error(c.field("max_tokens"), m.span, format!("{} is out of range", m.value)).fix(format!("use 1 to {MAX_EVAL_TOKENS}")));
+                cx.push(
+                    Problem::error(
+                        c.field("max_tokens"),
+                        m.span,
+                        format!("{} is out of range", m.value),
+                    )
+                    .fix(format!("use 1 to {MAX_EVAL_TOKENS}")),
+                );
                 None
             }
             None => Some(DEFAULT_MAX_TOKENS),
@@ -793,19 +1280,37 @@ pub(super) fn read_cases(cx: &mut Ctx, tables: Vec<TableView>) -> Vec<EvalCase> 
         let max_latency_ms = match latency {
             Some(l) if l.value > 0 => Some(Some(l.value as u64)),
             Some(l) => {
-                cx.push(Problem::error(c.field("max_latency_ms"), l.span, "must be more than zero").fix("give the limit in milliseconds, e.g. 5000"));
+                cx.push(
+                    Problem::error(c.field("max_latency_ms"), l.span, "must be more than zero")
+                        .fix("give the limit in milliseconds, e.g. 5000"),
+                );
                 None
             }
             None => Some(None),
         };
         if let Some(i) = &id {
             if !ids.insert(i.value.clone()) {
-                cx.push(Problem::error(c.field("id"), i.span.clone(), format!("case id {:?} is used twice", i.value)).fix("give every case its own id"));
+                cx.push(
+                    Problem::error(
+                        c.field("id"),
+                        i.span.clone(),
+                        format!("case id {:?} is used twice", i.value),
+                    )
+                    .fix("give every case its own id"),
+                );
             }
         }
         c.finish(cx);
-        if let (Some(id), Some(prompt), Some(expect), Some(max_tokens), Some(max_latency_ms)) = (id, prompt, expect, max_tokens, max_latency_ms) {
-            cases.push(EvalCase { id: id.value, prompt: prompt.value, expect, max_tokens, max_latency_ms });
+        if let (Some(id), Some(prompt), Some(expect), Some(max_tokens), Some(max_latency_ms)) =
+            (id, prompt, expect, max_tokens, max_latency_ms)
+        {
+            cases.push(EvalCase {
+                id: id.value,
+                prompt: prompt.value,
+                expect,
+                max_tokens,
+                max_latency_ms,
+            });
         }
     }
     cases
@@ -829,16 +1334,30 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
     let provider = plan.instance.provider;
     match plan.route {
         Route::LocalCpu if provider != ProviderKind::Local => cx.push(
-            Problem::error("instance.provider", s.provider.clone(), format!("route local_cpu runs on this machine, but provider is \"{provider}\""))
-                .fix("use `provider = \"local\"`, or `route = \"rented_gpu\"` for a rented host"),
+            Problem::error(
+                "instance.provider",
+                s.provider.clone(),
+                format!("route local_cpu runs on this machine, but provider is \"{provider}\""),
+            )
+            .fix("use `provider = \"local\"`, or `route = \"rented_gpu\"` for a rented host"),
         ),
         Route::RentedGpu if provider == ProviderKind::Local => cx.push(
-            Problem::error("instance.provider", s.provider.clone(), "route rented_gpu needs a rented host, but provider is \"local\"")
-                .fix("use provider ssh, lambda, runpod or vast; or `route = \"local_cpu\"` to run here"),
+            Problem::error(
+                "instance.provider",
+                s.provider.clone(),
+                "route rented_gpu needs a rented host, but provider is \"local\"",
+            )
+            .fix(
+                "use provider ssh, lambda, runpod or vast; or `route = \"local_cpu\"` to run here",
+            ),
         ),
         Route::FreeColab if provider != ProviderKind::Local => cx.push(
-            Problem::error("instance.provider", s.provider.clone(), "route free_colab runs in a notebook gpuctl generates; nothing is rented")
-                .fix("use `provider = \"local\"` for free_colab plans"),
+            Problem::error(
+                "instance.provider",
+                s.provider.clone(),
+                "route free_colab runs in a notebook gpuctl generates; nothing is rented",
+            )
+            .fix("use `provider = \"local\"` for free_colab plans"),
         ),
         _ => {}
     }
@@ -856,13 +1375,21 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
                 .fix("use `route = \"local_cpu\"` as the fallback"),
         );
     }
-    if plan.route == Route::RentedGpu {
-        if plan.instance.gpus == 0 {
-            cx.push(Problem::warning("instance.gpus", s.gpus.clone(), "is 0 on route rented_gpu").fix("set `gpus = 1` or more, or use route local_cpu"));
-        }
+    if plan.route == Route::RentedGpu && plan.instance.gpus == 0 {
+        cx.push(
+            Problem::warning("instance.gpus", s.gpus.clone(), "is 0 on route rented_gpu")
+                .fix("set `gpus = 1` or more, or use route local_cpu"),
+        );
     }
     if !plan.access.public_ports.is_empty() {
-        cx.push(Problem::warning("access.public_ports", s.access_table.clone(), "this plan opens public ports; `gpuctl up` refuses it without --allow-public-ports").why("a public port exposes the model, and your bill, to anyone who finds it"));
+        cx.push(
+            Problem::warning(
+                "access.public_ports",
+                s.access_table.clone(),
+                "this plan opens public ports; `gpuctl up` refuses it without --allow-public-ports",
+            )
+            .why("a public port exposes the model, and your bill, to anyone who finds it"),
+        );
     }
     // Proof against provider: only a cloud can answer "terminated"; a cloud VM needs exactly that.
     match (plan.evidence.shutdown_proof, provider.is_cloud()) {
@@ -898,9 +1425,13 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
     if let (Some(price), Some(hourly)) = (plan.instance.hourly_price_usd, plan.budget.hourly_usd) {
         if provider.uses_ssh() && price > hourly {
             cx.push(
-                Problem::error("instance.hourly_price_usd", s.price.clone(), format!("${price:.2}/h is above budget.hourly_usd ${hourly:.2}/h"))
-                    .why("hourly_usd is the most this session may cost per hour")
-                    .fix("raise budget.hourly_usd, or use a cheaper host"),
+                Problem::error(
+                    "instance.hourly_price_usd",
+                    s.price.clone(),
+                    format!("${price:.2}/h is above budget.hourly_usd ${hourly:.2}/h"),
+                )
+                .why("hourly_usd is the most this session may cost per hour")
+                .fix("raise budget.hourly_usd, or use a cheaper host"),
             );
         }
     }
@@ -909,11 +1440,29 @@ fn cross_rules(cx: &mut Ctx, plan: &Plan, s: &Spans, now: DateTime<Utc>) {
             let runway = (stop - now).to_std().unwrap_or_default();
             if cause == StopCause::Budget && runway <= plan.stop.grace {
                 cx.push(
-                    Problem::error("budget.max_total_usd", s.total.clone(), format!("${:.2} buys only {} at ${price:.2}/h, not more than the grace period", plan.budget.max_total_usd.unwrap_or_default(), humantime::format_duration(Duration::from_secs(runway.as_secs()))))
-                        .fix("raise max_total_usd or use a cheaper host"),
+                    Problem::error(
+                        "budget.max_total_usd",
+                        s.total.clone(),
+                        format!(
+                            "${:.2} buys only {} at ${price:.2}/h, not more than the grace period",
+                            plan.budget.max_total_usd.unwrap_or_default(),
+                            humantime::format_duration(Duration::from_secs(runway.as_secs()))
+                        ),
+                    )
+                    .fix("raise max_total_usd or use a cheaper host"),
                 );
-            } else if cause == StopCause::Budget && (plan.stop.hard_stop_time.is_some() || plan.stop.max_duration.is_some()) {
-                cx.push(Problem::warning("budget.max_total_usd", s.total.clone(), format!("the budget ends the session first: ${:.2} at ${price:.2}/h lasts {}", plan.budget.max_total_usd.unwrap_or_default(), humantime::format_duration(Duration::from_secs(runway.as_secs())))));
+            } else if cause == StopCause::Budget
+                && (plan.stop.hard_stop_time.is_some() || plan.stop.max_duration.is_some())
+            {
+                cx.push(Problem::warning(
+                    "budget.max_total_usd",
+                    s.total.clone(),
+                    format!(
+                        "the budget ends the session first: ${:.2} at ${price:.2}/h lasts {}",
+                        plan.budget.max_total_usd.unwrap_or_default(),
+                        humantime::format_duration(Duration::from_secs(runway.as_secs()))
+                    ),
+                ));
             }
         }
     }
@@ -937,7 +1486,14 @@ pub fn check_cases(source: &Source) -> (Vec<EvalCase>, Vec<Problem>) {
             cases
         }
         Err(e) => {
-            cx.push(Problem::error("toml", e.span().unwrap_or(0..0), format!("not valid TOML: {}", e.message().lines().next().unwrap_or_default())));
+            cx.push(Problem::error(
+                "toml",
+                e.span().unwrap_or(0..0),
+                format!(
+                    "not valid TOML: {}",
+                    e.message().lines().next().unwrap_or_default()
+                ),
+            ));
             Vec::new()
         }
     };

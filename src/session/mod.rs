@@ -17,5 +17,11 @@ pub fn new_session_id(now: DateTime<Utc>) -> String {
         let nanos = now.timestamp_subsec_nanos().to_le_bytes();
         bytes.copy_from_slice(&nanos[..3]);
     }
-    format!("{}-{:02x}{:02x}{:02x}", now.format("%Y%m%d-%H%M%S"), bytes[0], bytes[1], bytes[2])
+    format!(
+        "{}-{:02x}{:02x}{:02x}",
+        now.format("%Y%m%d-%H%M%S"),
+        bytes[0],
+        bytes[1],
+        bytes[2]
+    )
 }

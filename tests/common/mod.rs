@@ -25,7 +25,12 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -35,7 +40,9 @@ pub fn repo_root() -> PathBuf {
 
 impl Ctx {
     pub fn new() -> Ctx {
-        Ctx { dir: tempfile::tempdir().expect("temp dir") }
+        Ctx {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn home(&self) -> PathBuf {
@@ -78,7 +85,11 @@ impl Ctx {
 }
 
 pub fn assert_no_panic(run: &Run) {
-    assert!(!run.stderr.contains("panicked"), "gpuctl panicked:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked"),
+        "gpuctl panicked:\n{}",
+        run.stderr
+    );
 }
 
 pub fn exists(p: &Path) -> bool {
