@@ -20,6 +20,10 @@ pub enum Command {
     /// Write, check and render plans (gpu_plan.toml)
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Run a plan: record the session, serve, evaluate, stop, prove the stop
+    Up(UpArgs),
+    /// Run a fixed eval set against an OpenAI-compatible endpoint
+    Eval(EvalArgs),
     /// List sessions (what may still bill first)
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
@@ -77,6 +81,41 @@ pub struct PlanCheckArgs {
 pub struct PlanShowArgs {
     pub plan: PathBuf,
     /// Print the validated plan as JSON instead of the route card
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The plan to run (gpu_plan.toml)
+    pub plan: PathBuf,
+    /// The gpuctl-agent binary to deploy (default: next to gpuctl)
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Print JSON Lines events on standard output instead of progress
+    #[arg(long)]
+    pub json: bool,
+    /// Accept a plan that opens public ports
+    #[arg(long)]
+    pub allow_public_ports: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Base URL of the server, e.g. http://127.0.0.1:8000
+    pub url: String,
+    /// A cases file of [[case]] tables, or a plan whose eval set to run
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// The model name to request (default: the first one /v1/models lists)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Environment variable holding the bearer token
+    #[arg(long, default_value = "GPUCTL_TOKEN")]
+    pub token_env: String,
+    /// Write eval_results.csv here
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

@@ -6,7 +6,10 @@
 pub mod cli;
 pub mod commands;
 pub mod db;
+pub mod eval;
+pub mod evidence;
 pub mod exit;
 pub mod home;
 pub mod plan;
+pub mod progress;
 pub mod session;

@@ -3,14 +3,22 @@
 //! For now it prints its version and an environment report; serving, the request log
 //! and the watchdog build on this.
 
+mod api;
+mod config;
+mod engine;
 mod envreport;
 mod gpu;
+mod log;
+mod metrics;
+mod reqlog;
+mod serve;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: gpuctl-agent <command>
 
 commands:
+  serve --config FILE   serve the model the config names until its deadline
   version      print the agent's version and protocol version
   env-report   print the environment report (OS, CPU, memory, disk, GPUs through NVML)";
 
@@ -31,6 +39,35 @@ fn main() -> ExitCode {
                 envreport::report(&std::env::current_dir().unwrap_or_else(|_| "/".into()))
             );
             ExitCode::SUCCESS
+        }
+        Some("serve") => {
+            let config = match args.get(1..) {
+                Some([flag, path]) if flag == "--config" => std::path::PathBuf::from(path),
+                _ => {
+                    eprintln!("usage: gpuctl-agent serve --config FILE");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = match runtime.block_on(serve::run(&config)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log!("error: {e:#}");
+                    1
+                }
+            };
+            // Exit now: a model load still running in a blocking thread must not hold the process.
+            std::process::exit(code)
         }
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");

@@ -1,9 +1,11 @@
 //! One module per subcommand, each with one entry function returning an exit status.
 
 mod debug;
+mod eval;
 mod ls;
 mod plan;
 mod status;
+mod up;
 
 use crate::cli::{Cli, Command, PlanCommand};
 use crate::exit::Exit;
@@ -13,6 +15,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Plan(PlanCommand::New(args)) => plan::new(args),
         Command::Plan(PlanCommand::Check(args)) => plan::check(args),
         Command::Plan(PlanCommand::Show(args)) => plan::show(args),
+        Command::Up(args) => up::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Debug(cmd) => debug::run(cmd),
@@ -22,6 +26,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
 fn open_db() -> anyhow::Result<crate::db::Db> {
     let home = crate::home::gpuctl_home()?;
     Ok(crate::db::Db::open(&home)?)
+}
+
+/// The async runtime for commands that talk to the network or child processes.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 /// Money as dollars and cents, or a dash.

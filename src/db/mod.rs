@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use sessions::{EventRecord, NewSession, SessionRecord};
+pub use sessions::{EventRecord, EvidenceRow, NewSession, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

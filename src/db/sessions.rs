@@ -306,3 +306,99 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 }
+
+/// One file of a session's evidence manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvidenceRow {
+    pub path: String,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    /// "present" or "missing".
+    pub status: String,
+}
+
+impl Db {
+    /// The instance is running: record what it is and when billing started.
+    pub fn record_launch(
+        &self,
+        id: &str,
+        instance_id: &str,
+        host: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET instance_id = ?2, host = ?3, launched_at = ?4, updated_at = ?4 WHERE id = ?1",
+                params![id, instance_id, host, ts(at)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The final state with its cost and reasons, and the state event, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_end(
+        &mut self,
+        id: &str,
+        state: SessionState,
+        ended_at: DateTime<Utc>,
+        cost_usd: Option<f64>,
+        stop_reason: &str,
+        failure_reason: Option<&str>,
+        message: &str,
+    ) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "UPDATE sessions SET state = ?2, ended_at = ?3, cost_usd = ?4, stop_reason = ?5, failure_reason = ?6, updated_at = ?3 WHERE id = ?1",
+            params![id, state.as_str(), ts(ended_at), cost_usd, stop_reason, failure_reason],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO events (session_id, at, kind, state, message) VALUES (?1, ?2, 'state', ?3, ?4)",
+            params![id, ts(ended_at), state.as_str(), message],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    pub fn record_evidence(&mut self, id: &str, rows: &[EvidenceRow]) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        for r in rows {
+            tx.execute(
+                "INSERT OR REPLACE INTO evidence (session_id, path, sha256, size, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, r.path, r.sha256, r.size.map(|s| s as i64), r.status],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    pub fn evidence_rows(&self, id: &str) -> Result<Vec<EvidenceRow>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, sha256, size, status FROM evidence WHERE session_id = ?1 ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                let size: Option<i64> = r.get(2)?;
+                Ok(EvidenceRow {
+                    path: r.get(0)?,
+                    sha256: r.get(1)?,
+                    size: size.map(|s| s as u64),
+                    status: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}

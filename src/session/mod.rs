@@ -1,7 +1,10 @@
 //! Sessions: their states and identities.
 
+mod local_host;
 mod state;
+pub mod up;
 
+pub use local_host::{find_agent, peak_rss_kib, port_closed};
 pub use state::SessionState;
 
 use chrono::{DateTime, Utc};

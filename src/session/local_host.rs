@@ -1,0 +1,202 @@
+//! Provider `local`: the agent as a child process of `up`, in its own process group (so
+//! a Ctrl+C in the terminal reaches `up`, which stops it in order), proven stopped by its
+//! exit status and a refused connection on its port.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::eval::AgentClient;
+use crate::evidence::Check;
+
+/// After SIGTERM, how long the agent gets before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+pub struct LocalAgent {
+    child: Child,
+    pub pid: u32,
+    pub port: u16,
+    pub argv: Vec<String>,
+    log_path: PathBuf,
+    exit: Option<std::process::ExitStatus>,
+}
+
+/// The agent binary: `--agent-bin`, else `$GPUCTL_AGENT_BIN`, else next to this executable.
+pub fn find_agent(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--agent-bin {} does not exist", p.display());
+    }
+    if let Some(p) = std::env::var_os("GPUCTL_AGENT_BIN").map(PathBuf::from) {
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("GPUCTL_AGENT_BIN={} does not exist", p.display());
+    }
+    let exe = std::env::current_exe().context("cannot find the gpuctl executable")?;
+    let beside = exe.with_file_name("gpuctl-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "gpuctl-agent was not found next to {} (build it with `cargo build --release --workspace`, or pass --agent-bin)",
+        exe.display()
+    )
+}
+
+impl LocalAgent {
+    pub fn start(
+        agent: &Path,
+        config: &Path,
+        log_path: &Path,
+        port: u16,
+    ) -> anyhow::Result<LocalAgent> {
+        let log = std::fs::File::create(log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log_err = log.try_clone()?;
+        let argv = vec![
+            agent.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        let child = Command::new(agent)
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", agent.display()))?;
+        let pid = child.id().context("the agent exited at once")?;
+        Ok(LocalAgent {
+            child,
+            pid,
+            port,
+            argv,
+            log_path: log_path.to_path_buf(),
+            exit: None,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n    ")
+    }
+
+    /// Poll /health until it answers; fail at once if the agent exits.
+    pub async fn wait_healthy(&mut self, client: &AgentClient) -> anyhow::Result<()> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exit = Some(status);
+                bail!(
+                    "the agent exited before it was ready ({status}); agent.log ends with:\n    {}",
+                    self.log_tail()
+                );
+            }
+            if client.health().await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the agent has exited on its own (its watchdog, or a crash).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    pub async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.wait().await.ok();
+        }
+        self.exit
+    }
+
+    /// Stop the agent and prove it: SIGTERM to its group, SIGKILL after a grace, then
+    /// check the exit status and that the port refuses connections.
+    pub async fn stop(&mut self) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let pgid = Pid::from_raw(self.pid as i32);
+        if self.exited().is_none() {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            if let Ok(status) = tokio::time::timeout(TERM_GRACE, self.child.wait()).await {
+                self.exit = status.ok();
+            } else {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                self.exit = self.child.wait().await.ok();
+                checks.push(Check::new(
+                    "sigkill",
+                    true,
+                    format!("the agent ignored SIGTERM for {TERM_GRACE:?}; sent SIGKILL"),
+                ));
+            }
+        }
+        // Anything left in its process group is stopped too.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        checks.push(match self.exit {
+            Some(status) => Check::new(
+                "process_exited",
+                true,
+                format!("pid {} exited: {status}", self.pid),
+            ),
+            None => Check::new(
+                "process_exited",
+                false,
+                format!("pid {}: no exit status could be read", self.pid),
+            ),
+        });
+        checks.push(port_closed(self.port).await);
+        checks
+    }
+}
+
+/// Passes only when a connection to 127.0.0.1:port is refused.
+pub async fn port_closed(port: u16) -> Check {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Check::new(
+            "port_closed",
+            true,
+            format!("127.0.0.1:{port}: connection refused"),
+        ),
+        Ok(Err(e)) => Check::new("port_closed", true, format!("127.0.0.1:{port}: {e}")),
+        Ok(Ok(_)) => Check::new(
+            "port_closed",
+            false,
+            format!("127.0.0.1:{port} still accepts connections"),
+        ),
+        Err(_) => Check::new(
+            "port_closed",
+            false,
+            format!("127.0.0.1:{port}: connect timed out"),
+        ),
+    }
+}
+
+/// Peak resident memory of a live process, from /proc (Linux).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,649 @@
+//! `gpuctl up PLAN`: check, record, launch, serve, evaluate, then stop and prove it.
+//!
+//! Each state is committed before its side effect. Whatever happens after the session is
+//! recorded (an error, Ctrl+C, the deadline), the stop path runs and writes its proof.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use gpuctl_protocol::{
+    evidence_files, AgentConfig, ModelConfig, Runtime, StopAction, PROTOCOL_VERSION,
+};
+use gpuctl_providers::{BillingGranularity, ProviderKind};
+use serde_json::json;
+
+use super::local_host::{find_agent, peak_rss_kib, LocalAgent};
+use super::{new_session_id, SessionState};
+use crate::db::{Db, EvidenceRow, NewSession};
+use crate::eval::{self, AgentClient, CaseResult};
+use crate::evidence::{sha256_hex, Bundle, Check, CostRecord, ShutdownProofRecord};
+use crate::exit::Exit;
+use crate::plan::{self, Plan, Route};
+use crate::progress::Reporter;
+
+/// The prompt of `first_run.md`, from the lesson's own serving check.
+const FIRST_RUN_PROMPT: &str = "Give one deployment rule for a rented GPU.";
+const FIRST_RUN_TOKENS: u32 = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct UpOptions {
+    pub plan_path: PathBuf,
+    pub agent_bin: Option<PathBuf>,
+    pub json: bool,
+    pub allow_public_ports: bool,
+}
+
+/// Why the serving phase ended.
+#[derive(Debug, Clone)]
+enum Ending {
+    AfterEval,
+    Deadline,
+    Interrupted,
+    AgentExited(String),
+    Failed(String),
+}
+
+impl Ending {
+    fn reason(&self) -> String {
+        match self {
+            Ending::AfterEval => "after_eval: the fixed eval set has run".into(),
+            Ending::Deadline => "deadline reached".into(),
+            Ending::Interrupted => "interrupted (Ctrl+C)".into(),
+            Ending::AgentExited(s) => format!("the agent exited on its own: {s}"),
+            Ending::Failed(s) => format!("failed: {s}"),
+        }
+    }
+}
+
+pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
+    let mut rep = Reporter::new(opts.json);
+    let now = Utc::now();
+    let checked = plan::check_file(&opts.plan_path, now);
+    for p in &checked.problems {
+        eprintln!("{p}");
+    }
+    let (Some(plan), Some(source)) = (checked.plan, checked.source) else {
+        eprintln!("{}: refused; nothing was started", opts.plan_path.display());
+        return Ok(Exit::Refused);
+    };
+    if let Some(reason) = unsupported(&plan, &opts) {
+        eprintln!(
+            "error: {}: {reason}; nothing was started",
+            opts.plan_path.display()
+        );
+        return Ok(Exit::Refused);
+    }
+    let agent_bin = match find_agent(opts.agent_bin.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}; nothing was started");
+            return Ok(Exit::Refused);
+        }
+    };
+    let api = plan.api_port().context("the plan forwards no port")?;
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", api.remote)) {
+        eprintln!(
+            "error: port 127.0.0.1:{} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started",
+            api.remote
+        );
+        return Ok(Exit::Refused);
+    }
+
+    // Record the session before anything is launched: max_duration counts from here.
+    let home = crate::home::gpuctl_home()?;
+    let mut db = Db::open(&home)?;
+    let id = new_session_id(now);
+    let price = plan.declared_price().unwrap_or(0.0);
+    let (deadline, cause) = plan
+        .effective_stop(now, Some(price))
+        .context("the plan has no hard stop")?;
+    let bundle_dir = match &plan.evidence.dir {
+        Some(d) => PathBuf::from(d).join(&id),
+        None => home.join("evidence").join(&id),
+    };
+    let git = plan::provenance(&opts.plan_path);
+    db.insert_session(&NewSession {
+        id: id.clone(),
+        plan_name: plan.name.clone(),
+        plan_sha256: sha256_hex(source.text.as_bytes()),
+        plan_text: source.text.clone(),
+        plan_path: Some(opts.plan_path.display().to_string()),
+        plan_git_commit: git.as_ref().map(|g| g.commit.clone()),
+        plan_git_dirty: git.as_ref().map(|g| g.dirty),
+        owner: plan.owner.clone(),
+        route: plan.route.as_str().into(),
+        provider: plan.instance.provider.as_str().into(),
+        instance_type: plan.instance.instance_type.clone(),
+        region: plan.instance.region.clone(),
+        price_usd_per_hour: Some(price),
+        catalog_price_usd_per_hour: None,
+        hourly_budget_usd: plan.budget.hourly_usd,
+        max_total_usd: plan.budget.max_total_usd,
+        created_at: now,
+        deadline,
+        stop_cause: format!("{cause:?}").to_lowercase(),
+        controller_pid: Some(std::process::id()),
+        evidence_dir: Some(bundle_dir.display().to_string()),
+    })?;
+    rep.info(&format!(
+        "session {id}: deadline {} ({})",
+        deadline.format("%H:%M:%S UTC"),
+        cause.describe()
+    ));
+
+    let bundle = Bundle::create(bundle_dir)?;
+    bundle.write("plan.toml", &source.text)?;
+    bundle.write("gpu_plan.md", plan::route_card(&plan, now))?;
+
+    let work = home.join("run").join(&id);
+    std::fs::create_dir_all(work.join("evidence"))
+        .with_context(|| format!("creating {}", work.display()))?;
+    let mut session = Session {
+        db,
+        id: id.clone(),
+        plan,
+        bundle,
+        work,
+        deadline,
+        agent: None,
+        agent_bin,
+        timings: Vec::new(),
+    };
+
+    let started = Instant::now();
+    let ending = {
+        let run = session.run(&mut rep);
+        tokio::pin!(run);
+        let until_deadline = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            ending = &mut run => ending,
+            _ = tokio::signal::ctrl_c() => Ending::Interrupted,
+            _ = tokio::time::sleep(until_deadline) => Ending::Deadline,
+        }
+    };
+    if matches!(ending, Ending::Interrupted) {
+        rep.warn("interrupted: stopping the session (evidence, stop, proof)");
+    }
+    let exit = session.finish(&mut rep, ending, started).await?;
+    Ok(exit)
+}
+
+/// What this build cannot run yet, as a refusal (nothing is started).
+fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
+    if !plan.access.public_ports.is_empty() && !opts.allow_public_ports {
+        return Some(
+            "the plan opens public ports; pass --allow-public-ports if that is really intended"
+                .into(),
+        );
+    }
+    if plan.route == Route::FreeColab {
+        return Some("the free_colab route runs in a notebook, not through `up`".into());
+    }
+    if plan.instance.provider != ProviderKind::Local {
+        return Some(format!(
+            "provider \"{}\" is not available in this build yet; only \"local\" is",
+            plan.instance.provider
+        ));
+    }
+    if plan.model.runtime != Runtime::Candle {
+        return Some(format!(
+            "runtime \"{}\" is not available in this build yet; only \"candle\" is",
+            plan.model.runtime.as_str()
+        ));
+    }
+    let path = plan.model.path.as_deref().unwrap_or_default();
+    match std::fs::File::open(path) {
+        Err(e) => Some(format!(
+            "the model file {path} cannot be read ({e}); fetch the default model with `scripts/fetch-model.sh`, or fix model.path"
+        )),
+        Ok(mut f) => {
+            let mut magic = [0u8; 4];
+            let is_gguf = std::io::Read::read_exact(&mut f, &mut magic).is_ok() && &magic == b"GGUF";
+            (!is_gguf && !Path::new(path).is_dir()).then(|| {
+                format!("{path} is not a GGUF file (bad magic); fetch it again with `scripts/fetch-model.sh`")
+            })
+        }
+    }
+}
+
+struct Session {
+    db: Db,
+    id: String,
+    plan: Plan,
+    bundle: Bundle,
+    work: PathBuf,
+    deadline: DateTime<Utc>,
+    agent: Option<(LocalAgent, AgentClient)>,
+    agent_bin: PathBuf,
+    timings: Vec<(String, u64)>,
+}
+
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+impl Session {
+    fn transition(&mut self, state: SessionState, message: &str) -> anyhow::Result<()> {
+        self.db.transition(&self.id, state, message, Utc::now())?;
+        Ok(())
+    }
+
+    fn time(&mut self, step: &str, since: Instant) {
+        self.timings
+            .push((step.to_string(), since.elapsed().as_millis() as u64));
+    }
+
+    /// Launch, deploy, serve and evaluate. Returns why serving ended; never skips the stop.
+    async fn run(&mut self, rep: &mut Reporter) -> Ending {
+        match self.run_inner(rep).await {
+            Ok(ending) => ending,
+            Err(e) => Ending::Failed(format!("{e:#}")),
+        }
+    }
+
+    async fn run_inner(&mut self, rep: &mut Reporter) -> anyhow::Result<Ending> {
+        let t = Instant::now();
+        self.transition(
+            SessionState::Provisioning,
+            "provider local: this machine, nothing to rent",
+        )?;
+        self.transition(
+            SessionState::Connecting,
+            "provider local: no connection needed",
+        )?;
+        self.transition(SessionState::Deploying, "starting gpuctl-agent")?;
+        rep.step("deploy", "starting gpuctl-agent");
+        let api = self.plan.api_port().context("no API port")?;
+        let token = random_token()?;
+        let token_file = self.work.join("token");
+        write_private(&token_file, &token)?;
+        let model = self.plan.model.clone();
+        let config = AgentConfig {
+            protocol: PROTOCOL_VERSION,
+            session_id: self.id.clone(),
+            deadline: self.deadline,
+            grace_secs: self.plan.stop.grace.as_secs(),
+            listen_port: api.remote,
+            token_file: token_file.display().to_string(),
+            evidence_dir: self.work.join("evidence").display().to_string(),
+            model: ModelConfig {
+                id: model.id.clone(),
+                runtime: model.runtime,
+                path: model
+                    .path
+                    .as_ref()
+                    .map(|p| absolute(Path::new(p)).display().to_string()),
+                args: model.args.clone(),
+                command: model.command.clone(),
+            },
+            stop_action: StopAction::Exit,
+        };
+        let config_path = self.work.join("agent.json");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+        let agent = LocalAgent::start(
+            &self.agent_bin,
+            &config_path,
+            &self.work.join("agent.log"),
+            api.remote,
+        )?;
+        self.db.record_launch(
+            &self.id,
+            &format!("pid:{}", agent.pid),
+            Some("127.0.0.1"),
+            Utc::now(),
+        )?;
+        let client = AgentClient::new(
+            &format!("http://127.0.0.1:{}", api.remote),
+            &token,
+            &model.id,
+            REQUEST_TIMEOUT,
+        )?;
+        self.time("controller_start_agent", t);
+        self.agent = Some((agent, client));
+
+        rep.step(
+            "load",
+            &format!(
+                "loading {} ({})",
+                model.id,
+                model.path.as_deref().unwrap_or("")
+            ),
+        );
+        let t = Instant::now();
+        let (agent, client) = self.agent.as_mut().context("agent")?;
+        agent.wait_healthy(client).await?;
+        self.time("model_load_to_healthy", t);
+        self.transition(
+            SessionState::Serving,
+            &format!("agent healthy on 127.0.0.1:{}", api.remote),
+        )?;
+        rep.done(&format!("serving on http://127.0.0.1:{}", api.remote));
+
+        rep.step("first_run", "first run");
+        let t = Instant::now();
+        let first = self.first_run().await?;
+        self.time("first_run", t);
+        rep.done(&first);
+
+        let cases = self.eval_cases()?;
+        if !cases.is_empty() {
+            rep.step(
+                "eval",
+                &format!("running the fixed eval set ({} cases)", cases.len()),
+            );
+            let t = Instant::now();
+            let mut results: Vec<CaseResult> = Vec::new();
+            for case in &cases {
+                let (_, client) = self.agent.as_ref().context("agent")?;
+                let r = eval::run_case(client, case).await;
+                rep.info(&format!(
+                    "{} {}: {} ({} ms)",
+                    if r.pass { "pass" } else { "FAIL" },
+                    r.id,
+                    r.reason,
+                    r.latency_ms
+                ));
+                results.push(r);
+            }
+            self.time("eval", t);
+            self.bundle
+                .write("eval_results.csv", eval::to_csv(&results))?;
+            let passed = results.iter().filter(|r| r.pass).count();
+            self.db.add_event(
+                &self.id,
+                "eval",
+                &format!("{passed}/{} cases passed", results.len()),
+                Utc::now(),
+            )?;
+            rep.done(&format!("{passed}/{} passed", results.len()));
+        }
+        if self.plan.stop.after_eval {
+            return Ok(Ending::AfterEval);
+        }
+        rep.step(
+            "serve",
+            &format!(
+                "serving until {} (Ctrl+C stops earlier)",
+                self.deadline.format("%H:%M:%S UTC")
+            ),
+        );
+        let (agent, _) = self.agent.as_mut().context("agent")?;
+        let status = agent.wait_exit().await;
+        Ok(Ending::AgentExited(
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown status".into()),
+        ))
+    }
+
+    fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
+        let mut cases = Vec::new();
+        if let Some(file) = &self.plan.eval.cases_file {
+            let dir = self.plan_dir();
+            let loaded =
+                plan::read_cases_file(&Path::new(&dir).join(file)).map_err(|problems| {
+                    anyhow::anyhow!(problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                })?;
+            cases.extend(loaded);
+        }
+        cases.extend(self.plan.eval.cases.iter().cloned());
+        Ok(cases)
+    }
+
+    fn plan_dir(&self) -> String {
+        // The plan was copied into the bundle; cases files are relative to the original.
+        let path = self
+            .db
+            .get_session(&self.id)
+            .ok()
+            .and_then(|s| s.plan_path)
+            .unwrap_or_default();
+        Path::new(&path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| ".".into())
+    }
+
+    async fn first_run(&mut self) -> anyhow::Result<String> {
+        let (agent, client) = self.agent.as_ref().context("agent")?;
+        let t = Instant::now();
+        let answer = client.chat(FIRST_RUN_PROMPT, FIRST_RUN_TOKENS, 0.0).await?;
+        let ms = t.elapsed().as_millis() as u64;
+        let rss = peak_rss_kib(agent.pid);
+        let tps = if ms > 0 {
+            answer.completion_tokens as f64 / (ms as f64 / 1000.0)
+        } else {
+            0.0
+        };
+        let md = format!(
+            "# First run\n\n- session: {}\n- model: {} (runtime {})\n- weights: {}\n- command: `{}`\n- endpoint: POST /v1/chat/completions (temperature 0, max_tokens {FIRST_RUN_TOKENS})\n- latency: {ms} ms\n- tokens: {} prompt, {} completion ({tps:.1} tokens/s including prompt processing)\n- agent peak memory (VmHWM): {}\n\n## Prompt\n\n{FIRST_RUN_PROMPT}\n\n## Output\n\n{}\n",
+            self.id,
+            self.plan.model.id,
+            self.plan.model.runtime.as_str(),
+            self.plan.model.path.as_deref().unwrap_or("-"),
+            agent.argv.join(" "),
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "unknown".into()),
+            answer.content.trim(),
+        );
+        self.bundle.write("first_run.md", md)?;
+        Ok(format!("{} tokens in {ms} ms", answer.completion_tokens))
+    }
+
+    /// Collect, stop, prove, account. Runs whatever happened before.
+    async fn finish(
+        &mut self,
+        rep: &mut Reporter,
+        ending: Ending,
+        started: Instant,
+    ) -> anyhow::Result<Exit> {
+        if let Ending::Failed(msg) = &ending {
+            rep.warn(&format!("the session failed: {msg}"));
+        }
+        self.transition(SessionState::Collecting, "collecting evidence")?;
+        self.transition(SessionState::Stopping, &ending.reason())?;
+        rep.step("stop", "stopping the agent and proving it");
+        let stop_started = Utc::now();
+        let t = Instant::now();
+        let checks: Vec<Check> = match self.agent.as_mut() {
+            Some((agent, _)) => agent.stop().await,
+            None => vec![Check::new("process_exited", true, "no agent was started")],
+        };
+        self.time("stop_and_prove", t);
+        let confirmed = checks.iter().all(|c| c.passed);
+        let stopped_at = Utc::now();
+
+        let t = Instant::now();
+        let agent_files = [
+            evidence_files::ENVIRONMENT_REPORT,
+            evidence_files::REQUESTS,
+            evidence_files::GPU_METRICS,
+            evidence_files::FINAL_RECORD,
+        ];
+        for name in agent_files {
+            self.bundle
+                .copy_in(&self.work.join("evidence").join(name), name)?;
+        }
+        self.bundle
+            .copy_in(&self.work.join("agent.log"), evidence_files::AGENT_LOG)?;
+        let final_record: Option<serde_json::Value> =
+            std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+        let proof = ShutdownProofRecord {
+            session_id: self.id.clone(),
+            expected: self.plan.evidence.shutdown_proof.as_str().into(),
+            confirmed,
+            provider: self.plan.instance.provider.as_str().into(),
+            stop_reason: ending.reason(),
+            deadline: self.deadline,
+            stop_started_at: stop_started,
+            stop_confirmed_at: confirmed.then_some(stopped_at),
+            checks,
+            agent_final_record: final_record,
+        };
+        self.bundle.write_json("shutdown_proof.json", &proof)?;
+
+        let session = self.db.get_session(&self.id)?;
+        let launched = session.launched_at.unwrap_or(session.created_at);
+        let price = session.price_usd_per_hour.unwrap_or(0.0);
+        let billing = BillingGranularity::PerSecond;
+        let billed = billing.billed((stopped_at - launched).to_std().unwrap_or_default());
+        let cost = (price * billed.as_secs_f64() / 3600.0 * 100.0).round() / 100.0;
+        let cost_record = CostRecord {
+            session_id: self.id.clone(),
+            provider: self.plan.instance.provider.as_str().into(),
+            price_usd_per_hour: price,
+            billing_granularity: format!("{billing:?}"),
+            launched_at: launched,
+            stopped_at,
+            billed_seconds: billed.as_secs(),
+            cost_usd: cost,
+            hourly_budget_usd: self.plan.budget.hourly_usd,
+            max_total_usd: self.plan.budget.max_total_usd,
+            percent_of_budget: self
+                .plan
+                .budget
+                .max_total_usd
+                .map(|m| (cost / m * 1000.0).round() / 10.0),
+        };
+        self.bundle.write_json("cost.json", &cost_record)?;
+        self.time("collect_evidence", t);
+        let total_ms = started.elapsed().as_millis() as u64;
+        let timings: serde_json::Map<String, serde_json::Value> = self
+            .timings
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        self.bundle.write_json(
+            "timings.json",
+            &json!({ "session_id": self.id, "total_ms": total_ms, "steps_ms": timings }),
+        )?;
+
+        // What the plan asked for, present or missing.
+        let mut rows: Vec<EvidenceRow> = Vec::new();
+        let manifest = self.bundle.write_manifest()?;
+        for (path, sha, size) in &manifest {
+            rows.push(EvidenceRow {
+                path: path.clone(),
+                sha256: Some(sha.clone()),
+                size: Some(*size),
+                status: "present".into(),
+            });
+        }
+        let missing: Vec<String> = self
+            .plan
+            .evidence
+            .copy_back
+            .iter()
+            .filter(|f| !self.bundle.has(f))
+            .cloned()
+            .collect();
+        for m in &missing {
+            rows.push(EvidenceRow {
+                path: m.clone(),
+                sha256: None,
+                size: None,
+                status: "missing".into(),
+            });
+            rep.warn(&format!(
+                "the plan asked for {m}, but the session did not produce it"
+            ));
+        }
+        self.db.record_evidence(&self.id, &rows)?;
+        let _ = std::fs::remove_file(self.work.join("token"));
+
+        let failure = match &ending {
+            Ending::Failed(msg) => Some(msg.clone()),
+            Ending::AgentExited(s)
+                if !matches!(
+                    proof
+                        .agent_final_record
+                        .as_ref()
+                        .and_then(|r| r["reason"].as_str()),
+                    Some("deadline")
+                ) =>
+            {
+                Some(format!("the agent exited before the deadline: {s}"))
+            }
+            _ => None,
+        };
+        let (state, exit) = match (confirmed, &failure) {
+            (false, _) => (SessionState::StopUnconfirmed, Exit::StopUnconfirmed),
+            (true, Some(_)) => (SessionState::Failed, Exit::Failed),
+            (true, None) => (SessionState::Stopped, Exit::Done),
+        };
+        let message = match state {
+            SessionState::StopUnconfirmed => {
+                "the stop could not be confirmed; see shutdown_proof.json".to_string()
+            }
+            _ => format!(
+                "stopped and proven ({})",
+                self.plan.evidence.shutdown_proof.as_str()
+            ),
+        };
+        self.db.record_end(
+            &self.id,
+            state,
+            stopped_at,
+            Some(cost),
+            &ending.reason(),
+            failure.as_deref(),
+            &message,
+        )?;
+        rep.done(&message);
+        rep.result(json!({
+            "session_id": self.id,
+            "state": state.as_str(),
+            "bundle": self.bundle.dir.display().to_string(),
+            "stop_reason": ending.reason(),
+            "failure": failure,
+            "cost_usd": cost,
+            "missing_evidence": missing,
+            "timings_ms": timings,
+        }));
+        if !rep.is_json() {
+            println!("{}", self.bundle.dir.display());
+            eprintln!(
+                "session {} {}: evidence in {}",
+                self.id,
+                state,
+                self.bundle.dir.display()
+            );
+        }
+        Ok(exit)
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
