@@ -14,4 +14,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# OpenAI's own Python client, to check the agent's API against it.
+if ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'openai>=1.50,<4'
+fi
 echo "test deps: ok"

@@ -8,4 +8,6 @@ scripts/fetch-model.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the real agent binary beside gpuctl: build it first.
+cargo build --workspace --locked
 cargo test --workspace --locked

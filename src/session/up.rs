@@ -51,7 +51,7 @@ impl Ending {
         match self {
             Ending::AfterEval => "after_eval: the fixed eval set has run".into(),
             Ending::Deadline => "deadline reached".into(),
-            Ending::Interrupted => "interrupted (Ctrl+C)".into(),
+            Ending::Interrupted => "interrupted (Ctrl+C or SIGTERM)".into(),
             Ending::AgentExited(s) => format!("the agent exited on its own: {s}"),
             Ending::Failed(s) => format!("failed: {s}"),
         }
@@ -59,6 +59,10 @@ impl Ending {
 }
 
 pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
+    // Take SIGINT and SIGTERM now: from here on they mean "stop in order", never "die".
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut rep = Reporter::new(opts.json);
     let now = Utc::now();
     let checked = plan::check_file(&opts.plan_path, now);
@@ -160,7 +164,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         let until_deadline = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
             ending = &mut run => ending,
-            _ = tokio::signal::ctrl_c() => Ending::Interrupted,
+            _ = sigint.recv() => Ending::Interrupted,
+            _ = sigterm.recv() => Ending::Interrupted,
             _ = tokio::time::sleep(until_deadline) => Ending::Deadline,
         }
     };

@@ -95,3 +95,141 @@ pub fn assert_no_panic(run: &Run) {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The agent binary built beside gpuctl (scripts/test.sh builds the workspace first).
+pub fn agent_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_gpuctl")).with_file_name("gpuctl-agent");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The default model, fetched by scripts/fetch-model.sh (a missing model fails the test, it is not skipped).
+pub fn model_path() -> PathBuf {
+    let p = repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn port_refuses(port: u16) -> bool {
+    matches!(std::net::TcpStream::connect(("127.0.0.1", port)), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// A local_cpu plan on the bundled model, on `port`, with its evidence under the context's dir.
+pub fn local_plan(ctx: &Ctx, port: u16, extra_stop: &str) -> PathBuf {
+    let text = format!(
+        r#"schema = 1
+[plan]
+name = "test-local"
+goal = "prove the loop in a test"
+route = "local_cpu"
+[model]
+id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "local"
+[stop]
+max_duration = "10m"
+grace = "5s"
+{extra_stop}
+[fallback]
+route = "none"
+[access]
+ports = [{{ local = {port}, remote = {port} }}]
+[evidence]
+copy_back = ["environment_report.txt", "first_run.md", "eval_results.csv", "requests.jsonl"]
+shutdown_proof = "process_exited"
+dir = "{evidence}"
+[[eval.case]]
+id = "digits"
+prompt = "What is 2 + 2?"
+expect_regex = "\\d"
+max_tokens = 8
+"#,
+        model = model_path().display(),
+        evidence = ctx.path("bundles").display(),
+    );
+    ctx.write("plan.toml", text)
+}
+
+/// Start gpuctl-agent directly (no controller) with a config for `port` and `deadline`.
+pub struct AgentProc {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub token: String,
+    pub evidence: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(ctx: &Ctx, port: u16, deadline: chrono::DateTime<chrono::Utc>) -> AgentProc {
+        let token = "test-token-0123456789abcdef0123456789".to_string();
+        let token_file = ctx.write("agent-token", &token);
+        let evidence = ctx.path("agent-evidence");
+        let config = serde_json::json!({
+            "protocol": gpuctl_protocol::PROTOCOL_VERSION,
+            "session_id": "test-session",
+            "deadline": deadline,
+            "grace_secs": 1,
+            "listen_port": port,
+            "token_file": token_file,
+            "evidence_dir": evidence,
+            "model": { "id": "smollm2", "runtime": "candle", "path": model_path() },
+        });
+        let config_path = ctx.write("agent.json", config.to_string());
+        let log = std::fs::File::create(ctx.path("agent.log")).expect("log");
+        let child = Command::new(agent_bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        let mut agent = AgentProc {
+            child,
+            port,
+            token,
+            evidence,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited before it was ready: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the agent did not listen within 60 s");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
