@@ -18,4 +18,10 @@ fi
 if ! python3 -c 'import openai' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'openai>=1.50,<4'
 fi
+# A real third-party OpenAI-compatible server for the supervision tests: llama.cpp's, from
+# llama-cpp-python (built from source by pip: about 5 minutes on 2 cores, once).
+if ! python3 -c 'import llama_cpp.server' 2>/dev/null; then
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON" python3 -m pip install --quiet --disable-pip-version-check \
+    --root-user-action=ignore 'llama-cpp-python[server]==0.3.36'
+fi
 echo "test deps: ok"

@@ -12,6 +12,7 @@ mod log;
 mod metrics;
 mod reqlog;
 mod serve;
+mod supervise;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,6 @@
-//! `gpuctl-agent serve --config FILE`: load the model, serve the API on 127.0.0.1, and
-//! stop at the deadline on its own, whatever the controller does (layer 1 of the stop).
+//! `gpuctl-agent serve --config FILE`: load the model (or start the runtime's server),
+//! serve the API on 127.0.0.1, and stop at the deadline on its own, whatever the
+//! controller does (layer 1 of the stop).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,17 +9,52 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use gpuctl_protocol::{evidence_files, FinalRecord, StopAction, StopReason};
+use gpuctl_protocol::{evidence_files, AgentConfig, FinalRecord, Runtime, StopAction, StopReason};
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
-use crate::{config, engine, envreport, log, metrics};
+use crate::api::{self, AppState, Upstream};
+use crate::engine::{self, EngineHandle};
+use crate::supervise::Server;
+use crate::{config, envreport, log, metrics};
 
 /// How long in-flight responses get to finish once the stop begins; the port closes after it.
 const DRAIN: Duration = Duration::from_millis(300);
 const METRICS_EVERY: Duration = Duration::from_secs(2);
 
+type StopRx = watch::Receiver<Option<StopReason>>;
+type StopTx = watch::Sender<Option<StopReason>>;
+
+/// What the final record says about the end.
+struct Ending {
+    reason: StopReason,
+    stopped: Vec<String>,
+    failure: Option<String>,
+    out_of_memory: bool,
+}
+
+impl Ending {
+    fn new(reason: StopReason, stopped: Vec<String>) -> Ending {
+        Ending {
+            reason,
+            stopped,
+            failure: None,
+            out_of_memory: false,
+        }
+    }
+}
+
+/// The evidence side of the agent: the GPU sampler and the final record.
+struct Closer {
+    cfg: AgentConfig,
+    evidence: std::path::PathBuf,
+    sampler_stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    // Signals first, so a stop during start-up still ends with a final record.
+    let (stop_tx, mut stop_rx) = watch::channel::<Option<StopReason>>(None);
+    spawn_signal_handler(stop_tx.clone());
     let loaded = config::load(config_path)?;
     let cfg = loaded.config.clone();
     let evidence = loaded.evidence_dir.clone();
@@ -30,48 +66,77 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
 
     // Arm the watchdog before anything slow: the deadline holds even during model load.
-    let (stop_tx, mut stop_rx) = watch::channel::<Option<StopReason>>(None);
     spawn_watchdog(
         cfg.deadline,
         Duration::from_secs(cfg.grace_secs),
         stop_tx.clone(),
     );
-    spawn_signal_handler(stop_tx.clone());
 
     let report = envreport::report(&evidence);
     std::fs::write(evidence.join(evidence_files::ENVIRONMENT_REPORT), report)
         .context("writing the environment report")?;
-
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let sampler = metrics::spawn_sampler(
         evidence.join(evidence_files::GPU_METRICS),
         METRICS_EVERY,
         sampler_stop.clone(),
     );
-
-    let model_path = cfg
-        .model
-        .path
-        .clone()
-        .context("the config names no model path")?;
-    log!("loading {model_path}");
-    let started = std::time::Instant::now();
-    let load = tokio::task::spawn_blocking(move || engine::load(Path::new(&model_path)));
-    let model = tokio::select! {
-        res = load => res.context("the model loader panicked")??,
-        reason = wait_stop(&mut stop_rx) => {
-            finish(&cfg, &evidence, reason, vec!["model load (interrupted)".into()], &sampler_stop, sampler);
-            return Ok(());
-        }
+    let mut closer = Closer {
+        cfg: cfg.clone(),
+        evidence: evidence.clone(),
+        sampler_stop,
+        sampler,
     };
-    log!("model loaded in {} ms", started.elapsed().as_millis());
-    let engine = engine::spawn(model);
 
-    let log_path = evidence.join(evidence_files::REQUESTS);
-    let request_log = crate::reqlog::RequestLog::create(&log_path, loaded.token.clone())
-        .context("opening requests.jsonl")?;
+    let request_log = crate::reqlog::RequestLog::create(
+        &evidence.join(evidence_files::REQUESTS),
+        loaded.token.clone(),
+    )
+    .context("opening requests.jsonl")?;
+    let started = std::time::Instant::now();
+    let (engine, server) = if cfg.model.runtime == Runtime::Candle {
+        match load_candle(&cfg, &mut stop_rx).await? {
+            Some(engine) => (Some(engine), None),
+            None => {
+                return closer.finish(Ending::new(
+                    current(&stop_rx),
+                    vec!["model load (interrupted)".into()],
+                ))
+            }
+        }
+    } else {
+        let server = Arc::new(Server::start(&cfg.model)?);
+        tokio::select! {
+            ready = server.wait_ready() => {
+                if let Err(e) = ready {
+                    let mut ending = Ending::new(StopReason::ServerFailed, vec![server.stop()]);
+                    ending.out_of_memory = server.oom.load(Ordering::SeqCst);
+                    ending.failure = Some(format!("{e:#}"));
+                    closer.finish(ending)?;
+                    return Err(e);
+                }
+            }
+            reason = wait_stop(&mut stop_rx) => {
+                return closer.finish(Ending::new(reason, vec![server.stop()]));
+            }
+        }
+        spawn_server_watch(server.clone(), stop_tx.clone());
+        (None, Some(server))
+    };
+    log!("model ready in {} ms", started.elapsed().as_millis());
+    let upstream = match &server {
+        Some(s) => Some(Upstream {
+            base: format!("http://127.0.0.1:{}", s.port),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .context("http client")?,
+        }),
+        None => None,
+    };
     let state = Arc::new(AppState {
         engine,
+        upstream,
         token: loaded.token,
         model_id: cfg.model.id.clone(),
         session_id: cfg.session_id.clone(),
@@ -91,42 +156,68 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     log!("serving on http://{addr}");
 
     let (drain_tx, drain_rx) = watch::channel(false);
-    let server =
+    let server_task =
         axum::serve(listener, api::app(state.clone())).with_graceful_shutdown(async move {
             let mut rx = drain_rx;
             let _ = rx.wait_for(|d| *d).await;
         });
-    let server = tokio::spawn(async move { server.await });
+    let server_task = tokio::spawn(async move { server_task.await });
 
     let reason = wait_stop(&mut stop_rx).await;
     state.stopping.store(true, Ordering::SeqCst);
     let _ = drain_tx.send(true);
     // Graceful for in-flight requests, but never past DRAIN: the port must close on time.
-    let _ = tokio::time::timeout(DRAIN, server).await;
+    let _ = tokio::time::timeout(DRAIN, server_task).await;
     state.log.flush();
-    finish(
-        &cfg,
-        &evidence,
-        reason,
-        vec![format!("api server on {addr}"), "engine".into()],
-        &sampler_stop,
-        sampler,
-    );
-    Ok(())
+    let mut ending = Ending::new(reason, vec![format!("api server on {addr}")]);
+    match &server {
+        Some(s) => {
+            ending
+                .stopped
+                .push(tokio::task::block_in_place(|| s.stop()));
+            ending.out_of_memory = s.oom.load(Ordering::SeqCst);
+            if reason == StopReason::ServerFailed {
+                ending.failure = Some(format!(
+                    "the model server exited while serving; its output ends with:\n{}",
+                    s.tail()
+                ));
+            }
+        }
+        None => ending.stopped.push("engine".into()),
+    }
+    closer.finish(ending)
 }
 
-async fn wait_stop(rx: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
+/// Load the GGUF model off the runtime; `None` when a stop came first.
+async fn load_candle(
+    cfg: &AgentConfig,
+    stop_rx: &mut StopRx,
+) -> anyhow::Result<Option<EngineHandle>> {
+    let model_path = cfg
+        .model
+        .path
+        .clone()
+        .context("the config names no model path")?;
+    log!("loading {model_path}");
+    let load = tokio::task::spawn_blocking(move || engine::load(Path::new(&model_path)));
+    tokio::select! {
+        res = load => Ok(Some(engine::spawn(res.context("the model loader panicked")??))),
+        _ = wait_stop(stop_rx) => Ok(None),
+    }
+}
+
+fn current(rx: &StopRx) -> StopReason {
+    rx.borrow().unwrap_or(StopReason::Requested)
+}
+
+async fn wait_stop(rx: &mut StopRx) -> StopReason {
     match rx.wait_for(|r| r.is_some()).await {
         Ok(r) => r.unwrap_or(StopReason::Requested),
         Err(_) => StopReason::Requested,
     }
 }
 
-fn spawn_watchdog(
-    deadline: chrono::DateTime<Utc>,
-    grace: Duration,
-    stop: watch::Sender<Option<StopReason>>,
-) {
+fn spawn_watchdog(deadline: chrono::DateTime<Utc>, grace: Duration, stop: StopTx) {
     tokio::spawn(async move {
         let until = |t: chrono::DateTime<Utc>| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         let grace_at = deadline - chrono::Duration::from_std(grace).unwrap_or_default();
@@ -138,7 +229,7 @@ fn spawn_watchdog(
     });
 }
 
-fn spawn_signal_handler(stop: watch::Sender<Option<StopReason>>) {
+fn spawn_signal_handler(stop: StopTx) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -156,41 +247,58 @@ fn spawn_signal_handler(stop: watch::Sender<Option<StopReason>>) {
     });
 }
 
-/// The agent's last acts: final NVML sample, final record, then the stop action.
-fn finish(
-    cfg: &gpuctl_protocol::AgentConfig,
-    evidence: &Path,
-    reason: StopReason,
-    stopped: Vec<String>,
-    sampler_stop: &AtomicBool,
-    sampler: Option<std::thread::JoinHandle<()>>,
-) {
-    sampler_stop.store(true, Ordering::SeqCst);
-    if let Some(s) = sampler {
-        let _ = s.join();
-    }
-    let stop_action = match &cfg.stop_action {
-        StopAction::Exit => None,
-        StopAction::Command(argv) if reason == StopReason::Deadline => Some(run_stop_action(argv)),
-        StopAction::Command(_) => Some("not run: the stop was not the deadline".to_string()),
-    };
-    let record = FinalRecord {
-        session_id: cfg.session_id.clone(),
-        stopped_at: Utc::now(),
-        deadline: cfg.deadline,
-        reason,
-        stopped,
-        stop_action,
-    };
-    match serde_json::to_string_pretty(&record) {
-        Ok(json) => {
-            if let Err(e) = std::fs::write(evidence.join(evidence_files::FINAL_RECORD), json) {
-                log!("cannot write the final record: {e}");
+/// A supervised server that dies while serving stops the session (reported, not hidden).
+fn spawn_server_watch(server: Arc<Server>, stop: StopTx) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(status) = server.exited() {
+                log!("the model server exited while serving: {status}");
+                let _ = stop.send(Some(StopReason::ServerFailed));
+                return;
             }
         }
-        Err(e) => log!("cannot serialise the final record: {e}"),
+    });
+}
+
+impl Closer {
+    /// The agent's last acts: final NVML sample, final record, then the stop action.
+    fn finish(&mut self, ending: Ending) -> anyhow::Result<()> {
+        self.sampler_stop.store(true, Ordering::SeqCst);
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        let stop_action = match &self.cfg.stop_action {
+            StopAction::Exit => None,
+            StopAction::Command(argv) if ending.reason == StopReason::Deadline => {
+                Some(run_stop_action(argv))
+            }
+            StopAction::Command(_) => Some("not run: the stop was not the deadline".to_string()),
+        };
+        let record = FinalRecord {
+            session_id: self.cfg.session_id.clone(),
+            stopped_at: Utc::now(),
+            deadline: self.cfg.deadline,
+            reason: ending.reason,
+            stopped: ending.stopped,
+            stop_action,
+            failure: ending.failure,
+            out_of_memory: ending.out_of_memory,
+        };
+        let json = serde_json::to_string_pretty(&record)?;
+        std::fs::write(self.evidence.join(evidence_files::FINAL_RECORD), json)
+            .context("writing the final record")?;
+        log!(
+            "stopped ({:?}{})",
+            record.reason,
+            if record.out_of_memory {
+                ", out of memory"
+            } else {
+                ""
+            }
+        );
+        Ok(())
     }
-    log!("stopped ({reason:?})");
 }
 
 fn run_stop_action(argv: &[String]) -> String {

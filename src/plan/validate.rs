@@ -286,7 +286,7 @@ fn read_plan(
     };
     let model = {
         let t = root.table(cx, "model");
-        read_model(cx, t)
+        read_model(cx, t, head.as_ref().map(|h| h.route))
     };
     let instance = {
         let t = root.table(cx, "instance");
@@ -485,7 +485,7 @@ struct ModelRead {
     spec: ModelSpec,
 }
 
-fn read_model(cx: &mut Ctx, mut t: TableView) -> Option<ModelRead> {
+fn read_model(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<ModelRead> {
     let id = required(
         cx,
         &mut t,
@@ -528,6 +528,12 @@ fn read_model(cx: &mut Ctx, mut t: TableView) -> Option<ModelRead> {
     match (runtime, &command) {
         (Some(Runtime::Command), None) => missing(cx, &t, "command", "runtime = \"command\" runs the server you name", "add `command = [\"python\", \"-m\", \"llama_cpp.server\", \"--host\", \"127.0.0.1\", \"--port\", \"8000\"]`"),
         (Some(Runtime::Command), Some(c)) if c.value.is_empty() => cx.push(Problem::error(t.field("command"), c.span.clone(), "is empty").fix("give the full server command as an array of strings")),
+        // The notebook of the free_colab route runs its own command; it serves no port.
+        (Some(Runtime::Command), Some(c)) if route != Some(Route::FreeColab) && !c.value.iter().any(|a| a.value.contains("{port}")) => cx.push(
+            Problem::error(t.field("command"), c.span.clone(), "does not say where to listen: no `{port}` placeholder")
+                .why("the agent starts the server on a free 127.0.0.1 port and serves the API in front of it; it replaces {port} (and {host}, {model}) in the command")
+                .fix("add the server's port flag, e.g. \"--port\", \"{port}\""),
+        ),
         (Some(rt), Some(c)) if rt != Runtime::Command && !c.value.is_empty() => cx.push(
             Problem::error(t.field("command"), c.span.clone(), format!("is only used with runtime = \"command\", not \"{}\"", rt.as_str()))
                 .fix("remove `command`, or set `runtime = \"command\"`; extra server flags go in `args`"),

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use gpuctl_protocol::{
     evidence_files, AgentConfig, ModelConfig, Runtime, StopAction, PROTOCOL_VERSION,
@@ -155,6 +155,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         agent: None,
         agent_bin,
         timings: Vec::new(),
+        served: None,
     };
 
     let started = Instant::now();
@@ -194,10 +195,7 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
         ));
     }
     if plan.model.runtime != Runtime::Candle {
-        return Some(format!(
-            "runtime \"{}\" is not available in this build yet; only \"candle\" is",
-            plan.model.runtime.as_str()
-        ));
+        return None;
     }
     let path = plan.model.path.as_deref().unwrap_or_default();
     match std::fs::File::open(path) {
@@ -224,6 +222,8 @@ struct Session {
     agent: Option<(LocalAgent, AgentClient)>,
     agent_bin: PathBuf,
     timings: Vec<(String, u64)>,
+    /// The model actually served (the plan's, or its `fallback.if_oom`).
+    served: Option<plan::ModelSpec>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -274,67 +274,68 @@ impl Session {
             "provider local: no connection needed",
         )?;
         self.transition(SessionState::Deploying, "starting gpuctl-agent")?;
-        rep.step("deploy", "starting gpuctl-agent");
         let api = self.plan.api_port().context("no API port")?;
         let token = random_token()?;
         let token_file = self.work.join("token");
         write_private(&token_file, &token)?;
-        let model = self.plan.model.clone();
-        let config = AgentConfig {
-            protocol: PROTOCOL_VERSION,
-            session_id: self.id.clone(),
-            deadline: self.deadline,
-            grace_secs: self.plan.stop.grace.as_secs(),
-            listen_port: api.remote,
-            token_file: token_file.display().to_string(),
-            evidence_dir: self.work.join("evidence").display().to_string(),
-            model: ModelConfig {
-                id: model.id.clone(),
-                runtime: model.runtime,
-                path: model
-                    .path
-                    .as_ref()
-                    .map(|p| absolute(Path::new(p)).display().to_string()),
-                args: model.args.clone(),
-                command: model.command.clone(),
-            },
-            stop_action: StopAction::Exit,
+        let mut model = self.plan.model.clone();
+        let mut oom_fallback = self.plan.fallback.if_oom.clone();
+        let t = loop {
+            rep.step("deploy", "starting gpuctl-agent");
+            self.start_agent(&model, &token_file, &token, api.remote, t)?;
+            rep.step(
+                "load",
+                &format!(
+                    "loading {} ({})",
+                    model.id,
+                    model.path.as_deref().unwrap_or(model.runtime.as_str())
+                ),
+            );
+            let t_load = Instant::now();
+            let (agent, client) = self.agent.as_mut().context("agent")?;
+            let Err(e) = agent.wait_healthy(client).await else {
+                break t_load;
+            };
+            let record = self.read_final_record();
+            let oom = record.as_ref().is_some_and(|r| r.out_of_memory);
+            match (oom, oom_fallback.take()) {
+                (true, Some(fallback)) => {
+                    // Keep the failed attempt's evidence beside the final one.
+                    let _ = std::fs::rename(
+                        self.work.join("agent.log"),
+                        self.work.join("agent-oom-attempt.log"),
+                    );
+                    let ev = self.work.join("evidence");
+                    let _ = std::fs::rename(
+                        ev.join(evidence_files::FINAL_RECORD),
+                        ev.join("final_record-oom-attempt.json"),
+                    );
+                    let msg = format!(
+                        "out of memory at model load with {} {}; restarting with fallback.if_oom: {} {}",
+                        model.id,
+                        model.args.join(" "),
+                        fallback.model,
+                        fallback.args.join(" ")
+                    );
+                    rep.warn(&msg);
+                    self.db.add_event(&self.id, "fallback", &msg, Utc::now())?;
+                    model.id = fallback.model;
+                    model.args = fallback.args;
+                }
+                (true, None) => {
+                    let next = self
+                        .plan
+                        .fallback
+                        .route
+                        .map(|r| format!("the plan's fallback route is {r}"))
+                        .unwrap_or_else(|| "the plan has no fallback route".into());
+                    bail!("out of memory at model load, and the plan has no fallback.if_oom ({next}): {e:#}");
+                }
+                (false, _) => return Err(e),
+            }
         };
-        let config_path = self.work.join("agent.json");
-        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let agent = LocalAgent::start(
-            &self.agent_bin,
-            &config_path,
-            &self.work.join("agent.log"),
-            api.remote,
-        )?;
-        self.db.record_launch(
-            &self.id,
-            &format!("pid:{}", agent.pid),
-            Some("127.0.0.1"),
-            Utc::now(),
-        )?;
-        let client = AgentClient::new(
-            &format!("http://127.0.0.1:{}", api.remote),
-            &token,
-            &model.id,
-            REQUEST_TIMEOUT,
-        )?;
-        self.time("controller_start_agent", t);
-        self.agent = Some((agent, client));
-
-        rep.step(
-            "load",
-            &format!(
-                "loading {} ({})",
-                model.id,
-                model.path.as_deref().unwrap_or("")
-            ),
-        );
-        let t = Instant::now();
-        let (agent, client) = self.agent.as_mut().context("agent")?;
-        agent.wait_healthy(client).await?;
         self.time("model_load_to_healthy", t);
+        self.served = Some(model.clone());
         self.transition(
             SessionState::Serving,
             &format!("agent healthy on 127.0.0.1:{}", api.remote),
@@ -398,6 +399,70 @@ impl Session {
         ))
     }
 
+    /// Write the agent's config and start it; the session row records what was launched.
+    fn start_agent(
+        &mut self,
+        model: &plan::ModelSpec,
+        token_file: &Path,
+        token: &str,
+        port: u16,
+        t: Instant,
+    ) -> anyhow::Result<()> {
+        let config = AgentConfig {
+            protocol: PROTOCOL_VERSION,
+            session_id: self.id.clone(),
+            deadline: self.deadline,
+            grace_secs: self.plan.stop.grace.as_secs(),
+            listen_port: port,
+            token_file: token_file.display().to_string(),
+            evidence_dir: self.work.join("evidence").display().to_string(),
+            model: ModelConfig {
+                id: model.id.clone(),
+                runtime: model.runtime,
+                path: model
+                    .path
+                    .as_ref()
+                    .map(|p| absolute(Path::new(p)).display().to_string()),
+                args: model.args.clone(),
+                command: model.command.clone(),
+            },
+            stop_action: StopAction::Exit,
+        };
+        let config_path = self.work.join("agent.json");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+        let agent = LocalAgent::start(
+            &self.agent_bin,
+            &config_path,
+            &self.work.join("agent.log"),
+            port,
+        )?;
+        self.db.record_launch(
+            &self.id,
+            &format!("pid:{}", agent.pid),
+            Some("127.0.0.1"),
+            Utc::now(),
+        )?;
+        let client = AgentClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            token,
+            &model.id,
+            REQUEST_TIMEOUT,
+        )?;
+        self.time("controller_start_agent", t);
+        self.agent = Some((agent, client));
+        Ok(())
+    }
+
+    fn read_final_record(&self) -> Option<gpuctl_protocol::FinalRecord> {
+        let text = std::fs::read_to_string(
+            self.work
+                .join("evidence")
+                .join(evidence_files::FINAL_RECORD),
+        )
+        .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
         let mut cases = Vec::new();
         if let Some(file) = &self.plan.eval.cases_file {
@@ -432,6 +497,10 @@ impl Session {
     }
 
     async fn first_run(&mut self) -> anyhow::Result<String> {
+        let served = self
+            .served
+            .clone()
+            .unwrap_or_else(|| self.plan.model.clone());
         let (agent, client) = self.agent.as_ref().context("agent")?;
         let t = Instant::now();
         let answer = client.chat(FIRST_RUN_PROMPT, FIRST_RUN_TOKENS, 0.0).await?;
@@ -443,11 +512,12 @@ impl Session {
             0.0
         };
         let md = format!(
-            "# First run\n\n- session: {}\n- model: {} (runtime {})\n- weights: {}\n- command: `{}`\n- endpoint: POST /v1/chat/completions (temperature 0, max_tokens {FIRST_RUN_TOKENS})\n- latency: {ms} ms\n- tokens: {} prompt, {} completion ({tps:.1} tokens/s including prompt processing)\n- agent peak memory (VmHWM): {}\n\n## Prompt\n\n{FIRST_RUN_PROMPT}\n\n## Output\n\n{}\n",
+            "# First run\n\n- session: {}\n- model: {} (runtime {})\n- weights: {}\n- server args: {}\n- command: `{}`\n- endpoint: POST /v1/chat/completions (temperature 0, max_tokens {FIRST_RUN_TOKENS})\n- latency: {ms} ms\n- tokens: {} prompt, {} completion ({tps:.1} tokens/s including prompt processing)\n- agent peak memory (VmHWM): {}\n\n## Prompt\n\n{FIRST_RUN_PROMPT}\n\n## Output\n\n{}\n",
             self.id,
-            self.plan.model.id,
-            self.plan.model.runtime.as_str(),
-            self.plan.model.path.as_deref().unwrap_or("-"),
+            served.id,
+            served.runtime.as_str(),
+            served.path.as_deref().unwrap_or("-"),
+            if served.runtime == Runtime::Candle { "(in-process)".to_string() } else { served.command.iter().chain(&served.args).cloned().collect::<Vec<_>>().join(" ") },
             agent.argv.join(" "),
             answer.prompt_tokens,
             answer.completion_tokens,
@@ -488,7 +558,10 @@ impl Session {
             evidence_files::GPU_METRICS,
             evidence_files::FINAL_RECORD,
         ];
-        for name in agent_files {
+        for name in agent_files
+            .into_iter()
+            .chain(["final_record-oom-attempt.json"])
+        {
             self.bundle
                 .copy_in(&self.work.join("evidence").join(name), name)?;
         }

@@ -42,7 +42,8 @@ pub struct ModelConfig {
     pub path: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
-    /// The full server command (runtime = command).
+    /// The full server command (runtime = command); `{port}`, `{host}` and `{model}` are
+    /// replaced by the agent.
     #[serde(default)]
     pub command: Vec<String>,
 }
@@ -108,6 +109,12 @@ pub struct FinalRecord {
     pub stopped: Vec<String>,
     /// The stop action's outcome, when one ran.
     pub stop_action: Option<String>,
+    /// Why serving failed, when it did.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// The runtime ran out of GPU or host memory (the controller's cue for `fallback.if_oom`).
+    #[serde(default)]
+    pub out_of_memory: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 mod error;
 mod openai;
+mod proxy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +25,17 @@ use crate::reqlog::RequestLog;
 /// Requests larger than this are refused before they are read.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// The third-party server the agent fronts (vLLM, SGLang, the plan's command).
+pub struct Upstream {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
 pub struct AppState {
-    pub engine: EngineHandle,
+    /// The in-process model (candle), or
+    pub engine: Option<EngineHandle>,
+    /// the supervised server every request is forwarded to.
+    pub upstream: Option<Upstream>,
     pub token: String,
     pub model_id: String,
     pub session_id: String,

@@ -114,11 +114,15 @@ struct CompletionRequest {
     common: Common,
 }
 
-pub async fn models(State(state): State<Shared>) -> Json<Value> {
+pub async fn models(State(state): State<Shared>) -> Response {
+    if let Some(up) = &state.upstream {
+        return super::proxy::models(up).await;
+    }
     Json(json!({
         "object": "list",
         "data": [{ "id": state.model_id, "object": "model", "created": state.started_at.timestamp(), "owned_by": "gpuctl" }]
     }))
+    .into_response()
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -161,7 +165,13 @@ fn params(state: &Shared, c: &Common, kind: Kind) -> Result<GenParams, ApiError>
         Kind::Completion => DEFAULT_COMPLETION_MAX_TOKENS,
     };
     let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
-        None => default.min(state.engine.context_length / 2),
+        None => default.min(
+            state
+                .engine
+                .as_ref()
+                .map(|e| e.context_length / 2)
+                .unwrap_or(default),
+        ),
         Some(m) if m >= 1 => usize::try_from(m).unwrap_or(usize::MAX),
         Some(_) => {
             return Err(ApiError::bad_request(
@@ -204,6 +214,9 @@ impl TakeStop for Option<OneOrMany> {
 
 pub async fn chat_completions(State(state): State<Shared>, body: Bytes) -> Response {
     let started = Instant::now();
+    if let Some(up) = &state.upstream {
+        return super::proxy::forward(state.clone(), up, Kind::Chat.route(), body, started).await;
+    }
     let req: ChatRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -260,6 +273,10 @@ pub async fn chat_completions(State(state): State<Shared>, body: Bytes) -> Respo
 
 pub async fn completions(State(state): State<Shared>, body: Bytes) -> Response {
     let started = Instant::now();
+    if let Some(up) = &state.upstream {
+        return super::proxy::forward(state.clone(), up, Kind::Completion.route(), body, started)
+            .await;
+    }
     let req: CompletionRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -293,24 +310,24 @@ fn response_id(kind: Kind) -> String {
 
 /// Accumulates a request's outcome and writes its `requests.jsonl` line when dropped, so a
 /// stream cut by the client is logged too.
-struct Outcome {
-    state: Shared,
-    kind: Kind,
-    stream: bool,
-    prompt: String,
-    output: String,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-    status: u16,
-    error: Option<String>,
-    started: Instant,
+pub(super) struct Outcome {
+    pub state: Shared,
+    pub route: &'static str,
+    pub stream: bool,
+    pub prompt: String,
+    pub output: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub status: u16,
+    pub error: Option<String>,
+    pub started: Instant,
 }
 
 impl Drop for Outcome {
     fn drop(&mut self) {
         self.state.log.write(RequestRecord {
             time: chrono::Utc::now().to_rfc3339(),
-            route: self.kind.route().into(),
+            route: self.route.into(),
             model: self.state.model_id.clone(),
             stream: self.stream,
             prompt: std::mem::take(&mut self.prompt),
@@ -338,7 +355,7 @@ async fn generate(
 ) -> Response {
     let mut outcome = Outcome {
         state: state.clone(),
-        kind,
+        route: kind.route(),
         stream: common.stream,
         prompt: logged_prompt,
         output: String::new(),
@@ -358,8 +375,10 @@ async fn generate(
         Err(e) => return fail(&mut outcome, e),
     };
     let (tx, mut rx) = mpsc::channel(256);
-    if let Err(e) = state
-        .engine
+    let Some(engine) = &state.engine else {
+        return fail(&mut outcome, ApiError::unavailable("no engine"));
+    };
+    if let Err(e) = engine
         .submit(Job {
             prompt,
             params,

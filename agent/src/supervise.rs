@@ -1,0 +1,345 @@
+//! Serving with a third-party OpenAI-compatible server (vLLM, SGLang, or the plan's own
+//! command): started in its own process group on an inner 127.0.0.1 port, watched for
+//! out-of-memory failures, and stopped at the deadline. The agent's API stays in front of
+//! it, so the token check and `requests.jsonl` are the same as with candle.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use gpuctl_protocol::{ModelConfig, Runtime};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::log;
+
+/// How long the server gets after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+
+/// Output lines that mean the runtime ran out of memory (PyTorch, vLLM, SGLang, llama.cpp).
+const OOM_PATTERNS: &[&str] = &[
+    "CUDA out of memory",
+    "OutOfMemoryError",
+    "out of memory",
+    "cudaErrorMemoryAllocation",
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "No available memory for the cache blocks",
+    "Not enough memory",
+    "insufficient memory",
+    "std::bad_alloc",
+    "Cannot allocate memory",
+    "failed to allocate",
+];
+
+pub fn is_oom_line(line: &str) -> bool {
+    let lower = line.to_lowercase();
+    OOM_PATTERNS
+        .iter()
+        .any(|p| lower.contains(&p.to_lowercase()))
+}
+
+/// The exact argv for a runtime. The plan's args come after gpuctl's own (for `command`,
+/// after the command), so `fallback.if_oom` can change them for every runtime.
+pub fn server_argv(model: &ModelConfig, port: u16) -> anyhow::Result<Vec<String>> {
+    let port_s = port.to_string();
+    let mut argv: Vec<String> = match model.runtime {
+        Runtime::Vllm => [
+            "vllm",
+            "serve",
+            &model.id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+        ]
+        .map(String::from)
+        .to_vec(),
+        Runtime::Sglang => [
+            "python3",
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            &model.id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+        ]
+        .map(String::from)
+        .to_vec(),
+        Runtime::Command => {
+            if model.command.is_empty() {
+                bail!("runtime = \"command\" needs a command");
+            }
+            model
+                .command
+                .iter()
+                .map(|a| {
+                    a.replace("{port}", &port_s)
+                        .replace("{host}", "127.0.0.1")
+                        .replace("{model}", &model.id)
+                })
+                .collect()
+        }
+        Runtime::Candle => bail!("candle is served in-process, not supervised"),
+    };
+    argv.extend(model.args.iter().cloned());
+    Ok(argv)
+}
+
+pub struct Server {
+    child: Mutex<Child>,
+    pub pid: u32,
+    pub port: u16,
+    pub argv: Vec<String>,
+    pub oom: Arc<AtomicBool>,
+    last_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(model: &ModelConfig) -> anyhow::Result<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let argv = server_argv(model, port)?;
+        log!("starting {}", argv.join(" "));
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| {
+                format!("cannot start `{}` (is it installed on this host?)", argv[0])
+            })?;
+        let pid = child.id();
+        let oom = Arc::new(AtomicBool::new(false));
+        let last_lines = Arc::new(Mutex::new(Vec::new()));
+        for (name, pipe) in [
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            ),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            let (oom, last) = (oom.clone(), last_lines.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if is_oom_line(&line) {
+                        oom.store(true, Ordering::SeqCst);
+                    }
+                    log!("[server {name}] {line}");
+                    if let Ok(mut l) = last.lock() {
+                        l.push(line);
+                        let excess = l.len().saturating_sub(20);
+                        l.drain(..excess);
+                    }
+                }
+            });
+        }
+        Ok(Server {
+            child: Mutex::new(child),
+            pid,
+            port,
+            argv,
+            oom,
+            last_lines,
+        })
+    }
+
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().ok()?.try_wait().ok().flatten()
+    }
+
+    pub fn tail(&self) -> String {
+        self.last_lines
+            .lock()
+            .map(|l| l.join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Wait until `/v1/models` answers, or fail when the server exits.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let url = format!("http://127.0.0.1:{}/v1/models", self.port);
+        loop {
+            if let Some(status) = self.exited() {
+                // Give the output readers a moment to see the last lines.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let what = if self.oom.load(Ordering::SeqCst) {
+                    "ran out of memory"
+                } else {
+                    "exited"
+                };
+                bail!(
+                    "the server {what} before it was ready ({status}); its output ends with:\n{}",
+                    self.tail()
+                );
+            }
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// SIGTERM to the server's process group, SIGKILL after a grace; returns what happened.
+    pub fn stop(&self) -> String {
+        let pgid = Pid::from_raw(self.pid as i32);
+        if self.exited().is_some() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            return format!("server pid {} had already exited", self.pid);
+        }
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let start = std::time::Instant::now();
+        while start.elapsed() < TERM_GRACE {
+            if let Some(status) = self.exited() {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                return format!(
+                    "server pid {} ({}) stopped: {status}",
+                    self.pid, self.argv[0]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let status = self.child.lock().ok().and_then(|mut c| c.wait().ok());
+        format!(
+            "server pid {} ignored SIGTERM; killed: {status:?}",
+            self.pid
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(runtime: Runtime, args: &[&str], command: &[&str]) -> ModelConfig {
+        ModelConfig {
+            id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+            runtime,
+            path: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn vllm_argv() {
+        let argv = server_argv(
+            &model(Runtime::Vllm, &["--max-model-len", "4096"], &[]),
+            9001,
+        )
+        .expect("argv");
+        assert_eq!(
+            argv,
+            [
+                "vllm",
+                "serve",
+                "Qwen/Qwen2.5-0.5B-Instruct",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "9001",
+                "--max-model-len",
+                "4096"
+            ]
+        );
+    }
+
+    #[test]
+    fn sglang_argv() {
+        let argv = server_argv(
+            &model(Runtime::Sglang, &["--mem-fraction-static", "0.8"], &[]),
+            9002,
+        )
+        .expect("argv");
+        assert_eq!(
+            argv,
+            [
+                "python3",
+                "-m",
+                "sglang.launch_server",
+                "--model-path",
+                "Qwen/Qwen2.5-0.5B-Instruct",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "9002",
+                "--mem-fraction-static",
+                "0.8"
+            ]
+        );
+    }
+
+    #[test]
+    fn command_placeholders() {
+        let argv = server_argv(
+            &model(
+                Runtime::Command,
+                &["--n_ctx", "2048"],
+                &[
+                    "python3",
+                    "-m",
+                    "llama_cpp.server",
+                    "--host",
+                    "{host}",
+                    "--port",
+                    "{port}",
+                    "--model_alias",
+                    "{model}",
+                ],
+            ),
+            9003,
+        )
+        .expect("argv");
+        assert_eq!(
+            argv,
+            [
+                "python3",
+                "-m",
+                "llama_cpp.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "9003",
+                "--model_alias",
+                "Qwen/Qwen2.5-0.5B-Instruct",
+                "--n_ctx",
+                "2048"
+            ]
+        );
+    }
+
+    #[test]
+    fn oom_lines() {
+        assert!(is_oom_line(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+        ));
+        assert!(is_oom_line("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`"));
+        assert!(!is_oom_line(
+            "INFO: Uvicorn running on http://127.0.0.1:8000"
+        ));
+    }
+}
