@@ -52,3 +52,45 @@ pub fn report() -> String {
     }
     out
 }
+
+/// Every compute process on every GPU (for the stop's check that the session freed them).
+pub fn processes() -> gpuctl_protocol::GpuProcesses {
+    use gpuctl_protocol::{GpuProcess, GpuProcesses};
+    use nvml_wrapper::enums::device::UsedGpuMemory;
+    let nvml = match Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            return GpuProcesses {
+                gpus: None,
+                processes: Vec::new(),
+                note: Some(format!("no NVIDIA GPU visible ({e})")),
+            }
+        }
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    let mut processes = Vec::new();
+    let mut note = None;
+    for i in 0..count {
+        let Ok(dev) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let uuid = dev.uuid().unwrap_or_default();
+        match dev.running_compute_processes() {
+            Ok(list) => processes.extend(list.into_iter().map(|p| GpuProcess {
+                gpu: i,
+                uuid: uuid.clone(),
+                pid: p.pid,
+                used_memory_mib: match p.used_gpu_memory {
+                    UsedGpuMemory::Used(b) => Some(b / (1024 * 1024)),
+                    UsedGpuMemory::Unavailable => None,
+                },
+            })),
+            Err(e) => note = Some(format!("gpu {i}: cannot list compute processes ({e})")),
+        }
+    }
+    GpuProcesses {
+        gpus: Some(count),
+        processes,
+        note,
+    }
+}

@@ -4,6 +4,7 @@
 //! and the watchdog build on this.
 
 mod api;
+mod bench;
 mod config;
 mod engine;
 mod envreport;
@@ -20,8 +21,11 @@ const USAGE: &str = "usage: gpuctl-agent <command>
 
 commands:
   serve --config FILE   serve the model the config names until its deadline
+  bench --model FILE (--prompt-ids IDS | --prompt TEXT) [--tokens N]
+               time to first token and decode speed (for bench/)
   version      print the agent's version and protocol version
-  env-report   print the environment report (OS, CPU, memory, disk, GPUs through NVML)";
+  env-report   print the environment report (OS, CPU, memory, disk, GPUs through NVML)
+  gpu-procs    print the compute processes on every GPU (JSON), for the stop's check";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +38,16 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some("gpu-procs") => match serde_json::to_string(&gpu::processes()) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("env-report") => {
             print!(
                 "{}",
@@ -70,6 +84,20 @@ fn main() -> ExitCode {
             // Exit now: a model load still running in a blocking thread must not hold the process.
             std::process::exit(code)
         }
+        Some("export-tokenizer") => match bench::export_tokenizer(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("bench") => match bench::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -19,7 +19,7 @@ use crate::{config, envreport, log, metrics};
 
 /// How long in-flight responses get to finish once the stop begins; the port closes after it.
 const DRAIN: Duration = Duration::from_millis(300);
-const METRICS_EVERY: Duration = Duration::from_secs(2);
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 type StopRx = watch::Receiver<Option<StopReason>>;
 type StopTx = watch::Sender<Option<StopReason>>;
@@ -46,6 +46,7 @@ impl Ending {
 /// The evidence side of the agent: the GPU sampler and the final record.
 struct Closer {
     cfg: AgentConfig,
+    server_pid: Option<u32>,
     evidence: std::path::PathBuf,
     sampler_stop: Arc<AtomicBool>,
     sampler: Option<std::thread::JoinHandle<()>>,
@@ -83,6 +84,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     let mut closer = Closer {
         cfg: cfg.clone(),
+        server_pid: None,
         evidence: evidence.clone(),
         sampler_stop,
         sampler,
@@ -106,6 +108,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     } else {
         let server = Arc::new(Server::start(&cfg.model)?);
+        closer.server_pid = Some(server.pid);
         tokio::select! {
             ready = server.wait_ready() => {
                 if let Err(e) = ready {
@@ -284,6 +287,9 @@ impl Closer {
             stop_action,
             failure: ending.failure,
             out_of_memory: ending.out_of_memory,
+            pids: std::iter::once(std::process::id())
+                .chain(self.server_pid)
+                .collect(),
         };
         let json = serde_json::to_string_pretty(&record)?;
         std::fs::write(self.evidence.join(evidence_files::FINAL_RECORD), json)

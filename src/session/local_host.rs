@@ -200,3 +200,64 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// After the stop: NVML must list no compute process of the session on any GPU. Asked of
+/// the agent binary (`gpu-procs`), which carries the NVML code; polled briefly, since the
+/// driver frees a context a moment after its process exits.
+pub async fn gpu_released(agent_bin: &Path, session_pids: &[u32]) -> Check {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(agent_bin).arg("gpu-procs").output().await;
+        let answer: Option<gpuctl_protocol::GpuProcesses> = out
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+        let Some(answer) = answer else {
+            return Check::new(
+                "gpu_released",
+                false,
+                "could not ask NVML (gpuctl-agent gpu-procs failed)",
+            );
+        };
+        let Some(gpus) = answer.gpus else {
+            return Check::new(
+                "gpu_released",
+                true,
+                answer
+                    .note
+                    .unwrap_or_else(|| "no NVIDIA GPU visible".into()),
+            );
+        };
+        let ours: Vec<_> = answer
+            .processes
+            .iter()
+            .filter(|p| session_pids.contains(&p.pid))
+            .collect();
+        if ours.is_empty() {
+            return Check::new(
+                "gpu_released",
+                true,
+                format!(
+                    "NVML lists {} compute process(es) on {gpus} GPU(s), none of the session's (pids {session_pids:?})",
+                    answer.processes.len()
+                ),
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let list: Vec<String> = ours
+                .iter()
+                .map(|p| {
+                    format!(
+                        "pid {} on gpu {} ({:?} MiB)",
+                        p.pid, p.gpu, p.used_memory_mib
+                    )
+                })
+                .collect();
+            return Check::new(
+                "gpu_released",
+                false,
+                format!("still on the GPU after the stop: {}", list.join(", ")),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

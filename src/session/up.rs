@@ -543,10 +543,16 @@ impl Session {
         rep.step("stop", "stopping the agent and proving it");
         let stop_started = Utc::now();
         let t = Instant::now();
-        let checks: Vec<Check> = match self.agent.as_mut() {
+        let mut checks: Vec<Check> = match self.agent.as_mut() {
             Some((agent, _)) => agent.stop().await,
             None => vec![Check::new("process_exited", true, "no agent was started")],
         };
+        if let Some((agent, _)) = &self.agent {
+            // The agent's own record names every process it ran the model in.
+            let mut pids = self.read_final_record().map(|r| r.pids).unwrap_or_default();
+            pids.push(agent.pid);
+            checks.push(super::local_host::gpu_released(&self.agent_bin, &pids).await);
+        }
         self.time("stop_and_prove", t);
         let confirmed = checks.iter().all(|c| c.passed);
         let stopped_at = Utc::now();

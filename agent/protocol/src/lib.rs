@@ -115,6 +115,27 @@ pub struct FinalRecord {
     /// The runtime ran out of GPU or host memory (the controller's cue for `fallback.if_oom`).
     #[serde(default)]
     pub out_of_memory: bool,
+    /// Every process the agent ran the model in (itself, a supervised server): after the
+    /// stop, none of them may hold a GPU.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+}
+
+/// One compute process on a GPU, as NVML lists it (`gpuctl-agent gpu-procs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuProcess {
+    pub gpu: u32,
+    pub uuid: String,
+    pub pid: u32,
+    pub used_memory_mib: Option<u64>,
+}
+
+/// Answer of `gpuctl-agent gpu-procs`: `gpus` is None where NVML is not available.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuProcesses {
+    pub gpus: Option<u32>,
+    pub processes: Vec<GpuProcess>,
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! and read generated text back over another, so requests queue instead of being dropped
 //! and the model never sits behind a lock on the async runtime.
 
-mod candle_gguf;
+mod candle;
+mod safetensors;
 mod template;
 
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-pub use candle_gguf::GgufModel;
+pub use candle::CandleModel;
 
 /// Jobs waiting beyond this make senders wait (back-pressure), they are not dropped.
 const QUEUE_DEPTH: usize = 256;
@@ -175,9 +176,9 @@ fn run_job(backend: &mut impl Backend, job: Job) {
     }
 }
 
-/// Load the model named in the config. GGUF files for now; a folder is a safetensors model.
-pub fn load(path: &Path) -> anyhow::Result<GgufModel> {
-    GgufModel::load(path)
+/// Load the model named in the config: a GGUF file, or a safetensors folder.
+pub fn load(path: &Path) -> anyhow::Result<CandleModel> {
+    CandleModel::load(path)
 }
 
 /// Cut `text` at the first stop string; returns the kept text and whether one was found.

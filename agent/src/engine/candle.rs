@@ -1,5 +1,7 @@
-//! A llama-family GGUF model served with candle: weights, tokenizer and chat template all
-//! come from the one file (DESIGN.md's default model is SmolLM2-135M-Instruct Q4_1).
+//! Models served in-process with candle: a llama-family GGUF file (weights, tokenizer and
+//! chat template all come from the one file; DESIGN.md's default model is
+//! SmolLM2-135M-Instruct Q4_1), or a llama / qwen2 safetensors folder (config.json,
+//! tokenizer.json, tokenizer_config.json and *.safetensors) so a user's own small model works.
 
 use std::path::Path;
 
@@ -9,13 +11,48 @@ use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::{llama, qwen2};
 use tokenizers::Tokenizer;
 
 use super::template::ChatTemplate;
 use super::{apply_stop, safe_prefix_len, Backend, EngineError, FinishReason, GenParams, Prompt};
 
-pub struct GgufModel {
-    weights: ModelWeights,
+/// The network behind one of the supported formats.
+pub(super) enum Net {
+    Gguf(Box<ModelWeights>),
+    Llama(Box<LlamaNet>),
+    Qwen2(Box<qwen2::ModelForCausalLM>),
+}
+
+pub(super) struct LlamaNet {
+    pub model: llama::Llama,
+    pub cache: llama::Cache,
+    pub config: llama::Config,
+}
+
+impl Net {
+    fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
+        match self {
+            Net::Gguf(w) => w.clear_kv_cache(),
+            Net::Llama(l) => l.cache = llama::Cache::new(true, DType::F32, &l.config, device)?,
+            Net::Qwen2(m) => m.clear_kv_cache(),
+        }
+        Ok(())
+    }
+
+    /// Logits of the last position, as a flat f32 vector tensor.
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        let logits = match self {
+            Net::Gguf(w) => w.forward(x, pos)?,
+            Net::Llama(l) => l.model.forward(x, pos, &mut l.cache)?,
+            Net::Qwen2(m) => m.forward(x, pos)?,
+        };
+        logits.flatten_all()?.to_dtype(DType::F32)
+    }
+}
+
+pub struct CandleModel {
+    weights: Net,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     eos_ids: Vec<u32>,
@@ -34,18 +71,90 @@ fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     ct.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
+/// candle has no SIMD kernel for Q4_1 (a scalar dot product takes most of the decode time),
+/// but fast ones for Q8_0. Q4_1 weights are re-encoded as Q8_0 at load, which loses nothing
+/// measurable (8 bits per weight hold a 4-bit value and its block offset); set
+/// `GPUCTL_Q4_1_AS=keep` to serve the file's own encoding. The converted model goes
+/// through a temporary file, not memory, to keep the agent's peak memory down.
+fn requantize_q4_1(
+    content: &gguf_file::Content,
+    file: &mut std::fs::File,
+    device: &Device,
+) -> anyhow::Result<Option<ModelWeights>> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    if std::env::var("GPUCTL_Q4_1_AS").is_ok_and(|v| v == "keep")
+        || !content
+            .tensor_infos
+            .values()
+            .any(|t| t.ggml_dtype == GgmlDType::Q4_1)
+    {
+        return Ok(None);
+    }
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(file, name, &Device::Cpu)?;
+        let t = if t.dtype() == GgmlDType::Q4_1 {
+            QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
+        } else {
+            t
+        };
+        tensors.push((name.clone(), t));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tmp = std::env::temp_dir().join(format!("gpuctl-agent-{}-q8_0.gguf", std::process::id()));
+    let written = (|| -> anyhow::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        gguf_file::write(&mut out, &metadata, &refs)?;
+        std::io::Write::flush(&mut out)?;
+        Ok(())
+    })();
+    drop(refs);
+    drop(tensors);
+    let loaded = written.and_then(|()| {
+        let mut f = std::fs::File::open(&tmp)?;
+        let converted = gguf_file::Content::read(&mut f)?;
+        Ok(ModelWeights::from_gguf(converted, &mut f, device)?)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    loaded
+        .map(Some)
+        .with_context(|| format!("re-encoding Q4_1 as Q8_0 through {}", tmp.display()))
+}
+
+/// CUDA device 0 when built with the `cuda` feature and a GPU answers, else the CPU;
+/// `GPUCTL_DEVICE=cpu` forces the CPU (to compare the two on one host).
 pub fn device() -> anyhow::Result<Device> {
     #[cfg(feature = "cuda")]
     {
-        if let Ok(dev) = Device::new_cuda(0) {
-            return Ok(dev);
+        if std::env::var("GPUCTL_DEVICE").map_or(true, |d| d != "cpu") {
+            match Device::new_cuda(0) {
+                Ok(dev) => return Ok(dev),
+                Err(e) => crate::log!("no CUDA device ({e}); serving on the CPU"),
+            }
         }
     }
     Ok(Device::Cpu)
 }
 
-impl GgufModel {
-    pub fn load(path: &Path) -> anyhow::Result<GgufModel> {
+impl CandleModel {
+    /// A GGUF file, or a safetensors folder.
+    pub fn load(path: &Path) -> anyhow::Result<CandleModel> {
+        if path.is_dir() {
+            let l = super::safetensors::load(path)?;
+            return Ok(CandleModel {
+                weights: l.net,
+                tokenizer: l.tokenizer,
+                template: l.template,
+                eos_ids: l.eos_ids,
+                context_length: l.context_length,
+                device: l.device,
+            });
+        }
         let mut file = std::fs::File::open(path)
             .with_context(|| format!("cannot open the model file {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
@@ -88,14 +197,18 @@ impl GgufModel {
         }
         let context_length = meta_u32(&content, "llama.context_length").unwrap_or(2048) as usize;
         let device = device()?;
-        let weights = ModelWeights::from_gguf(content, &mut file, &device).map_err(|e| {
+        let truncated = |e: candle_core::Error| {
             anyhow::anyhow!(
                 "{}: cannot load the weights ({e}); the file may be truncated",
                 path.display()
             )
-        })?;
-        Ok(GgufModel {
-            weights,
+        };
+        let weights = match requantize_q4_1(&content, &mut file, &device)? {
+            Some(weights) => weights,
+            None => ModelWeights::from_gguf(content, &mut file, &device).map_err(truncated)?,
+        };
+        Ok(CandleModel {
+            weights: Net::Gguf(Box::new(weights)),
             tokenizer,
             template,
             eos_ids,
@@ -123,7 +236,7 @@ impl GgufModel {
     }
 }
 
-impl Backend for GgufModel {
+impl Backend for CandleModel {
     fn context_length(&self) -> usize {
         self.context_length
     }
@@ -167,7 +280,7 @@ impl Backend for GgufModel {
         };
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
         let internal = |e: candle_core::Error| EngineError::Internal(e.to_string());
-        self.weights.clear_kv_cache();
+        self.weights.reset(&self.device).map_err(internal)?;
         let mut logits = self.step(prompt, 0)?;
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
@@ -207,5 +320,56 @@ impl Backend for GgufModel {
             }
             logits = self.step(&[next], prompt.len() + generated.len() - 1)?;
         }
+    }
+}
+
+/// Timings of one greedy run that ignores end-of-sequence (for `gpuctl-agent bench`).
+pub struct BenchRun {
+    pub ttft: std::time::Duration,
+    pub decode: std::time::Duration,
+    pub generated: usize,
+    pub tokens: Vec<u32>,
+}
+
+impl CandleModel {
+    pub fn tokenize(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Prompt, then `n` greedy tokens whatever they are; times the first and the rest.
+    pub fn bench(&mut self, prompt: &[u32], n: usize) -> anyhow::Result<BenchRun> {
+        let argmax = |logits: &Tensor| -> anyhow::Result<u32> {
+            let v: Vec<f32> = logits.to_vec1()?;
+            Ok(v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .unwrap_or(0))
+        };
+        self.weights.reset(&self.device)?;
+        let start = std::time::Instant::now();
+        let logits = self.step(prompt, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut next = argmax(&logits)?;
+        let ttft = start.elapsed();
+        let mut tokens = vec![next];
+        let start = std::time::Instant::now();
+        for i in 1..n {
+            let logits = self
+                .step(&[next], prompt.len() + i - 1)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            next = argmax(&logits)?;
+            tokens.push(next);
+        }
+        Ok(BenchRun {
+            ttft,
+            decode: start.elapsed(),
+            generated: n,
+            tokens,
+        })
     }
 }

@@ -1,0 +1,117 @@
+//! `gpuctl-agent bench --model FILE --prompt-ids 1,2,3 --tokens 128`: time to first token
+//! and decode speed of the candle path on exactly the token ids given, for `bench/`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::engine::CandleModel;
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut model = None;
+    let mut ids = None;
+    let mut text = None;
+    let mut tokens = 128usize;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--model" => model = Some(PathBuf::from(value)),
+            "--prompt-ids" => {
+                ids = Some(
+                    value
+                        .split(',')
+                        .map(|s| s.trim().parse::<u32>())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            }
+            "--prompt" => text = Some(value.clone()),
+            "--tokens" => tokens = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let model_path = model.context("--model is required")?;
+    let started = std::time::Instant::now();
+    let mut m = CandleModel::load(&model_path)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let prompt = match (ids, text) {
+        (Some(ids), _) => ids,
+        (None, Some(t)) => m.tokenize(&t)?,
+        (None, None) => bail!("give --prompt-ids or --prompt"),
+    };
+    let run = m.bench(&prompt, tokens)?;
+    let decode_s = run.decode.as_secs_f64();
+    let out = serde_json::json!({
+        "engine": "candle",
+        "load_ms": load_ms,
+        "prompt_tokens": prompt.len(),
+        "generated": run.generated,
+        "ttft_ms": run.ttft.as_secs_f64() * 1000.0,
+        "decode_tok_s": if decode_s > 0.0 { (run.generated - 1) as f64 / decode_s } else { 0.0 },
+        "peak_rss_kib": peak_rss_kib(),
+        "tokens": run.tokens,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `gpuctl-agent export-tokenizer --model FILE.gguf --out DIR`: the GGUF's tokenizer and chat
+/// template as tokenizer.json and tokenizer_config.json (to build a model folder elsewhere).
+pub fn export_tokenizer(args: &[String]) -> anyhow::Result<()> {
+    use candle_core::quantized::gguf_file;
+    use candle_core::quantized::tokenizer::TokenizerFromGguf;
+    let (Some(model), Some(out)) = (flag(args, "--model"), flag(args, "--out")) else {
+        bail!("usage: gpuctl-agent export-tokenizer --model FILE.gguf --out DIR");
+    };
+    let mut f = std::fs::File::open(&model).with_context(|| format!("opening {model}"))?;
+    let content = gguf_file::Content::read(&mut f)?;
+    let tokenizer = tokenizers::Tokenizer::from_gguf(&content)?;
+    std::fs::create_dir_all(&out)?;
+    tokenizer
+        .save(PathBuf::from(&out).join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = |key: &str| {
+        content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+    };
+    let token = |key: &str| {
+        content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_u32().ok())
+            .and_then(|id| tokenizer.id_to_token(id))
+    };
+    let config = serde_json::json!({
+        "chat_template": text("tokenizer.chat_template"),
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+        "model_max_length": 8192,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    std::fs::write(
+        PathBuf::from(&out).join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    Ok(())
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}

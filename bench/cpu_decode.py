@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Decode speed and time to first token of the default model on CPU: candle (gpuctl-agent
+bench) against llama.cpp (llama-cpp-python) on the same GGUF file and the same token ids,
+a fresh process per run, engines alternating round by round.
+
+usage: bench/cpu_decode.py [--rounds 5] [--tokens 128] [--threads 2] [--agent target/release/gpuctl-agent]
+Writes a Markdown table to stdout and the raw runs to bench/results/cpu_decode.json.
+"""
+import argparse, json, os, platform, resource, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+          "<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def llamacpp_run(ids, tokens, threads):
+    """One llama.cpp run in this (fresh) process: greedy, EOS ignored."""
+    import numpy as np
+    import llama_cpp
+    llm = llama_cpp.Llama(model_path=MODEL, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def argmax():
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
+
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    nxt = argmax()
+    ttft = time.perf_counter() - t0
+    out = [nxt]
+    t1 = time.perf_counter()
+    for _ in range(tokens - 1):
+        llm.eval([nxt])
+        nxt = argmax()
+        out.append(nxt)
+    decode = time.perf_counter() - t1
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"engine": "llama.cpp", "ttft_ms": ttft * 1000, "decode_tok_s": (tokens - 1) / decode,
+            "peak_rss_kib": rss, "tokens": out}
+
+
+def prompt_ids():
+    import llama_cpp
+    vocab = llama_cpp.Llama(model_path=MODEL, vocab_only=True, verbose=False)
+    return vocab.tokenize(PROMPT.encode(), add_bos=False, special=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--agent", default=os.path.join(ROOT, "target", "release", "gpuctl-agent"))
+    ap.add_argument("--llamacpp-child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.llamacpp_child:
+        ids = [int(x) for x in a.llamacpp_child.split(",")]
+        print(json.dumps(llamacpp_run(ids, a.tokens, a.threads)))
+        return
+
+    ids = prompt_ids()
+    id_arg = ",".join(map(str, ids))
+    variants = [
+        ("candle (gpuctl: Q4_1 re-encoded as Q8_0)", {}),
+        ("candle, Q4_1 kept (GPUCTL_Q4_1_AS=keep)", {"GPUCTL_Q4_1_AS": "keep"}),
+        ("candle, CANDLE_DEQUANTIZE_ALL=1", {"CANDLE_DEQUANTIZE_ALL": "1", "GPUCTL_Q4_1_AS": "keep"}),
+    ]
+    runs = {name: [] for name in ["llama.cpp"] + [v[0] for v in variants]}
+    base_env = dict(os.environ, CANDLE_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads))
+    for r in range(a.rounds):
+        for name, extra in variants:
+            out = subprocess.run([a.agent, "bench", "--model", MODEL, "--prompt-ids", id_arg, "--tokens", str(a.tokens)],
+                                 env=dict(base_env, **extra), capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout))
+            out = subprocess.run([sys.executable, __file__, "--llamacpp-child", id_arg, "--tokens", str(a.tokens),
+                                  "--threads", str(a.threads)], capture_output=True, text=True, check=True)
+            runs["llama.cpp"].append(json.loads(out.stdout))
+        print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+
+    # Ratios pair by pair: each candle run against the llama.cpp run right after it.
+    lc = runs["llama.cpp"]
+    rows = []
+    for name in runs:
+        rs = runs[name]
+        med = lambda k: statistics.median(x[k] for x in rs)
+        if name == "llama.cpp":
+            dec_ratio = ttft_ratio = [1.0]
+        else:
+            pairs = [lc[i * len(variants) + [v[0] for v in variants].index(name)] for i in range(len(rs))]
+            dec_ratio = [x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(rs, pairs)]
+            ttft_ratio = [x["ttft_ms"] / y["ttft_ms"] for x, y in zip(rs, pairs)]
+        # How many of the generated tokens agree with llama.cpp's, position by position.
+        agree = statistics.median(sum(1 for p, q in zip(x["tokens"], lc[0]["tokens"]) if p == q) for x in rs)
+        rows.append((name, med("ttft_ms"), med("decode_tok_s"), max(x["peak_rss_kib"] for x in rs) / 1024,
+                     statistics.median(dec_ratio), min(dec_ratio), max(dec_ratio), statistics.median(ttft_ratio), agree))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads {a.threads}; "
+          f"prompt {len(ids)} tokens; {a.tokens} greedy tokens (EOS ignored); {a.rounds} rounds")
+    print("| engine | TTFT (median) | decode tok/s (median) | peak RSS | decode ratio to llama.cpp (min-max) | TTFT ratio | tokens equal to llama.cpp's |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for n, t, d, rss, dr, dmin, dmax, tr, agree in rows:
+        print(f"| {n} | {t:.0f} ms | {d:.1f} | {rss:.0f} MiB | {dr:.2f} ({dmin:.2f}-{dmax:.2f}) | {tr:.2f}x | {agree:.0f}/{a.tokens} |")
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "cpu_decode.json"), "w") as f:
+        json.dump({"prompt_ids": ids, "runs": runs}, f)
+
+
+if __name__ == "__main__":
+    main()
