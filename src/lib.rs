@@ -13,3 +13,4 @@ pub mod home;
 pub mod plan;
 pub mod progress;
 pub mod session;
+pub mod ssh;

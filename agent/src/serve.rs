@@ -58,6 +58,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     spawn_signal_handler(stop_tx.clone());
     let loaded = config::load(config_path)?;
     let cfg = loaded.config.clone();
+    // Placement: before anything touches CUDA, and inherited by a supervised server.
+    if let Some(devices) = &cfg.cuda_visible_devices {
+        std::env::set_var("CUDA_VISIBLE_DEVICES", devices);
+        log!("CUDA_VISIBLE_DEVICES={devices}");
+    }
     let evidence = loaded.evidence_dir.clone();
     log!(
         "session {} model {} deadline {}",
@@ -107,7 +112,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
     } else {
-        let server = Arc::new(Server::start(&cfg.model)?);
+        let server = Arc::new(Server::start(&cfg.model, cfg.gpus)?);
         closer.server_pid = Some(server.pid);
         tokio::select! {
             ready = server.wait_ready() => {
@@ -186,7 +191,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 ));
             }
         }
-        None => ending.stopped.push("engine".into()),
+        None => {
+            if let Some(engine) = &state.engine {
+                engine.shutdown(Duration::from_secs(3)).await;
+            }
+            ending.stopped.push("engine (model freed)".into());
+        }
     }
     closer.finish(ending)
 }
@@ -202,7 +212,12 @@ async fn load_candle(
         .clone()
         .context("the config names no model path")?;
     log!("loading {model_path}");
-    let load = tokio::task::spawn_blocking(move || engine::load(Path::new(&model_path)));
+    let load = tokio::task::spawn_blocking(move || {
+        use engine::Backend;
+        let mut model = engine::load(Path::new(&model_path))?;
+        model.warm_up();
+        Ok::<_, anyhow::Error>(model)
+    });
     tokio::select! {
         res = load => Ok(Some(engine::spawn(res.context("the model loader panicked")??))),
         _ = wait_stop(stop_rx) => Ok(None),

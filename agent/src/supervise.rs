@@ -44,7 +44,7 @@ pub fn is_oom_line(line: &str) -> bool {
 
 /// The exact argv for a runtime. The plan's args come after gpuctl's own (for `command`,
 /// after the command), so `fallback.if_oom` can change them for every runtime.
-pub fn server_argv(model: &ModelConfig, port: u16) -> anyhow::Result<Vec<String>> {
+pub fn server_argv(model: &ModelConfig, port: u16, gpus: u32) -> anyhow::Result<Vec<String>> {
     let port_s = port.to_string();
     let mut argv: Vec<String> = match model.runtime {
         Runtime::Vllm => [
@@ -87,6 +87,21 @@ pub fn server_argv(model: &ModelConfig, port: u16) -> anyhow::Result<Vec<String>
         }
         Runtime::Candle => bail!("candle is served in-process, not supervised"),
     };
+    // Several GPUs reach the runtime as tensor parallelism, unless the plan's args say otherwise.
+    let tp_flags = ["--tensor-parallel-size", "-tp", "--tp", "--tp-size"];
+    let has_tp = model.args.iter().any(|a| {
+        tp_flags
+            .iter()
+            .any(|f| a == f || a.starts_with(&format!("{f}=")))
+    });
+    if gpus > 1 && !has_tp {
+        let flag = if model.runtime == Runtime::Vllm {
+            "--tensor-parallel-size"
+        } else {
+            "--tp-size"
+        };
+        argv.extend([flag.to_string(), gpus.to_string()]);
+    }
     argv.extend(model.args.iter().cloned());
     Ok(argv)
 }
@@ -101,11 +116,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(model: &ModelConfig) -> anyhow::Result<Server> {
+    pub fn start(model: &ModelConfig, gpus: u32) -> anyhow::Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let argv = server_argv(model, port)?;
+        let argv = server_argv(model, port, gpus)?;
         log!("starting {}", argv.join(" "));
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -245,91 +260,100 @@ mod tests {
         }
     }
 
+    fn argv(
+        runtime: Runtime,
+        args: &[&str],
+        command: &[&str],
+        port: u16,
+        gpus: u32,
+    ) -> Vec<String> {
+        server_argv(&model(runtime, args, command), port, gpus).expect("argv")
+    }
+
     #[test]
     fn vllm_argv() {
-        let argv = server_argv(
-            &model(Runtime::Vllm, &["--max-model-len", "4096"], &[]),
-            9001,
-        )
-        .expect("argv");
+        let base = [
+            "vllm",
+            "serve",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9001",
+        ];
+        let a = argv(Runtime::Vllm, &["--max-model-len", "4096"], &[], 9001, 1);
+        assert_eq!(a, [&base[..], &["--max-model-len", "4096"]].concat());
+        // Several GPUs become tensor parallelism...
         assert_eq!(
-            argv,
-            [
-                "vllm",
-                "serve",
-                "Qwen/Qwen2.5-0.5B-Instruct",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "9001",
-                "--max-model-len",
-                "4096"
-            ]
+            argv(Runtime::Vllm, &[], &[], 9001, 2),
+            [&base[..], &["--tensor-parallel-size", "2"]].concat()
         );
+        // ...unless the plan's args already say how.
+        let own = argv(
+            Runtime::Vllm,
+            &["--tensor-parallel-size", "1"],
+            &[],
+            9001,
+            2,
+        );
+        assert_eq!(own, [&base[..], &["--tensor-parallel-size", "1"]].concat());
     }
 
     #[test]
     fn sglang_argv() {
-        let argv = server_argv(
-            &model(Runtime::Sglang, &["--mem-fraction-static", "0.8"], &[]),
+        let base = [
+            "python3",
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9002",
+        ];
+        let a = argv(
+            Runtime::Sglang,
+            &["--mem-fraction-static", "0.8"],
+            &[],
             9002,
-        )
-        .expect("argv");
+            1,
+        );
+        assert_eq!(a, [&base[..], &["--mem-fraction-static", "0.8"]].concat());
         assert_eq!(
-            argv,
-            [
-                "python3",
-                "-m",
-                "sglang.launch_server",
-                "--model-path",
-                "Qwen/Qwen2.5-0.5B-Instruct",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "9002",
-                "--mem-fraction-static",
-                "0.8"
-            ]
+            argv(Runtime::Sglang, &[], &[], 9002, 4),
+            [&base[..], &["--tp-size", "4"]].concat()
         );
     }
 
     #[test]
     fn command_placeholders() {
-        let argv = server_argv(
-            &model(
-                Runtime::Command,
-                &["--n_ctx", "2048"],
-                &[
-                    "python3",
-                    "-m",
-                    "llama_cpp.server",
-                    "--host",
-                    "{host}",
-                    "--port",
-                    "{port}",
-                    "--model_alias",
-                    "{model}",
-                ],
-            ),
-            9003,
-        )
-        .expect("argv");
-        assert_eq!(
-            argv,
-            [
-                "python3",
-                "-m",
-                "llama_cpp.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "9003",
-                "--model_alias",
-                "Qwen/Qwen2.5-0.5B-Instruct",
-                "--n_ctx",
-                "2048"
-            ]
-        );
+        let cmd = [
+            "python3",
+            "-m",
+            "llama_cpp.server",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--model_alias",
+            "{model}",
+        ];
+        let a = argv(Runtime::Command, &["--n_ctx", "2048"], &cmd, 9003, 1);
+        let want = [
+            "python3",
+            "-m",
+            "llama_cpp.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9003",
+            "--model_alias",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "--n_ctx",
+            "2048",
+        ];
+        assert_eq!(a, want);
     }
 
     #[test]

@@ -4,14 +4,18 @@
 # falls back, and tokens/s on GPU against the same model on CPU. Everything comes back as
 # one archive in $OUT.
 #
-# Carried in: target/cuda/release/gpuctl-agent (built with --features cuda),
-# target/release/gpuctl, .device/assets (tokenizer.json and tokenizer_config.json from
-# `gpuctl-agent export-tokenizer`).
+# Carried in .device/ (see bench/device/README.md for how it is made): bin/gpuctl-agent.xz
+# (built with --features cuda, stripped), bin/gpuctl.xz, and assets/ (tokenizer.json and
+# tokenizer_config.json from `gpuctl-agent export-tokenizer`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/gpurun
 rm -rf "$W" && mkdir -p "$W/bin" "$W/home" "$OUT"
-cp target/cuda/release/gpuctl-agent target/release/gpuctl "$W/bin/" && chmod +x "$W/bin/"*
+for b in gpuctl-agent gpuctl; do xz -dc ".device/bin/$b.xz" > "$W/bin/$b"; done; chmod +x "$W/bin/"*
+# The CUDA libraries the agent links (cuBLAS, cuRAND, the runtime) come with the host's CUDA or PyTorch.
+LIBDIRS=$(find /usr/local/cuda* /usr/lib /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') \
+  \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' -o -name 'libcublasLt.so.13*' \) 2>/dev/null | xargs -rn1 dirname | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:-}"
 export GPUCTL_HOME=$W/home PYTHONUNBUFFERED=1
 R=$W/report.md
 say() { echo "$*" | tee -a "$R"; }
@@ -21,6 +25,7 @@ say "host: $(hostname), $(. /etc/os-release; echo "$PRETTY_NAME"), glibc $(ldd -
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$R"
 if command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; then say "sshd: present"; else say "sshd: not installed on this machine (nothing may be installed), so the sessions use provider local"; fi
 
+say "agent libraries: $(ldd "$W/bin/gpuctl-agent" | grep -cv 'not found') found, missing: $(ldd "$W/bin/gpuctl-agent" | grep 'not found' | tr -d '\t' | tr '\n' ' ')"
 say "## gpuctl-agent env-report"
 "$W/bin/gpuctl-agent" env-report | tee "$W/env_report.txt" | tee -a "$R"
 

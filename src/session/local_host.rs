@@ -261,3 +261,48 @@ pub async fn gpu_released(agent_bin: &Path, session_pids: &[u32]) -> Check {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Which GPUs a session of `wanted` GPUs gets on this host, as `CUDA_VISIBLE_DEVICES`: the
+/// idle ones first, so that two sessions side by side land on different GPUs. `Err` says
+/// what the host has when it cannot satisfy the plan.
+pub fn place_gpus(agent_bin: &Path, wanted: u32) -> Result<Option<String>, String> {
+    let out = std::process::Command::new(agent_bin)
+        .arg("gpu-procs")
+        .output()
+        .map_err(|e| format!("cannot ask {} for the GPUs: {e}", agent_bin.display()))?;
+    let answer: gpuctl_protocol::GpuProcesses = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("gpuctl-agent gpu-procs answered badly: {e}"))?;
+    let Some(count) = answer.gpus else {
+        return if wanted == 0 {
+            Ok(None)
+        } else {
+            Err(format!(
+                "the plan asks for {wanted} GPU(s) (instance.gpus), but this host has none: {}; set gpus = 0 to run on the CPU",
+                answer.note.unwrap_or_else(|| "no NVIDIA GPU visible".into())
+            ))
+        };
+    };
+    if wanted == 0 {
+        return Ok(Some(String::new()));
+    }
+    if wanted > count {
+        return Err(format!("the plan asks for {wanted} GPU(s) (instance.gpus), but this host has {count}; lower instance.gpus or use a larger host"));
+    }
+    let mut gpus: Vec<(usize, u32)> = (0..count)
+        .map(|i| (answer.processes.iter().filter(|p| p.gpu == i).count(), i))
+        .collect();
+    gpus.sort();
+    let mut chosen: Vec<u32> = gpus
+        .into_iter()
+        .take(wanted as usize)
+        .map(|(_, i)| i)
+        .collect();
+    chosen.sort();
+    Ok(Some(
+        chosen
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
+}

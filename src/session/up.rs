@@ -87,6 +87,16 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
             return Ok(Exit::Refused);
         }
     };
+    let placement = match super::local_host::place_gpus(&agent_bin, plan.instance.gpus) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: {}: {e}; nothing was started",
+                opts.plan_path.display()
+            );
+            return Ok(Exit::Refused);
+        }
+    };
     let api = plan.api_port().context("the plan forwards no port")?;
     if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", api.remote)) {
         eprintln!(
@@ -156,6 +166,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         agent_bin,
         timings: Vec::new(),
         served: None,
+        placement,
     };
 
     let started = Instant::now();
@@ -224,6 +235,8 @@ struct Session {
     timings: Vec<(String, u64)>,
     /// The model actually served (the plan's, or its `fallback.if_oom`).
     served: Option<plan::ModelSpec>,
+    /// `CUDA_VISIBLE_DEVICES` for the agent (None: leave the host's).
+    placement: Option<String>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -427,6 +440,8 @@ impl Session {
                 command: model.command.clone(),
             },
             stop_action: StopAction::Exit,
+            gpus: self.plan.instance.gpus,
+            cuda_visible_devices: self.placement.clone(),
         };
         let config_path = self.work.join("agent.json");
         std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;

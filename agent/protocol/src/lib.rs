@@ -30,6 +30,13 @@ pub struct AgentConfig {
     /// What the agent runs on the host after it stops serving at the deadline.
     #[serde(default)]
     pub stop_action: StopAction,
+    /// GPUs the model may use (the plan's `instance.gpus`).
+    #[serde(default)]
+    pub gpus: u32,
+    /// The GPUs the controller placed this session on, as `CUDA_VISIBLE_DEVICES` ("0,1";
+    /// "" hides every GPU). `None` leaves the variable as the host has it.
+    #[serde(default)]
+    pub cuda_visible_devices: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -7,6 +7,9 @@ mod safetensors;
 mod template;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -94,6 +97,20 @@ pub trait Backend: Send + 'static {
     fn context_length(&self) -> usize;
     /// Render the prompt (chat template for chat) and tokenize it.
     fn encode(&self, prompt: &Prompt) -> Result<(String, Vec<u32>), EngineError>;
+    /// One short generation, so that the first request does not pay for kernel loading
+    /// (on CUDA the driver compiles the kernels at first use).
+    fn warm_up(&mut self) {
+        if let Ok((_, ids)) = self.encode(&Prompt::Text("hello".into())) {
+            let params = GenParams {
+                max_tokens: 1,
+                temperature: 0.0,
+                top_p: None,
+                seed: 0,
+                stop: Vec::new(),
+            };
+            let _ = self.generate(&ids, &params, &mut |_| true);
+        }
+    }
     /// Generate; `emit` gets each new piece of text and returns false to stop early.
     fn generate(
         &mut self,
@@ -103,39 +120,81 @@ pub trait Backend: Send + 'static {
     ) -> Result<(FinishReason, usize), EngineError>;
 }
 
+enum Work {
+    Job(Job),
+    Stop,
+}
+
 #[derive(Clone)]
 pub struct EngineHandle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     pub context_length: usize,
+    stop: Arc<AtomicBool>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl EngineHandle {
     /// Queue a job; waits while the queue is full. Fails only when the engine has stopped.
     pub async fn submit(&self, job: Job) -> Result<(), EngineError> {
-        self.jobs.send(job).await.map_err(|_| EngineError::Stopping)
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(EngineError::Stopping);
+        }
+        self.jobs
+            .send(Work::Job(job))
+            .await
+            .map_err(|_| EngineError::Stopping)
+    }
+
+    /// Stop generating (a running generation ends at its next token), free the model, and
+    /// wait up to `wait` for the engine thread: the model's memory (a GPU's too) is released
+    /// by its owner before the process exits.
+    pub async fn shutdown(&self, wait: Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(wait, self.jobs.send(Work::Stop)).await;
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let deadline = std::time::Instant::now() + wait;
+            while !handle.is_finished() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
     }
 }
 
 /// Start the engine thread over a loaded backend.
 pub fn spawn(mut backend: impl Backend) -> EngineHandle {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Work>(QUEUE_DEPTH);
     let context_length = backend.context_length();
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                run_job(&mut backend, job);
+            while let Some(Work::Job(job)) = rx.blocking_recv() {
+                if flag.load(Ordering::SeqCst) {
+                    let _ = job
+                        .events
+                        .blocking_send(GenEvent::Failed(EngineError::Stopping));
+                    continue;
+                }
+                run_job(&mut backend, job, &flag);
             }
+            drop(backend);
         })
-        .map(|_| ())
-        .unwrap_or_else(|e| eprintln!("cannot start the engine thread: {e}"));
+        .map_err(|e| eprintln!("cannot start the engine thread: {e}"))
+        .ok();
     EngineHandle {
         jobs: tx,
         context_length,
+        stop,
+        thread: Arc::new(Mutex::new(thread)),
     }
 }
 
-fn run_job(backend: &mut impl Backend, job: Job) {
+fn run_job(backend: &mut impl Backend, job: Job, stop: &AtomicBool) {
     let send = |ev: GenEvent| job.events.blocking_send(ev).is_ok();
     let (_text, tokens) = match backend.encode(&job.prompt) {
         Ok(t) => t,
@@ -159,9 +218,11 @@ fn run_job(backend: &mut impl Backend, job: Job) {
         return; // the client went away while queued
     }
     let mut emit = |piece: &str| {
-        job.events
-            .blocking_send(GenEvent::Delta(piece.to_string()))
-            .is_ok()
+        !stop.load(Ordering::SeqCst)
+            && job
+                .events
+                .blocking_send(GenEvent::Delta(piece.to_string()))
+                .is_ok()
     };
     match backend.generate(&tokens, &job.params, &mut emit) {
         Ok((finish_reason, completion_tokens)) => {

@@ -1,0 +1,214 @@
+//! Connecting and authenticating: the plan's key file (ed25519, ECDSA, RSA; an encrypted
+//! one is opened with `GPUCTL_KEY_PASSPHRASE` or a passphrase typed on the terminal), then
+//! the keys of a running ssh-agent. Each step has a deadline.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, AuthResult};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
+
+use super::hostkey::{Checker, HostKeyVerdict};
+use super::remote::Session;
+use super::{SshError, CONNECT_TIMEOUT};
+
+/// Where and as whom to connect, and how to trust the host.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+    /// The plan's `host_key` (SHA256 fingerprint); known_hosts is used when absent.
+    pub pinned: Option<String>,
+    pub known_hosts: PathBuf,
+    /// Record a first-seen host key in known_hosts instead of refusing it.
+    pub accept_new: bool,
+}
+
+impl SshTarget {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The passphrase of an encrypted key: `GPUCTL_KEY_PASSPHRASE`, else asked on the terminal.
+fn passphrase(path: &Path) -> Option<String> {
+    if let Ok(p) = std::env::var("GPUCTL_KEY_PASSPHRASE") {
+        return Some(p);
+    }
+    use std::io::{BufRead, IsTerminal, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    if !tty.is_terminal() {
+        return None;
+    }
+    let mut out = tty.try_clone().ok()?;
+    let _ = write!(out, "passphrase for {}: ", path.display());
+    let _ = out.flush();
+    // Echo off while the passphrase is typed.
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let saved = tcgetattr(&tty).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    let _ = tcsetattr(&tty, SetArg::TCSANOW, &quiet);
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, SetArg::TCSANOW, &saved);
+    let _ = writeln!(out);
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn load_key(path: &Path) -> Result<russh::keys::PrivateKey, SshError> {
+    let err = |reason: String| SshError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match russh::keys::load_secret_key(path, None) {
+        Ok(k) => Ok(k),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let pass = passphrase(path).ok_or_else(|| {
+                err("it is encrypted; set GPUCTL_KEY_PASSPHRASE or run on a terminal".into())
+            })?;
+            russh::keys::load_secret_key(path, Some(&pass))
+                .map_err(|e| err(format!("wrong passphrase or unreadable key ({e})")))
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Connect, verify the host key, authenticate. Nothing is sent to a host whose key is refused.
+pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
+    let addr = target.addr();
+    let verdict = Arc::new(Mutex::new(None));
+    let checker = Checker {
+        host: target.host.clone(),
+        port: target.port,
+        pinned: target.pinned.clone(),
+        known_hosts: target.known_hosts.clone(),
+        accept_new: target.accept_new,
+        verdict: verdict.clone(),
+    };
+    let config = Arc::new(client::Config {
+        // Keepalives notice a dead link in seconds instead of TCP's minutes.
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    });
+    let connecting = client::connect(config, (target.host.as_str(), target.port), checker);
+    let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => {
+            return Err(SshError::Timeout {
+                addr,
+                secs: CONNECT_TIMEOUT.as_secs(),
+            })
+        }
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let known_hosts = target.known_hosts.display().to_string();
+            let decided = verdict.lock().ok().and_then(|v| v.clone());
+            return Err(match decided {
+                Some(HostKeyVerdict::Unknown { fingerprint }) => SshError::HostKeyUnknown {
+                    addr,
+                    fingerprint,
+                    known_hosts,
+                },
+                Some(HostKeyVerdict::Changed { fingerprint, line }) => SshError::HostKeyChanged {
+                    addr,
+                    fingerprint,
+                    known_hosts,
+                    line,
+                },
+                Some(HostKeyVerdict::PinMismatch {
+                    fingerprint,
+                    pinned,
+                }) => SshError::HostKeyPinMismatch {
+                    addr,
+                    fingerprint,
+                    pinned,
+                },
+                Some(HostKeyVerdict::Unreadable { reason, .. }) => {
+                    SshError::Protocol(format!("cannot read {known_hosts}: {reason}"))
+                }
+                _ => SshError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                },
+            });
+        }
+    };
+    let verdict = verdict.lock().ok().and_then(|v| v.clone());
+    let fingerprint = match &verdict {
+        Some(
+            HostKeyVerdict::Pinned { fingerprint }
+            | HostKeyVerdict::Known { fingerprint }
+            | HostKeyVerdict::Learned { fingerprint },
+        ) => fingerprint.clone(),
+        _ => return Err(SshError::Protocol("the host key was not checked".into())),
+    };
+    let mut session = Session::new(handle, fingerprint, verdict);
+    tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut session, target))
+        .await
+        .map_err(|_| SshError::Timeout {
+            addr: target.addr(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        })??;
+    Ok(session)
+}
+
+async fn authenticate(session: &mut Session, target: &SshTarget) -> Result<(), SshError> {
+    let mut tried = Vec::new();
+    let handle = &mut session.handle;
+    if let Some(path) = &target.identity_file {
+        let path = expand_home(path);
+        let key = load_key(&path)?;
+        let hash = handle.best_supported_rsa_hash().await?.flatten();
+        let result = handle
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+        tried.push(path.display().to_string());
+    }
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+            let identities = agent.request_identities().await.unwrap_or_default();
+            for id in identities {
+                let key: PublicKey = id.public_key().into_owned();
+                let hash = handle.best_supported_rsa_hash().await?.flatten();
+                match handle
+                    .authenticate_publickey_with(&target.user, key.clone(), hash, &mut agent)
+                    .await
+                {
+                    Ok(AuthResult::Success) => return Ok(()),
+                    _ => tried.push(format!("ssh-agent key {}", super::fingerprint(&key))),
+                }
+            }
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no key: set access.identity_file, or start ssh-agent".into());
+    }
+    Err(SshError::AuthFailed {
+        user: target.user.clone(),
+        addr: target.addr(),
+        tried: tried.join(", "),
+    })
+}

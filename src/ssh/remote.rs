@@ -1,0 +1,217 @@
+//! A connected, authenticated SSH session: exec with a deadline, and SFTP for files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use russh::client::Handle;
+use russh::ChannelMsg;
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::{FileAttributes, OpenFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::hostkey::{Checker, HostKeyVerdict};
+use super::SshError;
+
+pub struct Session {
+    pub handle: Handle<Checker>,
+    /// The host key fingerprint this session trusted (recorded with the session).
+    pub fingerprint: String,
+    pub verdict: Option<HostKeyVerdict>,
+}
+
+/// What a remote command answered.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub status: Option<u32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exec {
+    pub fn ok(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+fn sftp_err(e: russh_sftp::client::error::Error) -> SshError {
+    SshError::Protocol(format!("sftp: {e}"))
+}
+
+impl Session {
+    pub(super) fn new(
+        handle: Handle<Checker>,
+        fingerprint: String,
+        verdict: Option<HostKeyVerdict>,
+    ) -> Session {
+        Session {
+            handle,
+            fingerprint,
+            verdict,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Run `cmd` through the remote shell; fails if it takes longer than `timeout`.
+    pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<Exec, SshError> {
+        let run = async {
+            let mut channel = self.handle.channel_open_session().await?;
+            channel.exec(true, cmd).await?;
+            let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), None);
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    _ => {}
+                }
+            }
+            Ok::<_, SshError>(Exec {
+                status,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        };
+        tokio::time::timeout(timeout, run).await.map_err(|_| {
+            SshError::Protocol(format!(
+                "`{cmd}` did not finish within {} s",
+                timeout.as_secs()
+            ))
+        })?
+    }
+
+    pub async fn sftp(&self) -> Result<SftpSession, SshError> {
+        let channel = self.handle.channel_open_session().await?;
+        channel.request_subsystem(true, "sftp").await?;
+        SftpSession::new(channel.into_stream())
+            .await
+            .map_err(sftp_err)
+    }
+
+    /// Upload to `remote` atomically (a temporary name, then rename) with `mode`.
+    pub async fn upload(
+        &self,
+        sftp: &SftpSession,
+        local: &Path,
+        remote: &str,
+        mode: u32,
+    ) -> Result<u64, SshError> {
+        let mut src = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| SshError::Protocol(format!("{}: {e}", local.display())))?;
+        let tmp = format!("{remote}.part");
+        let mut dst = sftp.create(tmp.clone()).await.map_err(sftp_err)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|e| SshError::Protocol(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n])
+                .await
+                .map_err(|e| SshError::Protocol(format!("writing {tmp}: {e}")))?;
+            total += n as u64;
+        }
+        dst.shutdown()
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+        drop(dst);
+        let mut attrs = FileAttributes::empty();
+        attrs.permissions = Some(mode);
+        sftp.set_metadata(tmp.clone(), attrs)
+            .await
+            .map_err(sftp_err)?;
+        let _ = sftp.remove_file(remote.to_string()).await;
+        sftp.rename(tmp, remote.to_string())
+            .await
+            .map_err(sftp_err)?;
+        Ok(total)
+    }
+
+    /// Write a small file with `mode` set at creation (a token must never exist world-readable).
+    pub async fn write_file(
+        &self,
+        sftp: &SftpSession,
+        remote: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), SshError> {
+        let mut attrs = FileAttributes::empty();
+        attrs.permissions = Some(mode);
+        let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE;
+        let mut f = sftp
+            .open_with_flags_and_attributes(remote.to_string(), flags, attrs)
+            .await
+            .map_err(sftp_err)?;
+        f.write_all(bytes)
+            .await
+            .map_err(|e| SshError::Protocol(format!("writing {remote}: {e}")))?;
+        f.shutdown()
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Download `remote` to `local`, at most `cap` bytes. `Ok(None)` when it does not exist;
+    /// `Ok(Some((size, truncated)))` otherwise.
+    pub async fn download(
+        &self,
+        sftp: &SftpSession,
+        remote: &str,
+        local: &Path,
+        cap: u64,
+    ) -> Result<Option<(u64, bool)>, SshError> {
+        if !sftp
+            .try_exists(remote.to_string())
+            .await
+            .map_err(sftp_err)?
+        {
+            return Ok(None);
+        }
+        let mut src = sftp.open(remote.to_string()).await.map_err(sftp_err)?;
+        let mut dst = tokio::fs::File::create(local)
+            .await
+            .map_err(|e| SshError::Protocol(format!("{}: {e}", local.display())))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|e| SshError::Protocol(format!("reading {remote}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let keep = (cap - total).min(n as u64) as usize;
+            dst.write_all(&buf[..keep])
+                .await
+                .map_err(|e| SshError::Protocol(e.to_string()))?;
+            total += keep as u64;
+            if total >= cap {
+                return Ok(Some((total, true)));
+            }
+        }
+        dst.flush()
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+        Ok(Some((total, false)))
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "done", "en")
+            .await;
+    }
+}
+
+/// Quote a string for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
