@@ -275,11 +275,17 @@ fn a_refused_plan_starts_nothing() {
 fn a_plan_asking_for_more_gpus_than_the_host_has_is_refused() {
     let ctx = Ctx::new();
     let plan = local_plan(&ctx, free_port(), "");
-    let text = std::fs::read_to_string(&plan).expect("read").replace("provider = \"local\"", "provider = \"local\"\ngpus = 2");
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("provider = \"local\"", "provider = \"local\"\ngpus = 2");
     let plan = ctx.write("two-gpus.toml", text);
     let run = ctx.run(["up".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     // This machine has no GPU; on a GPU host the message names how many it has.
-    assert!(run.stderr.contains("asks for 2 GPU(s)") && run.stderr.contains("nothing was started"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("asks for 2 GPU(s)") && run.stderr.contains("nothing was started"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(ctx.run(["ls", "--json"]).json(), serde_json::json!([]));
 }

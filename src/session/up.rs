@@ -277,7 +277,6 @@ impl Session {
     }
 
     async fn run_inner(&mut self, rep: &mut Reporter) -> anyhow::Result<Ending> {
-        let t = Instant::now();
         self.transition(
             SessionState::Provisioning,
             "provider local: this machine, nothing to rent",
@@ -295,7 +294,7 @@ impl Session {
         let mut oom_fallback = self.plan.fallback.if_oom.clone();
         let t = loop {
             rep.step("deploy", "starting gpuctl-agent");
-            self.start_agent(&model, &token_file, &token, api.remote, t)?;
+            self.start_agent(&model, &token_file, &token, api.remote)?;
             rep.step(
                 "load",
                 &format!(
@@ -419,8 +418,8 @@ impl Session {
         token_file: &Path,
         token: &str,
         port: u16,
-        t: Instant,
     ) -> anyhow::Result<()> {
+        let t = Instant::now();
         let config = AgentConfig {
             protocol: PROTOCOL_VERSION,
             session_id: self.id.clone(),
