@@ -3,6 +3,9 @@
 set -euo pipefail
 
 need=()
+# A real OpenSSH server for the SSH-route tests (the tests start their own, on 127.0.0.1).
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v git >/dev/null || need+=(git)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v sha256sum >/dev/null || need+=(coreutils)

@@ -98,6 +98,9 @@ pub struct UpArgs {
     /// Accept a plan that opens public ports
     #[arg(long)]
     pub allow_public_ports: bool,
+    /// Record an SSH host key seen for the first time in ~/.ssh/known_hosts instead of refusing it
+    #[arg(long)]
+    pub accept_new_host_key: bool,
 }
 
 #[derive(Debug, Args)]

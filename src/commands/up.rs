@@ -11,6 +11,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<Exit> {
         agent_bin: args.agent_bin,
         json: args.json,
         allow_public_ports: args.allow_public_ports,
+        accept_new_host_key: args.accept_new_host_key,
     };
     runtime()?.block_on(up(opts))
 }

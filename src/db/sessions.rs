@@ -335,6 +335,17 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 
+    /// The host key fingerprint the session trusted (provider ssh).
+    pub fn record_host_key(&self, id: &str, fingerprint: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET host_key_fingerprint = ?2 WHERE id = ?1",
+                params![id, fingerprint],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// The final state with its cost and reasons, and the state event, in one transaction.
     #[allow(clippy::too_many_arguments)]
     pub fn record_end(

@@ -1,6 +1,8 @@
 //! Sessions: their states and identities.
 
+mod host;
 mod local_host;
+pub mod remote_host;
 mod state;
 pub mod up;
 

@@ -15,7 +15,9 @@ use gpuctl_protocol::{
 use gpuctl_providers::{BillingGranularity, ProviderKind};
 use serde_json::json;
 
-use super::local_host::{find_agent, peak_rss_kib, LocalAgent};
+use super::host::Host;
+use super::local_host::{find_agent, LocalAgent};
+use super::remote_host::{Connected, RemoteAgent};
 use super::{new_session_id, SessionState};
 use crate::db::{Db, EvidenceRow, NewSession};
 use crate::eval::{self, AgentClient, CaseResult};
@@ -34,6 +36,8 @@ pub struct UpOptions {
     pub agent_bin: Option<PathBuf>,
     pub json: bool,
     pub allow_public_ports: bool,
+    /// Record a first-seen SSH host key in known_hosts instead of refusing it.
+    pub accept_new_host_key: bool,
 }
 
 /// Why the serving phase ended.
@@ -87,7 +91,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
             return Ok(Exit::Refused);
         }
     };
-    let placement = match super::local_host::place_gpus(&agent_bin, plan.instance.gpus) {
+    let is_ssh = plan.instance.provider == ProviderKind::Ssh;
+    // GPUs are placed on this machine only; a host's GPUs are its runtime's to use.
+    let placement = match if is_ssh {
+        Ok(None)
+    } else {
+        super::local_host::place_gpus(&agent_bin, plan.instance.gpus)
+    } {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
@@ -98,10 +108,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         }
     };
     let api = plan.api_port().context("the plan forwards no port")?;
-    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", api.remote)) {
+    // Here the agent listens on the remote port itself; over SSH the tunnel takes the local one.
+    let here = if is_ssh { api.local } else { api.remote };
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", here)) {
         eprintln!(
-            "error: port 127.0.0.1:{} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started",
-            api.remote
+            "error: port 127.0.0.1:{here} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started"
         );
         return Ok(Exit::Refused);
     }
@@ -166,6 +177,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         agent_bin,
         timings: Vec::new(),
         served: None,
+        connected: None,
+        accept_new_host_key: opts.accept_new_host_key,
         placement,
     };
 
@@ -199,13 +212,14 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
     if plan.route == Route::FreeColab {
         return Some("the free_colab route runs in a notebook, not through `up`".into());
     }
-    if plan.instance.provider != ProviderKind::Local {
+    if plan.instance.provider.is_cloud() {
         return Some(format!(
-            "provider \"{}\" is not available in this build yet; only \"local\" is",
+            "provider \"{}\" is not available in this build yet; \"local\" and \"ssh\" are",
             plan.instance.provider
         ));
     }
-    if plan.model.runtime != Runtime::Candle {
+    // The model of an ssh session is on the host; only this machine's file can be checked here.
+    if plan.model.runtime != Runtime::Candle || plan.instance.provider == ProviderKind::Ssh {
         return None;
     }
     let path = plan.model.path.as_deref().unwrap_or_default();
@@ -230,7 +244,10 @@ struct Session {
     bundle: Bundle,
     work: PathBuf,
     deadline: DateTime<Utc>,
-    agent: Option<(LocalAgent, AgentClient)>,
+    agent: Option<(Host, AgentClient)>,
+    /// The SSH connection (provider ssh), made in the connecting state.
+    connected: Option<Connected>,
+    accept_new_host_key: bool,
     agent_bin: PathBuf,
     timings: Vec<(String, u64)>,
     /// The model actually served (the plan's, or its `fallback.if_oom`).
@@ -277,14 +294,34 @@ impl Session {
     }
 
     async fn run_inner(&mut self, rep: &mut Reporter) -> anyhow::Result<Ending> {
-        self.transition(
-            SessionState::Provisioning,
-            "provider local: this machine, nothing to rent",
-        )?;
-        self.transition(
-            SessionState::Connecting,
-            "provider local: no connection needed",
-        )?;
+        if self.plan.instance.provider == ProviderKind::Ssh {
+            self.transition(
+                SessionState::Provisioning,
+                "provider ssh: the host is rented by its owner; nothing to launch",
+            )?;
+            let target = self.ssh_target()?;
+            self.transition(
+                SessionState::Connecting,
+                &format!("connecting to {}@{}", target.user, target.addr()),
+            )?;
+            rep.step(
+                "connect",
+                &format!("connecting to {}@{}", target.user, target.addr()),
+            );
+            let connected = RemoteAgent::connect(&target).await?;
+            self.db.record_host_key(&self.id, &connected.fingerprint)?;
+            rep.done(&format!("host key {}", connected.fingerprint));
+            self.connected = Some(connected);
+        } else {
+            self.transition(
+                SessionState::Provisioning,
+                "provider local: this machine, nothing to rent",
+            )?;
+            self.transition(
+                SessionState::Connecting,
+                "provider local: no connection needed",
+            )?;
+        }
         self.transition(SessionState::Deploying, "starting gpuctl-agent")?;
         let api = self.plan.api_port().context("no API port")?;
         let token = random_token()?;
@@ -294,7 +331,7 @@ impl Session {
         let mut oom_fallback = self.plan.fallback.if_oom.clone();
         let t = loop {
             rep.step("deploy", "starting gpuctl-agent");
-            self.start_agent(&model, &token_file, &token, api.remote)?;
+            self.start_agent(&model, &token_file, &token, api).await?;
             rep.step(
                 "load",
                 &format!(
@@ -308,7 +345,10 @@ impl Session {
             let Err(e) = agent.wait_healthy(client).await else {
                 break t_load;
             };
-            let record = self.read_final_record();
+            let record = match &self.agent {
+                Some((host, _)) => host.final_record().await,
+                None => None,
+            };
             let oom = record.as_ref().is_some_and(|r| r.out_of_memory);
             match (oom, oom_fallback.take()) {
                 (true, Some(fallback)) => {
@@ -402,39 +442,61 @@ impl Session {
                 self.deadline.format("%H:%M:%S UTC")
             ),
         );
-        let (agent, _) = self.agent.as_mut().context("agent")?;
-        let status = agent.wait_exit().await;
-        Ok(Ending::AgentExited(
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "unknown status".into()),
-        ))
+        let (host, _) = self.agent.as_mut().context("agent")?;
+        let status = host.wait_exit(&mut |event| rep.info(event)).await;
+        Ok(Ending::AgentExited(status))
+    }
+
+    fn ssh_target(&self) -> anyhow::Result<crate::ssh::SshTarget> {
+        let i = &self.plan.instance;
+        let home = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
+        Ok(crate::ssh::SshTarget {
+            host: i.host.clone().context("the plan names no host")?,
+            port: i.port,
+            user: i.user.clone().context("the plan names no user")?,
+            identity_file: self
+                .plan
+                .access
+                .identity_file
+                .as_ref()
+                .map(std::path::PathBuf::from),
+            pinned: i.host_key.clone(),
+            known_hosts: home.join(".ssh/known_hosts"),
+            accept_new: self.accept_new_host_key,
+        })
     }
 
     /// Write the agent's config and start it; the session row records what was launched.
-    fn start_agent(
+    async fn start_agent(
         &mut self,
         model: &plan::ModelSpec,
         token_file: &Path,
         token: &str,
-        port: u16,
+        ports: crate::plan::PortForward,
     ) -> anyhow::Result<()> {
         let t = Instant::now();
+        let local = self.plan.instance.provider == ProviderKind::Local;
         let config = AgentConfig {
             protocol: PROTOCOL_VERSION,
             session_id: self.id.clone(),
             deadline: self.deadline,
             grace_secs: self.plan.stop.grace.as_secs(),
-            listen_port: port,
+            listen_port: ports.remote,
             token_file: token_file.display().to_string(),
             evidence_dir: self.work.join("evidence").display().to_string(),
             model: ModelConfig {
                 id: model.id.clone(),
                 runtime: model.runtime,
-                path: model
-                    .path
-                    .as_ref()
-                    .map(|p| absolute(Path::new(p)).display().to_string()),
+                // On this machine a relative path is the user's; on a host it is the host's.
+                path: model.path.as_ref().map(|p| {
+                    if local {
+                        absolute(Path::new(p)).display().to_string()
+                    } else {
+                        p.clone()
+                    }
+                }),
                 args: model.args.clone(),
                 command: model.command.clone(),
             },
@@ -442,39 +504,52 @@ impl Session {
             gpus: self.plan.instance.gpus,
             cuda_visible_devices: self.placement.clone(),
         };
-        let config_path = self.work.join("agent.json");
-        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let agent = LocalAgent::start(
-            &self.agent_bin,
-            &config_path,
-            &self.work.join("agent.log"),
-            port,
-        )?;
-        self.db.record_launch(
-            &self.id,
-            &format!("pid:{}", agent.pid),
-            Some("127.0.0.1"),
-            Utc::now(),
-        )?;
+        let (host, url_port, instance) = match self.connected.clone() {
+            None => {
+                let config_path = self.work.join("agent.json");
+                std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+                let agent = LocalAgent::start(
+                    &self.agent_bin,
+                    &config_path,
+                    &self.work.join("agent.log"),
+                    ports.remote,
+                )?;
+                let instance = format!("pid:{}", agent.pid);
+                (
+                    Host::Local {
+                        agent: Box::new(agent),
+                        work: self.work.clone(),
+                    },
+                    ports.remote,
+                    instance,
+                )
+            }
+            Some(connected) => {
+                let remote =
+                    RemoteAgent::deploy(connected, &self.agent_bin, &config, token, ports.local)
+                        .await?;
+                let instance = format!("pid:{} on {}", remote.pid, remote.dir);
+                let port = remote.tunnel_port().unwrap_or(ports.local);
+                (Host::Remote(Box::new(remote)), port, instance)
+            }
+        };
+        let host_name = self
+            .plan
+            .instance
+            .host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        self.db
+            .record_launch(&self.id, &instance, Some(&host_name), Utc::now())?;
         let client = AgentClient::new(
-            &format!("http://127.0.0.1:{port}"),
+            &format!("http://127.0.0.1:{url_port}"),
             token,
             &model.id,
             REQUEST_TIMEOUT,
         )?;
         self.time("controller_start_agent", t);
-        self.agent = Some((agent, client));
+        self.agent = Some((host, client));
         Ok(())
-    }
-
-    fn read_final_record(&self) -> Option<gpuctl_protocol::FinalRecord> {
-        let text = std::fs::read_to_string(
-            self.work
-                .join("evidence")
-                .join(evidence_files::FINAL_RECORD),
-        )
-        .ok()?;
-        serde_json::from_str(&text).ok()
     }
 
     fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
@@ -519,7 +594,7 @@ impl Session {
         let t = Instant::now();
         let answer = client.chat(FIRST_RUN_PROMPT, FIRST_RUN_TOKENS, 0.0).await?;
         let ms = t.elapsed().as_millis() as u64;
-        let rss = peak_rss_kib(agent.pid);
+        let rss = agent.peak_rss_kib();
         let tps = if ms > 0 {
             answer.completion_tokens as f64 / (ms as f64 / 1000.0)
         } else {
@@ -532,7 +607,7 @@ impl Session {
             served.runtime.as_str(),
             served.path.as_deref().unwrap_or("-"),
             if served.runtime == Runtime::Candle { "(in-process)".to_string() } else { served.command.iter().chain(&served.args).cloned().collect::<Vec<_>>().join(" ") },
-            agent.argv.join(" "),
+            agent.argv().join(" "),
             answer.prompt_tokens,
             answer.completion_tokens,
             rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "unknown".into()),
@@ -557,36 +632,24 @@ impl Session {
         rep.step("stop", "stopping the agent and proving it");
         let stop_started = Utc::now();
         let t = Instant::now();
-        let mut checks: Vec<Check> = match self.agent.as_mut() {
-            Some((agent, _)) => agent.stop().await,
+        let checks: Vec<Check> = match self.agent.as_mut() {
+            Some((host, _)) => host.stop(&self.agent_bin).await,
             None => vec![Check::new("process_exited", true, "no agent was started")],
         };
-        if let Some((agent, _)) = &self.agent {
-            // The agent's own record names every process it ran the model in.
-            let mut pids = self.read_final_record().map(|r| r.pids).unwrap_or_default();
-            pids.push(agent.pid);
-            checks.push(super::local_host::gpu_released(&self.agent_bin, &pids).await);
-        }
         self.time("stop_and_prove", t);
         let confirmed = checks.iter().all(|c| c.passed);
         let stopped_at = Utc::now();
 
         let t = Instant::now();
-        let agent_files = [
-            evidence_files::ENVIRONMENT_REPORT,
-            evidence_files::REQUESTS,
-            evidence_files::GPU_METRICS,
-            evidence_files::FINAL_RECORD,
-        ];
-        for name in agent_files
-            .into_iter()
-            .chain(["final_record-oom-attempt.json"])
-        {
-            self.bundle
-                .copy_in(&self.work.join("evidence").join(name), name)?;
+        if let Some((host, _)) = &self.agent {
+            // A host that cannot be reached keeps its evidence; that is recorded, not fatal.
+            if let Err(e) = host
+                .collect(&self.bundle, &self.plan.evidence.copy_back)
+                .await
+            {
+                rep.warn(&format!("evidence could not be pulled back: {e:#}"));
+            }
         }
-        self.bundle
-            .copy_in(&self.work.join("agent.log"), evidence_files::AGENT_LOG)?;
         let final_record: Option<serde_json::Value> =
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod sshd;
+
 pub struct Ctx {
     pub dir: tempfile::TempDir,
 }

@@ -1,0 +1,139 @@
+//! Where the agent runs: this machine (provider `local`) or a host reached by SSH. `up`
+//! drives both through this one interface.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gpuctl_protocol::{evidence_files, FinalRecord};
+
+use super::local_host::{gpu_released, peak_rss_kib, LocalAgent};
+use super::remote_host::RemoteAgent;
+use crate::eval::AgentClient;
+use crate::evidence::{Bundle, Check};
+
+pub enum Host {
+    Local {
+        agent: Box<LocalAgent>,
+        work: std::path::PathBuf,
+    },
+    Remote(Box<RemoteAgent>),
+}
+
+impl Host {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Host::Local { agent, .. } => agent.pid,
+            Host::Remote(r) => r.pid,
+        }
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Host::Local { agent, .. } => agent.argv.clone(),
+            Host::Remote(r) => r.argv.clone(),
+        }
+    }
+
+    /// Peak memory of the agent (known on this machine only).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        match self {
+            Host::Local { agent, .. } => peak_rss_kib(agent.pid),
+            Host::Remote(_) => None,
+        }
+    }
+
+    pub async fn wait_healthy(&mut self, client: &AgentClient) -> anyhow::Result<()> {
+        match self {
+            Host::Local { agent, .. } => agent.wait_healthy(client).await,
+            Host::Remote(r) => r.wait_healthy(client).await,
+        }
+    }
+
+    /// Serve until the agent ends by itself (its deadline, or a failure); returns how it ended.
+    pub async fn wait_exit(&mut self, report: &mut dyn FnMut(&str)) -> String {
+        match self {
+            Host::Local { agent, .. } => agent
+                .wait_exit()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown status".into()),
+            Host::Remote(r) => loop {
+                tokio::select! {
+                    Some(event) = r.events_rx.recv() => report(&event),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        if let Ok(false) = r.is_alive().await {
+                            return "the agent's process is gone on the host".into();
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    pub async fn final_record(&self) -> Option<FinalRecord> {
+        match self {
+            Host::Local { work, .. } => {
+                let text = std::fs::read_to_string(
+                    work.join("evidence").join(evidence_files::FINAL_RECORD),
+                )
+                .ok()?;
+                serde_json::from_str(&text).ok()
+            }
+            Host::Remote(r) => r.read_final_record().await,
+        }
+    }
+
+    /// Stop the agent and prove it; every check, GPUs included.
+    pub async fn stop(&mut self, agent_bin: &Path) -> Vec<Check> {
+        match self {
+            Host::Local { agent, .. } => {
+                let mut checks = agent.stop().await;
+                let mut pids = self
+                    .final_record()
+                    .await
+                    .map(|r| r.pids)
+                    .unwrap_or_default();
+                pids.push(self.pid());
+                checks.push(gpu_released(agent_bin, &pids).await);
+                checks
+            }
+            Host::Remote(r) => r.stop().await,
+        }
+    }
+
+    /// Bring the agent's evidence (and the plan's other files) into the bundle.
+    pub async fn collect(
+        &self,
+        bundle: &Bundle,
+        copy_back: &[String],
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        match self {
+            Host::Local { work, .. } => {
+                let mut out = Vec::new();
+                let ev = work.join("evidence");
+                for name in [
+                    evidence_files::ENVIRONMENT_REPORT,
+                    evidence_files::REQUESTS,
+                    evidence_files::GPU_METRICS,
+                    evidence_files::FINAL_RECORD,
+                    "final_record-oom-attempt.json",
+                ] {
+                    let present = bundle.copy_in(&ev.join(name), name)?;
+                    out.push((
+                        name.to_string(),
+                        if present { "present" } else { "missing" }.to_string(),
+                    ));
+                }
+                bundle.copy_in(&work.join("agent.log"), evidence_files::AGENT_LOG)?;
+                bundle.copy_in(&work.join("agent-oom-attempt.log"), "agent-oom-attempt.log")?;
+                let _ = copy_back;
+                Ok(out)
+            }
+            Host::Remote(r) => {
+                let pulled = r.pull(&bundle.dir, copy_back).await?;
+                r.cleanup().await;
+                Ok(pulled)
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Provider `ssh`: the agent on a host reached by SSH. Deployed over SFTP (skipped when the
+//! same binary is already there), started detached so it outlives the connection, reached
+//! through the localhost tunnel, stopped and proven stopped by asking the host itself.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use gpuctl_protocol::{evidence_files, AgentConfig};
+use tokio::sync::{mpsc, Mutex, RwLock};
+
+use crate::eval::AgentClient;
+use crate::evidence::{sha256_file, Check};
+use crate::ssh::{self, sh_quote, Session, Shared, SshTarget, Tunnel};
+
+const EXEC: Duration = Duration::from_secs(30);
+/// Evidence files larger than this are cut (and recorded as cut).
+pub const COPY_CAP: u64 = 64 * 1024 * 1024;
+/// After SIGTERM, how long the agent gets before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+
+/// A verified, authenticated connection, before anything is deployed.
+#[derive(Clone)]
+pub struct Connected {
+    shared: Shared,
+    target: SshTarget,
+    pub fingerprint: String,
+}
+
+pub struct RemoteAgent {
+    shared: Shared,
+    target: SshTarget,
+    lock: Arc<Mutex<()>>,
+    events: mpsc::UnboundedSender<String>,
+    pub events_rx: mpsc::UnboundedReceiver<String>,
+    pub pid: u32,
+    /// The session's folder on the host (absolute).
+    pub dir: String,
+    pub bin: String,
+    pub port: u16,
+    pub argv: Vec<String>,
+    pub fingerprint: String,
+    pub uploaded: bool,
+    tunnel: Option<Tunnel>,
+}
+
+/// The highest `GLIBC_2.N` symbol version a binary needs (scanned from the file's bytes).
+pub fn glibc_needed(binary: &[u8]) -> Option<(u32, u32)> {
+    let needle = b"GLIBC_2.";
+    let mut best: Option<(u32, u32)> = None;
+    let mut i = 0;
+    while let Some(pos) = binary[i..].windows(needle.len()).position(|w| w == needle) {
+        let start = i + pos + needle.len();
+        let digits: String = binary[start..]
+            .iter()
+            .take(4)
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        if let Ok(minor) = digits.parse::<u32>() {
+            best = best.max(Some((2, minor)));
+        }
+        i = start;
+    }
+    best
+}
+
+fn parse_glibc(text: &str) -> Option<(u32, u32)> {
+    // `getconf GNU_LIBC_VERSION` prints "glibc 2.35".
+    let v = text.split_whitespace().last()?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl RemoteAgent {
+    async fn session(&self) -> Result<Arc<Session>, ssh::SshError> {
+        ssh::live(&self.shared, &self.target, &self.lock, &self.events).await
+    }
+
+    /// Connect and verify the host key (nothing is sent to a host whose key is refused).
+    pub async fn connect(target: &SshTarget) -> Result<Connected, ssh::SshError> {
+        let session = ssh::connect(target).await?;
+        let fingerprint = session.fingerprint.clone();
+        Ok(Connected {
+            shared: Arc::new(RwLock::new(Arc::new(session))),
+            target: target.clone(),
+            fingerprint,
+        })
+    }
+
+    /// Check the host can run the agent, upload it if needed, start it, open the tunnel.
+    pub async fn deploy(
+        connected: Connected,
+        agent_bin: &Path,
+        config: &AgentConfig,
+        token: &str,
+        local_port: u16,
+    ) -> anyhow::Result<RemoteAgent> {
+        let Connected {
+            shared,
+            target,
+            fingerprint,
+        } = connected;
+        let target = &target;
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let session = shared.read().await.clone();
+
+        // Can the agent run there? Check before sending anything large.
+        let probe = session.exec("uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -1; echo $HOME", EXEC).await?;
+        let mut lines = probe.stdout.lines();
+        let arch = lines.next().unwrap_or_default().trim().to_string();
+        let glibc = lines.next().and_then(parse_glibc);
+        let home = lines.next().unwrap_or_default().trim().to_string();
+        if arch != std::env::consts::ARCH {
+            bail!("the host is {arch}, but this gpuctl-agent is built for {}; build the agent for {arch} and pass --agent-bin", std::env::consts::ARCH);
+        }
+        let bytes =
+            std::fs::read(agent_bin).with_context(|| format!("reading {}", agent_bin.display()))?;
+        if let (Some(need), Some(have)) = (glibc_needed(&bytes), glibc) {
+            if need > have {
+                bail!(
+                    "the host has glibc {}.{}, but {} needs glibc {}.{}; build the agent for an older glibc (cargo-zigbuild --target x86_64-unknown-linux-gnu.2.31) and pass --agent-bin",
+                    have.0, have.1, agent_bin.display(), need.0, need.1
+                );
+            }
+        }
+        if home.is_empty() {
+            bail!("cannot find the home folder of {} on the host", target.user);
+        }
+
+        let (sha, _) = sha256_file(agent_bin)?;
+        let bin = format!("{home}/.gpuctl/bin/gpuctl-agent-{sha}");
+        let dir = format!("{home}/.gpuctl/sessions/{}", config.session_id);
+        let mkdir = session
+            .exec(
+                &format!(
+                    "mkdir -p {} {}/evidence && chmod 700 {home}/.gpuctl",
+                    sh_quote(&format!("{home}/.gpuctl/bin")),
+                    sh_quote(&dir)
+                ),
+                EXEC,
+            )
+            .await?;
+        if !mkdir.ok() {
+            bail!("cannot create {dir} on the host: {}", mkdir.stderr.trim());
+        }
+        // Content-addressed: the same binary is uploaded once per host.
+        let present = session
+            .exec(&format!("sha256sum {} 2>/dev/null", sh_quote(&bin)), EXEC)
+            .await?;
+        let uploaded = !present.stdout.starts_with(&sha);
+        let sftp = session.sftp().await?;
+        if uploaded {
+            session.upload(&sftp, agent_bin, &bin, 0o755).await?;
+        }
+        let mut remote_config = config.clone();
+        remote_config.token_file = format!("{dir}/token");
+        remote_config.evidence_dir = format!("{dir}/evidence");
+        session
+            .write_file(&sftp, &remote_config.token_file, token.as_bytes(), 0o600)
+            .await?;
+        session
+            .write_file(
+                &sftp,
+                &format!("{dir}/agent.json"),
+                serde_json::to_string_pretty(&remote_config)?.as_bytes(),
+                0o600,
+            )
+            .await?;
+        drop(sftp);
+
+        // Detached: setsid, no terminal, output to a file; `echo $!` names the agent's pid.
+        let start = format!(
+            "cd {d} && {{ setsid {b} serve --config agent.json > agent.log 2>&1 < /dev/null & echo $!; }}",
+            d = sh_quote(&dir),
+            b = sh_quote(&bin)
+        );
+        let started = session.exec(&start, EXEC).await?;
+        let pid: u32 = started.stdout.trim().parse().with_context(|| {
+            format!(
+                "the agent did not start: {}{}",
+                started.stdout, started.stderr
+            )
+        })?;
+        let tunnel = Tunnel::open(
+            shared.clone(),
+            target.clone(),
+            local_port,
+            config.listen_port,
+            events.clone(),
+        )
+        .await?;
+        Ok(RemoteAgent {
+            shared,
+            target: target.clone(),
+            lock: Arc::new(Mutex::new(())),
+            events,
+            events_rx,
+            pid,
+            dir,
+            argv: vec![
+                bin.clone(),
+                "serve".into(),
+                "--config".into(),
+                "agent.json".into(),
+            ],
+            bin,
+            port: config.listen_port,
+            fingerprint,
+            uploaded,
+            tunnel: Some(tunnel),
+        })
+    }
+
+    pub async fn is_alive(&self) -> Result<bool, ssh::SshError> {
+        let s = self.session().await?;
+        Ok(s.exec(&format!("kill -0 {} 2>/dev/null", self.pid), EXEC)
+            .await?
+            .ok())
+    }
+
+    async fn log_tail(&self) -> String {
+        match self.session().await {
+            Ok(s) => s
+                .exec(
+                    &format!("tail -n 5 {}/agent.log", sh_quote(&self.dir)),
+                    EXEC,
+                )
+                .await
+                .map(|e| e.stdout)
+                .unwrap_or_default(),
+            Err(e) => format!("(cannot read agent.log: {e})"),
+        }
+    }
+
+    /// Poll /health through the tunnel; fail when the agent has exited.
+    pub async fn wait_healthy(&mut self, client: &AgentClient) -> anyhow::Result<()> {
+        let mut polls = 0u32;
+        loop {
+            if client.health().await.is_ok() {
+                return Ok(());
+            }
+            polls += 1;
+            if polls % 10 == 0 && !self.is_alive().await? {
+                bail!("the agent exited on the host before it was ready; agent.log ends with:\n    {}", self.log_tail().await.trim().replace('\n', "\n    "));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn read_final_record(&self) -> Option<gpuctl_protocol::FinalRecord> {
+        let s = self.session().await.ok()?;
+        let out = s
+            .exec(
+                &format!(
+                    "cat {}/evidence/{}",
+                    sh_quote(&self.dir),
+                    evidence_files::FINAL_RECORD
+                ),
+                EXEC,
+            )
+            .await
+            .ok()?;
+        serde_json::from_str(&out.stdout).ok()
+    }
+
+    /// Ask the agent to stop, then prove it on the host: its process gone, its port
+    /// refusing, no process of the session on a GPU. An unreachable host proves nothing.
+    pub async fn stop(&mut self) -> Vec<Check> {
+        self.tunnel = None;
+        let session = match self.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![Check::new(
+                    "host_reachable",
+                    false,
+                    format!("cannot reach the host to stop the agent: {e}"),
+                )]
+            }
+        };
+        let mut checks = vec![Check::new(
+            "host_reachable",
+            true,
+            format!("{} (host key {})", self.target.addr(), self.fingerprint),
+        )];
+        let pid = self.pid;
+        let _ = session
+            .exec(&format!("kill -TERM {pid} 2>/dev/null"), EXEC)
+            .await;
+        let start = std::time::Instant::now();
+        let mut gone = false;
+        while start.elapsed() < TERM_GRACE {
+            match session
+                .exec(&format!("kill -0 {pid} 2>/dev/null"), EXEC)
+                .await
+            {
+                Ok(e) if !e.ok() => {
+                    gone = true;
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => break,
+            }
+        }
+        if !gone {
+            let _ = session
+                .exec(&format!("kill -KILL {pid} 2>/dev/null"), EXEC)
+                .await;
+            checks.push(Check::new(
+                "sigkill",
+                true,
+                format!("the agent ignored SIGTERM for {TERM_GRACE:?}; sent SIGKILL"),
+            ));
+            gone = session
+                .exec(&format!("sleep 0.2; ! kill -0 {pid} 2>/dev/null"), EXEC)
+                .await
+                .is_ok_and(|e| e.ok());
+        }
+        checks.push(Check::new(
+            "process_exited",
+            gone,
+            if gone {
+                format!("pid {pid} is gone on the host (kill -0 fails)")
+            } else {
+                format!("pid {pid} still runs on the host")
+            },
+        ));
+        let port = self.port;
+        let probe = format!("if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo open; else echo closed; fi");
+        let closed = session
+            .exec(&format!("bash -c {}", sh_quote(&probe)), EXEC)
+            .await
+            .map(|e| e.stdout.trim() == "closed");
+        checks.push(match closed {
+            Ok(true) => Check::new(
+                "port_closed",
+                true,
+                format!("127.0.0.1:{port} on the host: connection refused"),
+            ),
+            Ok(false) => Check::new(
+                "port_closed",
+                false,
+                format!("127.0.0.1:{port} on the host still accepts connections"),
+            ),
+            Err(e) => Check::new("port_closed", false, format!("could not check: {e}")),
+        });
+        let mut pids = self
+            .read_final_record()
+            .await
+            .map(|r| r.pids)
+            .unwrap_or_default();
+        pids.push(pid);
+        checks.push(
+            match session
+                .exec(&format!("{} gpu-procs", sh_quote(&self.bin)), EXEC)
+                .await
+            {
+                Ok(out) => match serde_json::from_str::<gpuctl_protocol::GpuProcesses>(&out.stdout)
+                {
+                    Ok(a) if a.gpus.is_none() => Check::new(
+                        "gpu_released",
+                        true,
+                        a.note.unwrap_or_else(|| "no NVIDIA GPU visible".into()),
+                    ),
+                    Ok(a) => {
+                        let ours: Vec<_> = a
+                            .processes
+                            .iter()
+                            .filter(|p| pids.contains(&p.pid))
+                            .map(|p| p.pid)
+                            .collect();
+                        Check::new(
+                            "gpu_released",
+                            ours.is_empty(),
+                            format!(
+                                "NVML lists {} compute process(es), of the session: {ours:?}",
+                                a.processes.len()
+                            ),
+                        )
+                    }
+                    Err(e) => Check::new(
+                        "gpu_released",
+                        false,
+                        format!("gpu-procs answered badly: {e}"),
+                    ),
+                },
+                Err(e) => Check::new(
+                    "gpu_released",
+                    false,
+                    format!("could not ask NVML on the host: {e}"),
+                ),
+            },
+        );
+        checks
+    }
+
+    /// Pull the agent's evidence and the plan's extra files into `dest`, each capped.
+    /// Returns (name, status): "present", "missing", or "cut at N bytes".
+    pub async fn pull(
+        &self,
+        dest: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let session = self.session().await?;
+        let sftp = session.sftp().await?;
+        let mut wanted: Vec<(String, String)> = [
+            evidence_files::ENVIRONMENT_REPORT,
+            evidence_files::REQUESTS,
+            evidence_files::GPU_METRICS,
+            evidence_files::FINAL_RECORD,
+            "final_record-oom-attempt.json",
+        ]
+        .iter()
+        .map(|n| (format!("{}/evidence/{n}", self.dir), n.to_string()))
+        .collect();
+        wanted.push((
+            format!("{}/agent.log", self.dir),
+            evidence_files::AGENT_LOG.to_string(),
+        ));
+        for e in extra {
+            let name = Path::new(e)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| e.clone());
+            if dest.join(&name).exists() || wanted.iter().any(|(_, n)| n == &name) {
+                continue;
+            }
+            let remote = if e.starts_with('/') {
+                e.clone()
+            } else {
+                format!("{}/evidence/{e}", self.dir)
+            };
+            wanted.push((remote, name));
+        }
+        let mut out = Vec::new();
+        for (remote, name) in wanted {
+            let status = match session
+                .download(&sftp, &remote, &dest.join(&name), COPY_CAP)
+                .await?
+            {
+                None => "missing".to_string(),
+                Some((_, false)) => "present".to_string(),
+                Some((n, true)) => format!("cut at {n} bytes"),
+            };
+            out.push((name, status));
+        }
+        Ok(out)
+    }
+
+    /// Remove the session's token from the host (the binary stays, for the next session).
+    pub async fn cleanup(&self) {
+        if let Ok(s) = self.session().await {
+            let _ = s
+                .exec(&format!("rm -f {}/token", sh_quote(&self.dir)), EXEC)
+                .await;
+        }
+    }
+
+    pub fn tunnel_port(&self) -> Option<u16> {
+        self.tunnel.as_ref().map(|t| t.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_versions() {
+        assert_eq!(
+            glibc_needed(b"xx GLIBC_2.17\0GLIBC_2.34\0GLIBC_2.2.5\0"),
+            Some((2, 34))
+        );
+        assert_eq!(glibc_needed(b"no versions"), None);
+        assert_eq!(parse_glibc("glibc 2.31"), Some((2, 31)));
+    }
+}

@@ -1,0 +1,116 @@
+//! A real OpenSSH server (Debian's openssh-server) on 127.0.0.1 at a free port, with host
+//! and client keys generated in a temp dir and its own config: no PAM, no passwords, its
+//! own authorized_keys. Stopped by its PID when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub user: String,
+    pub client_key: PathBuf,
+    /// The host key's SHA256 fingerprint, as `ssh-keygen -lf` prints it.
+    pub host_fingerprint: String,
+    child: Child,
+}
+
+fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "gpuctl-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(ok.success());
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.exists(),
+            "/usr/sbin/sshd is missing: scripts/install-test-deps.sh installs openssh-server"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("client_key"));
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
+            .expect("authorized_keys");
+        let port = super::free_port();
+        let user =
+            String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id").stdout)
+                .trim()
+                .to_string();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).expect("config");
+        if user == "root" {
+            // sshd as root needs its privilege separation folder (/run is a tmpfs).
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let log = std::fs::File::create(d.join("sshd.log")).expect("log");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        // Ready when the banner comes, not when the port merely opens.
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-" {
+                    ready = true;
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let fp = String::from_utf8_lossy(
+            &Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(d.join("host_key.pub"))
+                .output()
+                .expect("keygen -l")
+                .stdout,
+        )
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+        let sshd = Sshd {
+            client_key: d.join("client_key"),
+            dir,
+            port,
+            user,
+            host_fingerprint: fp,
+            child,
+        };
+        assert!(
+            ready,
+            "sshd did not answer: {}",
+            std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
+        );
+        sshd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,212 @@
+//! The rented-GPU route over SSH against a real OpenSSH server on 127.0.0.1: the agent
+//! uploaded and started over russh, reached through the localhost tunnel, evidence pulled
+//! back over SFTP, the stop proven on the host; and the refusals that come first.
+
+mod common;
+
+use common::sshd::Sshd;
+use common::{free_port, model_path, port_refuses, Ctx};
+
+fn ssh_plan(
+    ctx: &Ctx,
+    sshd: &Sshd,
+    local: u16,
+    remote: u16,
+    host_key: Option<&str>,
+    user: &str,
+) -> std::path::PathBuf {
+    let pin = host_key
+        .map(|k| format!("host_key = \"{k}\""))
+        .unwrap_or_default();
+    let text = format!(
+        r#"schema = 1
+[plan]
+name = "ssh-loopback"
+goal = "prove the SSH route against a real sshd"
+route = "rented_gpu"
+why = "I need SSH access to a host I rent, within a small budget"
+can_prove = "deployment, tunnel, evidence and stop over SSH"
+cannot_prove = "GPU serving"
+[model]
+id = "smollm2"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "ssh"
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+{pin}
+gpus = 0
+hourly_price_usd = 0.50
+[budget]
+hourly_usd = 1.00
+max_total_usd = 2.00
+[stop]
+max_duration = "10m"
+grace = "5s"
+after_eval = true
+[fallback]
+route = "local_cpu"
+[access]
+method = "ssh_key"
+identity_file = "{key}"
+ports = [{{ local = {local}, remote = {remote} }}]
+[evidence]
+copy_back = ["environment_report.txt", "first_run.md", "eval_results.csv", "requests.jsonl"]
+shutdown_proof = "process_exited"
+dir = "{evidence}"
+[[eval.case]]
+id = "digits"
+prompt = "What is 2 + 2?"
+expect_regex = "\\d"
+max_tokens = 8
+"#,
+        model = model_path().display(),
+        port = sshd.port,
+        key = sshd.client_key.display(),
+        evidence = ctx.path("bundles").display(),
+    );
+    ctx.write(&format!("ssh-{local}.toml"), text)
+}
+
+fn result(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result in {stdout}"))
+}
+
+#[test]
+fn up_over_ssh_deploys_tunnels_collects_and_proves_the_stop() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let (local, remote) = (free_port(), free_port());
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        local,
+        remote,
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(
+        run.code,
+        0,
+        "{}\n{}\nsshd:\n{}",
+        run.stdout,
+        run.stderr,
+        sshd.log()
+    );
+    let r = result(&run.stdout);
+    assert_eq!(r["state"], "stopped");
+    let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
+    for f in [
+        "environment_report.txt",
+        "first_run.md",
+        "eval_results.csv",
+        "requests.jsonl",
+        "agent.log",
+        "final_record.json",
+        "shutdown_proof.json",
+        "MANIFEST.sha256",
+    ] {
+        assert!(bundle.join(f).is_file(), "the bundle lacks {f}");
+    }
+    let proof: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("shutdown_proof.json")).expect("proof"),
+    )
+    .expect("json");
+    assert_eq!(proof["confirmed"], true, "{proof:#}");
+    let checks: Vec<&str> = proof["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["check"].as_str())
+        .collect();
+    for c in [
+        "host_reachable",
+        "process_exited",
+        "port_closed",
+        "gpu_released",
+    ] {
+        assert!(checks.contains(&c), "{c} missing: {checks:?}");
+    }
+    assert!(port_refuses(local), "the tunnel's port is still open");
+    assert!(
+        port_refuses(remote),
+        "the agent's port is still open on the host"
+    );
+    let status = ctx
+        .run(["status", "--json", r["session_id"].as_str().expect("id")])
+        .json();
+    assert_eq!(
+        status["session"]["host_key_fingerprint"],
+        sshd.host_fingerprint.as_str()
+    );
+    assert_eq!(status["session"]["provider"], "ssh");
+}
+
+#[test]
+fn a_wrong_host_key_is_refused_before_anything_is_uploaded() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        free_port(),
+        free_port(),
+        Some(wrong),
+        &sshd.user,
+    );
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let r = result(&run.stdout);
+    let failure = r["failure"].as_str().unwrap_or("");
+    assert!(
+        failure.contains("pins") && failure.contains(&sshd.host_fingerprint),
+        "{failure}"
+    );
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "nothing may be sent to a host whose key is refused"
+    );
+
+    // Unknown key, nothing pinned: refused with the fingerprint and the line to pin it.
+    let plan = ssh_plan(&ctx, &sshd, free_port(), free_port(), None, &sshd.user);
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 1);
+    let failure = result(&run.stdout)["failure"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        failure.contains("is not known")
+            && failure.contains(&format!("host_key = \"{}\"", sshd.host_fingerprint)),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_wrong_user_or_key_is_refused_clearly() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        free_port(),
+        free_port(),
+        Some(&sshd.host_fingerprint),
+        "nobody-such-user",
+    );
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 1);
+    let failure = result(&run.stdout)["failure"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(failure.contains("refused every key"), "{failure}");
+}
