@@ -263,8 +263,8 @@ fn the_watchdog_stops_the_agent_at_its_deadline_with_no_controller() {
     let ctx = Ctx::new();
     let port = free_port();
     let deadline = Utc::now() + chrono::Duration::seconds(3);
-    let mut agent = AgentProc::start(&ctx, port, deadline);
-    // Nobody asks it to stop: it must exit by itself.
+    // Whether or not it finished loading by then, nobody asks it to stop: it must exit by itself.
+    let mut agent = AgentProc::spawn(&ctx, port, deadline);
     let mut status = None;
     for _ in 0..300 {
         if let Some(s) = agent.child.try_wait().expect("wait") {

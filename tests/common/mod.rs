@@ -180,6 +180,13 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn start(ctx: &Ctx, port: u16, deadline: chrono::DateTime<chrono::Utc>) -> AgentProc {
+        let mut agent = AgentProc::spawn(ctx, port, deadline);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Start without waiting for it to serve.
+    pub fn spawn(ctx: &Ctx, port: u16, deadline: chrono::DateTime<chrono::Utc>) -> AgentProc {
         let token = "test-token-0123456789abcdef0123456789".to_string();
         let token_file = ctx.write("agent-token", &token);
         let evidence = ctx.path("agent-evidence");
@@ -201,14 +208,12 @@ impl AgentProc {
             .stderr(log)
             .spawn()
             .expect("start agent");
-        let mut agent = AgentProc {
+        AgentProc {
             child,
             port,
             token,
             evidence,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     fn wait_ready(&mut self) {
