@@ -210,3 +210,31 @@ fn a_wrong_user_or_key_is_refused_clearly() {
         .to_string();
     assert!(failure.contains("refused every key"), "{failure}");
 }
+
+#[test]
+fn a_taken_tunnel_port_is_refused_before_anything_starts() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").port();
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        taken,
+        free_port(),
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let run = ctx.run(["up".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("127.0.0.1:{taken} is already in use")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "nothing was started, not even a connection"
+    );
+}
