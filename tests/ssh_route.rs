@@ -238,3 +238,32 @@ fn a_taken_tunnel_port_is_refused_before_anything_starts() {
         "nothing was started, not even a connection"
     );
 }
+
+#[test]
+fn a_plan_asking_for_gpus_the_host_lacks_fails_at_deploy_saying_what_it_has() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let (local, remote) = (free_port(), free_port());
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        local,
+        remote,
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("gpus = 0", "gpus = 1");
+    let plan = ctx.write("ssh-gpu.toml", text);
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let r = result(&run.stdout);
+    let failure = r["failure"].as_str().unwrap_or("");
+    assert!(
+        failure.contains("asks for 1 GPU(s)") && failure.contains("the host has 0"),
+        "{failure}"
+    );
+    assert_eq!(r["state"], "failed");
+    assert!(port_refuses(local));
+}

@@ -154,6 +154,22 @@ impl RemoteAgent {
         if uploaded {
             session.upload(&sftp, agent_bin, &bin, 0o755).await?;
         }
+        // The plan's GPUs must exist on the host (the agent binary carries the NVML code).
+        if config.gpus > 0 {
+            let answer = session
+                .exec(&format!("{} gpu-procs", sh_quote(&bin)), EXEC)
+                .await?;
+            let gpus: Option<gpuctl_protocol::GpuProcesses> =
+                serde_json::from_str(&answer.stdout).ok();
+            let have = gpus.as_ref().and_then(|g| g.gpus).unwrap_or(0);
+            if have < config.gpus {
+                bail!(
+                    "the plan asks for {} GPU(s) (instance.gpus), but the host has {have}{}; lower instance.gpus or rent a larger host",
+                    config.gpus,
+                    gpus.and_then(|g| g.note).map(|n| format!(" ({n})")).unwrap_or_default()
+                );
+            }
+        }
         let mut remote_config = config.clone();
         remote_config.token_file = format!("{dir}/token");
         remote_config.evidence_dir = format!("{dir}/evidence");
