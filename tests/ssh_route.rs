@@ -267,3 +267,106 @@ fn a_plan_asking_for_gpus_the_host_lacks_fails_at_deploy_saying_what_it_has() {
     assert_eq!(r["state"], "failed");
     assert!(port_refuses(local));
 }
+
+#[test]
+fn a_deleted_agent_binary_is_uploaded_again() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    for round in 0..2 {
+        let plan = ssh_plan(
+            &ctx,
+            &sshd,
+            free_port(),
+            free_port(),
+            Some(&sshd.host_fingerprint),
+            &sshd.user,
+        );
+        let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+        assert_eq!(run.code, 0, "round {round}: {}\n{}", run.stdout, run.stderr);
+        // The host loses the binary between sessions: the next session puts it back.
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let bin_dir = std::path::Path::new(&home).join(".gpuctl/bin");
+        if let Ok(entries) = std::fs::read_dir(&bin_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn with_the_controller_killed_the_agent_still_stops_at_its_deadline() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let (local, remote) = (free_port(), free_port());
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        local,
+        remote,
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    // Serve until a deadline 25 s away instead of stopping after the eval.
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("max_duration = \"10m\"", "max_duration = \"25s\"")
+        .replace("after_eval = true", "after_eval = false");
+    let plan = ctx.write("ssh-kill.toml", text);
+    let mut child = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(&plan)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut session = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(id) = line
+            .split("session ")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+        {
+            session = id.to_string();
+        }
+        if line.contains("\"step\":\"serve\"") {
+            break;
+        }
+    }
+    assert!(
+        port_refuses(local) == false,
+        "the tunnel serves while up runs"
+    );
+    child.kill().expect("SIGKILL up");
+    child.wait().expect("reap");
+    // No controller now. The agent's watchdog stops it at the deadline, on the host.
+    let status = ctx.run(["status", "--json", &session]).json();
+    let deadline: chrono::DateTime<chrono::Utc> = status["session"]["deadline"]
+        .as_str()
+        .expect("deadline")
+        .parse()
+        .expect("time");
+    let wait = (deadline - chrono::Utc::now()).to_std().unwrap_or_default()
+        + std::time::Duration::from_secs(3);
+    std::thread::sleep(wait);
+    assert!(
+        port_refuses(remote),
+        "the agent still serves on the host after its deadline"
+    );
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let record = std::path::Path::new(&home)
+        .join(".gpuctl/sessions")
+        .join(&session)
+        .join("evidence/final_record.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).expect("final record on the host"))
+            .expect("json");
+    assert_eq!(record["reason"], "deadline");
+    // `status` shows what happened: the session never reached a final state.
+    let after = ctx.run(["status", "--json", &session]).json();
+    assert_eq!(after["session"]["state"], "serving");
+}
