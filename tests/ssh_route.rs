@@ -337,10 +337,7 @@ fn with_the_controller_killed_the_agent_still_stops_at_its_deadline() {
             break;
         }
     }
-    assert!(
-        port_refuses(local) == false,
-        "the tunnel serves while up runs"
-    );
+    assert!(!port_refuses(local), "the tunnel serves while up runs");
     child.kill().expect("SIGKILL up");
     child.wait().expect("reap");
     // No controller now. The agent's watchdog stops it at the deadline, on the host.
