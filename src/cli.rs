@@ -24,6 +24,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run a fixed eval set against an OpenAI-compatible endpoint
     Eval(EvalArgs),
+    /// Show a session's evidence bundle, or verify it (`gpuctl evidence ID verify`)
+    Evidence(EvidenceArgs),
     /// List sessions (what may still bill first)
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
@@ -119,6 +121,17 @@ pub struct EvalArgs {
     /// Write eval_results.csv here
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvidenceArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// `verify`: check MANIFEST.sha256 and that every file the plan asked for is there
+    #[arg(value_parser = ["verify"])]
+    pub action: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -289,3 +289,41 @@ fn a_plan_asking_for_more_gpus_than_the_host_has_is_refused() {
     );
     assert_eq!(ctx.run(["ls", "--json"]).json(), serde_json::json!([]));
 }
+
+#[test]
+fn evidence_verify_accepts_a_bundle_and_names_a_tampered_file() {
+    let ctx = Ctx::new();
+    let plan = local_plan(&ctx, free_port(), "after_eval = true");
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = result_line(&run.stdout);
+    let id = r["session_id"].as_str().expect("id").to_string();
+    let ok = ctx.run(["evidence", &id, "verify"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("intact"));
+    let shown = ctx.run(["evidence", "--json", &id]).json();
+    assert_eq!(shown["bundle"], r["bundle"]);
+
+    let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
+    std::fs::write(bundle.join("eval_results.csv"), "id,pass\ncapital,true\n").expect("tamper");
+    let bad = ctx.run(["evidence", &id, "verify"]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr
+            .contains("eval_results.csv: changed since the session"),
+        "{}",
+        bad.stderr
+    );
+    std::fs::remove_file(bundle.join("first_run.md")).expect("rm");
+    let bad = ctx.run(["evidence", "--json", &id, "verify"]).json();
+    let files: Vec<&str> = bad["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["file"].as_str())
+        .collect();
+    assert!(
+        files.contains(&"first_run.md") && files.contains(&"eval_results.csv"),
+        "{files:?}"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod debug;
 mod eval;
+mod evidence;
 mod ls;
 mod plan;
 mod status;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Plan(PlanCommand::Show(args)) => plan::show(args),
         Command::Up(args) => up::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Evidence(args) => evidence::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Debug(cmd) => debug::run(cmd),
