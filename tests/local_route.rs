@@ -8,14 +8,6 @@ use std::process::Stdio;
 
 use common::{free_port, local_plan, port_refuses, repo_root, Ctx};
 
-fn result_line(stdout: &str) -> serde_json::Value {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "result")
-        .unwrap_or_else(|| panic!("no result event in:\n{stdout}"))
-}
-
 fn assert_bundle(bundle: &std::path::Path, expected: &[&str]) {
     assert_bundle_with(bundle, expected, true)
 }
@@ -79,7 +71,7 @@ fn up_on_the_bundled_plan_ends_by_itself_with_a_complete_bundle() {
         "stdout:\n{}\nstderr:\n{}",
         run.stdout, run.stderr
     );
-    let result = result_line(&run.stdout);
+    let result = common::result_event(&run.stdout);
     assert_eq!(result["state"], "stopped");
     let bundle = std::path::PathBuf::from(result["bundle"].as_str().expect("bundle path"));
     assert!(
@@ -189,7 +181,7 @@ fn ctrl_c_at_any_step_still_ends_stopped_and_proven() {
         let status = child.wait().expect("wait");
         let stdout = seen.join("\n");
         assert_eq!(status.code(), Some(0), "interrupted at {stop_at}: {stdout}");
-        let result = result_line(&stdout);
+        let result = common::result_event(&stdout);
         assert_eq!(result["state"], "stopped", "{stdout}");
         assert!(
             result["stop_reason"]
@@ -296,7 +288,7 @@ fn evidence_verify_accepts_a_bundle_and_names_a_tampered_file() {
     let plan = local_plan(&ctx, free_port(), "after_eval = true");
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let r = result_line(&run.stdout);
+    let r = common::result_event(&run.stdout);
     let id = r["session_id"].as_str().expect("id").to_string();
     let ok = ctx.run(["evidence", &id, "verify"]);
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);

@@ -70,14 +70,6 @@ max_tokens = 8
     ctx.write(&format!("ssh-{local}.toml"), text)
 }
 
-fn result(stdout: &str) -> serde_json::Value {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "result")
-        .unwrap_or_else(|| panic!("no result in {stdout}"))
-}
-
 #[test]
 fn up_over_ssh_deploys_tunnels_collects_and_proves_the_stop() {
     let ctx = Ctx::new();
@@ -100,7 +92,7 @@ fn up_over_ssh_deploys_tunnels_collects_and_proves_the_stop() {
         run.stderr,
         sshd.log()
     );
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     assert_eq!(r["state"], "stopped");
     let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
     for f in [
@@ -164,7 +156,7 @@ fn a_wrong_host_key_is_refused_before_anything_is_uploaded() {
     );
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     let failure = r["failure"].as_str().unwrap_or("");
     assert!(
         failure.contains("pins") && failure.contains(&sshd.host_fingerprint),
@@ -179,7 +171,7 @@ fn a_wrong_host_key_is_refused_before_anything_is_uploaded() {
     let plan = ssh_plan(&ctx, &sshd, free_port(), free_port(), None, &sshd.user);
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 1);
-    let failure = result(&run.stdout)["failure"]
+    let failure = common::result_event(&run.stdout)["failure"]
         .as_str()
         .unwrap_or("")
         .to_string();
@@ -204,7 +196,7 @@ fn a_wrong_user_or_key_is_refused_clearly() {
     );
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 1);
-    let failure = result(&run.stdout)["failure"]
+    let failure = common::result_event(&run.stdout)["failure"]
         .as_str()
         .unwrap_or("")
         .to_string();
@@ -258,7 +250,7 @@ fn a_plan_asking_for_gpus_the_host_lacks_fails_at_deploy_saying_what_it_has() {
     let plan = ctx.write("ssh-gpu.toml", text);
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     let failure = r["failure"].as_str().unwrap_or("");
     assert!(
         failure.contains("asks for 1 GPU(s)") && failure.contains("the host has 0"),

@@ -45,14 +45,6 @@ max_tokens = 8
     ctx.write(&format!("{marker}.toml"), text)
 }
 
-fn result(stdout: &str) -> serde_json::Value {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "result")
-        .unwrap_or_else(|| panic!("no result in {stdout}"))
-}
-
 /// Whether any process still runs with `marker` in its command line.
 fn process_with(marker: &str) -> bool {
     std::fs::read_dir("/proc")
@@ -74,7 +66,7 @@ fn a_supervised_server_serves_through_the_agent_and_is_stopped() {
     let p = plan(&ctx, port, &marker, r#"["--n_ctx", "2048"]"#, "");
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     assert_eq!(r["state"], "stopped");
     let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
     let log = std::fs::read_to_string(bundle.join("requests.jsonl")).expect("requests.jsonl");
@@ -132,7 +124,7 @@ fn out_of_memory_at_load_is_reported_and_fallback_if_oom_takes_over() {
         "{}",
         run.stdout
     );
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
     let failed: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(bundle.join("final_record-oom-attempt.json")).expect("oom record"),
@@ -161,7 +153,7 @@ fn out_of_memory_at_load_is_reported_and_fallback_if_oom_takes_over() {
     let p = plan(&ctx, port, &marker, r#"["--n_ctx", "50000000"]"#, "");
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    let r = result(&run.stdout);
+    let r = common::result_event(&run.stdout);
     assert_eq!(r["state"], "failed");
     assert!(
         r["failure"]

@@ -240,3 +240,12 @@ impl Drop for AgentProc {
         let _ = self.child.wait();
     }
 }
+
+/// The `result` event of `gpuctl up --json`.
+pub fn result_event(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result event in:\n{stdout}"))
+}
