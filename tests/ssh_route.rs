@@ -276,8 +276,7 @@ fn a_deleted_agent_binary_is_uploaded_again() {
         let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
         assert_eq!(run.code, 0, "round {round}: {}\n{}", run.stdout, run.stderr);
         // The host loses the binary between sessions: the next session puts it back.
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        let bin_dir = std::path::Path::new(&home).join(".gpuctl/bin");
+        let bin_dir = sshd.remote_home().join(".gpuctl/bin");
         if let Ok(entries) = std::fs::read_dir(&bin_dir) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_file(e.path());
@@ -346,8 +345,8 @@ fn with_the_controller_killed_the_agent_still_stops_at_its_deadline() {
         port_refuses(remote),
         "the agent still serves on the host after its deadline"
     );
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let record = std::path::Path::new(&home)
+    let record = sshd
+        .remote_home()
         .join(".gpuctl/sessions")
         .join(&session)
         .join("evidence/final_record.json");

@@ -45,9 +45,12 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
+             SetEnv HOME={d}/home\n",
             d = d.display()
         );
+        // Each server gets its own remote home, so tests running side by side share nothing.
+        std::fs::create_dir_all(d.join("home")).expect("remote home");
         std::fs::write(d.join("sshd_config"), config).expect("config");
         if user == "root" {
             // sshd as root needs its privilege separation folder (/run is a tmpfs).
@@ -101,6 +104,11 @@ impl Sshd {
             std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
         );
         sshd
+    }
+
+    /// The home folder sessions on this server see (`$HOME` on the "host").
+    pub fn remote_home(&self) -> PathBuf {
+        self.dir.path().join("home")
     }
 
     pub fn log(&self) -> String {
