@@ -358,3 +358,87 @@ fn with_the_controller_killed_the_agent_still_stops_at_its_deadline() {
     let after = ctx.run(["status", "--json", &session]).json();
     assert_eq!(after["session"]["state"], "serving");
 }
+
+#[test]
+fn every_forwarded_port_is_tunnelled_and_ctrl_c_stops_the_remote_session() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    // A server on the "host" side that only the tunnel should reach.
+    let www = ctx.path("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("hello.txt"), "through the tunnel").expect("write");
+    let server_port = free_port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &server_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("http.server");
+    let (local, remote, extra) = (free_port(), free_port(), free_port());
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        local,
+        remote,
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("after_eval = true", "after_eval = false")
+        .replace(
+            &format!("ports = [{{ local = {local}, remote = {remote} }}]"),
+            &format!("ports = [{{ local = {local}, remote = {remote} }}, {{ local = {extra}, remote = {server_port} }}]"),
+        );
+    let plan = ctx.write("ssh-ports.toml", text);
+    let mut child = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(&plan)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    use std::io::{BufRead, Read, Write};
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push(line.clone());
+        if line.contains("\"step\":\"serve\"") {
+            break;
+        }
+    }
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", extra)).expect("connect to the second tunnel");
+    s.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    assert!(body.contains("through the tunnel"), "{body}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("wait");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    let r = common::result_event(&stdout);
+    assert_eq!(r["state"], "stopped");
+    assert!(
+        port_refuses(local) && port_refuses(extra) && port_refuses(remote),
+        "a tunnel or the agent outlived the session"
+    );
+}

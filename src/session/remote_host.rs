@@ -43,6 +43,8 @@ pub struct RemoteAgent {
     pub fingerprint: String,
     pub uploaded: bool,
     tunnel: Option<Tunnel>,
+    /// The plan's other `access.ports`, forwarded the same way.
+    others: Vec<Tunnel>,
 }
 
 /// The highest `GLIBC_2.N` symbol version a binary needs (scanned from the file's bytes).
@@ -89,13 +91,15 @@ impl RemoteAgent {
         })
     }
 
-    /// Check the host can run the agent, upload it if needed, start it, open the tunnel.
+    /// Check the host can run the agent, upload it if needed, start it, and open a tunnel
+    /// for the API (`local_port` to the agent's port) and for each of `other_ports`.
     pub async fn deploy(
         connected: Connected,
         agent_bin: &Path,
         config: &AgentConfig,
         token: &str,
         local_port: u16,
+        other_ports: &[(u16, u16)],
     ) -> anyhow::Result<RemoteAgent> {
         let Connected {
             shared,
@@ -207,6 +211,19 @@ impl RemoteAgent {
             events.clone(),
         )
         .await?;
+        let mut others = Vec::new();
+        for (local, remote) in other_ports {
+            others.push(
+                Tunnel::open(
+                    shared.clone(),
+                    target.clone(),
+                    *local,
+                    *remote,
+                    events.clone(),
+                )
+                .await?,
+            );
+        }
         Ok(RemoteAgent {
             shared,
             target: target.clone(),
@@ -226,6 +243,7 @@ impl RemoteAgent {
             fingerprint,
             uploaded,
             tunnel: Some(tunnel),
+            others,
         })
     }
 
@@ -285,6 +303,7 @@ impl RemoteAgent {
     /// refusing, no process of the session on a GPU. An unreachable host proves nothing.
     pub async fn stop(&mut self) -> Vec<Check> {
         self.tunnel = None;
+        self.others.clear();
         let session = match self.session().await {
             Ok(s) => s,
             Err(e) => {

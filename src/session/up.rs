@@ -525,9 +525,25 @@ impl Session {
                 )
             }
             Some(connected) => {
-                let remote =
-                    RemoteAgent::deploy(connected, &self.agent_bin, &config, token, ports.local)
-                        .await?;
+                let remote = {
+                    let others: Vec<(u16, u16)> = self
+                        .plan
+                        .access
+                        .ports
+                        .iter()
+                        .skip(1)
+                        .map(|p| (p.local, p.remote))
+                        .collect();
+                    RemoteAgent::deploy(
+                        connected,
+                        &self.agent_bin,
+                        &config,
+                        token,
+                        ports.local,
+                        &others,
+                    )
+                    .await?
+                };
                 let instance = format!("pid:{} on {}", remote.pid, remote.dir);
                 let port = remote.tunnel_port().unwrap_or(ports.local);
                 (Host::Remote(Box::new(remote)), port, instance)
