@@ -273,6 +273,8 @@ impl RemoteAgent {
         let mut polls = 0u32;
         loop {
             if client.health().await.is_ok() {
+                // Polls that found the agent not yet listening are not news.
+                while self.events_rx.try_recv().is_ok() {}
                 return Ok(());
             }
             polls += 1;
