@@ -442,3 +442,183 @@ fn every_forwarded_port_is_tunnelled_and_ctrl_c_stops_the_remote_session() {
         "a tunnel or the agent outlived the session"
     );
 }
+
+fn keygen(path: &std::path::Path, kind: &str, passphrase: &str) {
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen")
+        .success();
+    assert!(ok);
+}
+
+fn authorize(sshd: &Sshd, key: &std::path::Path) {
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let path = sshd.dir.path().join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&path).expect("authorized_keys");
+    keys.push_str(&pubkey);
+    std::fs::write(path, keys).expect("write");
+}
+
+#[test]
+fn ecdsa_rsa_encrypted_keys_and_ssh_agent_authenticate() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let keys = ctx.path("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    let cases = [
+        ("ecdsa", "ecdsa", ""),
+        ("rsa", "rsa", ""),
+        ("encrypted", "ed25519", "correct horse"),
+    ];
+    for (name, kind, pass) in cases {
+        let key = keys.join(name);
+        keygen(&key, kind, pass);
+        authorize(&sshd, &key);
+        let plan = ssh_plan(
+            &ctx,
+            &sshd,
+            free_port(),
+            free_port(),
+            Some(&sshd.host_fingerprint),
+            &sshd.user,
+        );
+        let text = std::fs::read_to_string(&plan).expect("read").replace(
+            &sshd.client_key.display().to_string(),
+            &key.display().to_string(),
+        );
+        let plan = ctx.write(&format!("{name}.toml"), text);
+        let run = ctx
+            .command()
+            .args(["up", "--json"])
+            .arg(&plan)
+            .env("GPUCTL_KEY_PASSPHRASE", pass)
+            .output()
+            .expect("up");
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(run.status.code(), Some(0), "{name}: {stdout}");
+    }
+    // ssh-agent: no identity_file in the plan, the key is in the agent.
+    let sock = ctx.path("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    for _ in 0..50 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(keys.join("ecdsa"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        free_port(),
+        free_port(),
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let text = std::fs::read_to_string(&plan).expect("read").replace(
+        &format!("identity_file = \"{}\"\n", sshd.client_key.display()),
+        "",
+    );
+    let plan = ctx.write("agent.toml", text);
+    let run = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(&plan)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("up");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "ssh-agent: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+}
+
+#[test]
+fn a_changed_host_key_is_refused_loudly() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let other = ctx.path("other_host_key");
+    keygen(&other, "ed25519", "");
+    let line = format!(
+        "[127.0.0.1]:{} {}",
+        sshd.port,
+        std::fs::read_to_string(other.with_extension("pub")).expect("pub")
+    );
+    ctx.write(".ssh/known_hosts", line);
+    let plan = ssh_plan(&ctx, &sshd, free_port(), free_port(), None, &sshd.user);
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 1);
+    let failure = common::result_event(&run.stdout)["failure"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        failure.contains("HAS CHANGED") && failure.contains("known_hosts:1"),
+        "{failure}"
+    );
+    assert!(!sshd.log().contains("Accepted publickey"));
+}
+
+#[test]
+fn on_stop_command_runs_on_the_host_after_the_evidence_and_is_recorded() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let marker = sshd.remote_home().join("stopped-by-plan");
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        free_port(),
+        free_port(),
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let text = std::fs::read_to_string(&plan).expect("read").replace(
+        "after_eval = true",
+        &format!(
+            "after_eval = true\non_stop = \"command\"\nstop_command = [\"touch\", \"{}\"]",
+            marker.display()
+        ),
+    );
+    let plan = ctx.write("stop-command.toml", text);
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), plan.as_os_str()]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(marker.exists(), "the stop command did not run on the host");
+    let r = common::result_event(&run.stdout);
+    let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
+    let proof: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("shutdown_proof.json")).expect("proof"),
+    )
+    .expect("json");
+    assert!(
+        proof["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| c["check"] == "stop_command" && c["passed"] == true),
+        "{proof:#}"
+    );
+    assert!(
+        bundle.join("environment_report.txt").is_file(),
+        "evidence is pulled before the stop command"
+    );
+}

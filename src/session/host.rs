@@ -101,6 +101,31 @@ impl Host {
         }
     }
 
+    /// The plan's `stop_command` (on_stop = "command"), run where the agent ran, after the
+    /// evidence is collected (it may power the host off).
+    pub async fn run_stop_command(&self, argv: &[String]) -> Check {
+        match self {
+            Host::Local { .. } => {
+                let Some((cmd, args)) = argv.split_first() else {
+                    return Check::new("stop_command", false, "empty stop_command");
+                };
+                match tokio::process::Command::new(cmd).args(args).status().await {
+                    Ok(s) => Check::new(
+                        "stop_command",
+                        s.success(),
+                        format!("`{}` exited {s}", argv.join(" ")),
+                    ),
+                    Err(e) => Check::new(
+                        "stop_command",
+                        false,
+                        format!("`{}` could not run: {e}", argv.join(" ")),
+                    ),
+                }
+            }
+            Host::Remote(r) => r.run_stop_command(argv).await,
+        }
+    }
+
     /// Bring the agent's evidence (and the plan's other files) into the bundle.
     pub async fn collect(
         &self,

@@ -432,6 +432,53 @@ impl RemoteAgent {
         checks
     }
 
+    /// The plan's `stop_command` (on_stop = "command"), run on the host; its answer is recorded.
+    /// A command that powers the host off may cut the connection: that is not a failure.
+    pub async fn run_stop_command(&self, argv: &[String]) -> Check {
+        let cmd = argv
+            .iter()
+            .map(|a| sh_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match self.session().await {
+            Err(e) => Check::new(
+                "stop_command",
+                false,
+                format!("cannot reach the host to run `{}`: {e}", argv.join(" ")),
+            ),
+            Ok(s) => match s.exec(&cmd, EXEC).await {
+                Ok(out) if out.ok() => Check::new(
+                    "stop_command",
+                    true,
+                    format!("`{}` exited 0", argv.join(" ")),
+                ),
+                Ok(out) if out.status.is_none() => Check::new(
+                    "stop_command",
+                    true,
+                    format!(
+                        "`{}` ran; the connection closed (host going down)",
+                        argv.join(" ")
+                    ),
+                ),
+                Ok(out) => Check::new(
+                    "stop_command",
+                    false,
+                    format!(
+                        "`{}` exited {:?}: {}",
+                        argv.join(" "),
+                        out.status,
+                        out.stderr.trim()
+                    ),
+                ),
+                Err(e) => Check::new(
+                    "stop_command",
+                    true,
+                    format!("`{}` ran; the connection ended ({e})", argv.join(" ")),
+                ),
+            },
+        }
+    }
+
     /// Pull the agent's evidence and the plan's extra files into `dest`, each capped.
     /// Returns (name, status): "present", "missing", or "cut at N bytes".
     pub async fn pull(

@@ -500,7 +500,12 @@ impl Session {
                 args: model.args.clone(),
                 command: model.command.clone(),
             },
-            stop_action: StopAction::Exit,
+            // At its deadline the agent runs the plan's stop command itself (no network needed).
+            stop_action: if self.plan.stop.on_stop == crate::plan::OnStop::Command {
+                StopAction::Command(self.plan.stop.stop_command.clone())
+            } else {
+                StopAction::Exit
+            },
             gpus: self.plan.instance.gpus,
             cuda_visible_devices: self.placement.clone(),
         };
@@ -648,12 +653,11 @@ impl Session {
         rep.step("stop", "stopping the agent and proving it");
         let stop_started = Utc::now();
         let t = Instant::now();
-        let checks: Vec<Check> = match self.agent.as_mut() {
+        let mut checks: Vec<Check> = match self.agent.as_mut() {
             Some((host, _)) => host.stop(&self.agent_bin).await,
             None => vec![Check::new("process_exited", true, "no agent was started")],
         };
         self.time("stop_and_prove", t);
-        let confirmed = checks.iter().all(|c| c.passed);
         let stopped_at = Utc::now();
 
         let t = Instant::now();
@@ -666,6 +670,13 @@ impl Session {
                 rep.warn(&format!("evidence could not be pulled back: {e:#}"));
             }
         }
+        // The plan's own stop command comes last: it may take the host down.
+        if let (Some((host, _)), crate::plan::OnStop::Command) =
+            (&self.agent, self.plan.stop.on_stop)
+        {
+            checks.push(host.run_stop_command(&self.plan.stop.stop_command).await);
+        }
+        let confirmed = checks.iter().all(|c| c.passed);
         let final_record: Option<serde_json::Value> =
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()
