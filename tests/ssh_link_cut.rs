@@ -50,9 +50,9 @@ impl Drop for FakeHost {
     }
 }
 
-#[test]
-fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
-    let ctx = Ctx::new();
+/// A fake host in a network namespace this test creates, with its own sshd, and a plan
+/// that serves there (after_eval = false).
+fn fake_host_session(ctx: &Ctx) -> (FakeHost, std::path::PathBuf, u16) {
     let tag = free_port() % 200 + 20;
     let subnet = format!("10.200.{tag}");
     let host = FakeHost {
@@ -192,6 +192,13 @@ dir = "{bundles}"
             bundles = ctx.path("bundles").display(),
         ),
     );
+    (host, plan, local)
+}
+
+#[test]
+fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
+    let ctx = Ctx::new();
+    let (host, plan, local) = fake_host_session(&ctx);
     let mut child = ctx
         .command()
         .args(["up", "--json"])
@@ -272,4 +279,67 @@ dir = "{bundles}"
     assert_eq!(status.code(), Some(0), "{seen:?}");
     let r = common::result_event(&seen.join("\n"));
     assert_eq!(r["state"], "stopped", "{r}");
+}
+
+#[test]
+fn a_host_unreachable_at_the_stop_leaves_the_session_stop_unconfirmed() {
+    let ctx = Ctx::new();
+    let (host, plan, _local) = fake_host_session(&ctx);
+    let mut child = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(&plan)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("up");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("\"step\":\"serve\""))
+    {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "up never reached serving: {seen:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            seen.push(l);
+        }
+    }
+    // The host drops off the network for good, then the engineer stops the session.
+    ip(&["link", "set", &host.veth, "down"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        seen.push(l);
+    }
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "exit 4: the stop is not confirmed: {seen:?}"
+    );
+    let r = common::result_event(&seen.join("\n"));
+    assert_eq!(r["state"], "stop_unconfirmed", "{r}");
+    let ls = ctx.run(["ls"]);
+    assert!(
+        ls.stdout.contains("STOP_UNCONFIRMED") && ls.stderr.contains("may still bill"),
+        "{}{}",
+        ls.stdout,
+        ls.stderr
+    );
 }

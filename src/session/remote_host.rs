@@ -15,6 +15,8 @@ use crate::evidence::{sha256_file, Check};
 use crate::ssh::{self, sh_quote, Session, Shared, SshTarget, Tunnel};
 
 const EXEC: Duration = Duration::from_secs(30);
+/// How long the stop waits for the host to answer at all.
+const PROBE: Duration = Duration::from_secs(10);
 /// Evidence files larger than this are cut (and recorded as cut).
 pub const COPY_CAP: u64 = 64 * 1024 * 1024;
 /// After SIGTERM, how long the agent gets before SIGKILL.
@@ -316,6 +318,16 @@ impl RemoteAgent {
                 )]
             }
         };
+        // A link that is down but not yet declared dead would make every check wait: ask first.
+        if let Err(e) = session.exec("true", PROBE).await {
+            return vec![Check::new(
+                "host_reachable",
+                false,
+                format!(
+                    "the host does not answer: {e}; the agent's own deadline is the only stop left"
+                ),
+            )];
+        }
         let mut checks = vec![Check::new(
             "host_reachable",
             true,

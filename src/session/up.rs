@@ -30,6 +30,8 @@ use crate::progress::Reporter;
 const FIRST_RUN_PROMPT: &str = "Give one deployment rule for a rented GPU.";
 const FIRST_RUN_TOKENS: u32 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Pulling the evidence back never holds the stop longer than this.
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct UpOptions {
     pub plan_path: PathBuf,
@@ -663,11 +665,18 @@ impl Session {
         let t = Instant::now();
         if let Some((host, _)) = &self.agent {
             // A host that cannot be reached keeps its evidence; that is recorded, not fatal.
-            if let Err(e) = host
-                .collect(&self.bundle, &self.plan.evidence.copy_back)
-                .await
+            match tokio::time::timeout(
+                COLLECT_TIMEOUT,
+                host.collect(&self.bundle, &self.plan.evidence.copy_back),
+            )
+            .await
             {
-                rep.warn(&format!("evidence could not be pulled back: {e:#}"));
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => rep.warn(&format!("evidence could not be pulled back: {e:#}")),
+                Err(_) => rep.warn(&format!(
+                    "evidence could not be pulled back within {} s",
+                    COLLECT_TIMEOUT.as_secs()
+                )),
             }
         }
         // The plan's own stop command comes last: it may take the host down.
