@@ -424,6 +424,28 @@ fn every_forwarded_port_is_tunnelled_and_ctrl_c_stops_the_remote_session() {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     assert!(body.contains("through the tunnel"), "{body}");
+    // OpenAI's own client reaches the model through the API tunnel, with the session's token
+    // (kept, 0600, in the session's run folder while it serves).
+    let session = seen
+        .iter()
+        .find_map(|l| l.split("session ").nth(1).and_then(|s| s.split(':').next()))
+        .expect("session id")
+        .to_string();
+    let token = std::fs::read_to_string(ctx.home().join("run").join(&session).join("token"))
+        .expect("token");
+    let script = "import os, openai\nc = openai.OpenAI(base_url=os.environ['BASE'], api_key=os.environ['TOKEN'])\nr = c.chat.completions.create(model='smollm2', messages=[{'role': 'user', 'content': 'hi'}], max_tokens=4, temperature=0)\nassert r.usage.completion_tokens > 0\nparts = [ch.choices[0].delta.content or '' for ch in c.chat.completions.create(model='smollm2', messages=[{'role': 'user', 'content': 'hi'}], max_tokens=4, temperature=0, stream=True) if ch.choices]\nassert ''.join(parts) == r.choices[0].message.content\nprint('ok')\n";
+    let py = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("BASE", format!("http://127.0.0.1:{local}/v1"))
+        .env("TOKEN", token.trim())
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success(),
+        "openai client through the tunnel: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
