@@ -195,14 +195,19 @@ dir = "{bundles}"
     (host, plan, local)
 }
 
-#[test]
-fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
-    let ctx = Ctx::new();
-    let (host, plan, local) = fake_host_session(&ctx);
+/// Run `up --json` and follow it until it serves: the child, its remaining lines, those seen.
+fn serve(
+    ctx: &Ctx,
+    plan: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+) {
     let mut child = ctx
         .command()
         .args(["up", "--json"])
-        .arg(&plan)
+        .arg(plan)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -231,6 +236,14 @@ fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
             seen.push(l);
         }
     }
+    (child, rx, seen)
+}
+
+#[test]
+fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
+    let ctx = Ctx::new();
+    let (host, plan, local) = fake_host_session(&ctx);
+    let (mut child, rx, mut seen) = serve(&ctx, &plan);
     let health = |port: u16| -> bool {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return false;
@@ -285,38 +298,7 @@ fn the_tunnel_reconnects_after_the_link_is_cut_and_restored() {
 fn a_host_unreachable_at_the_stop_leaves_the_session_stop_unconfirmed() {
     let ctx = Ctx::new();
     let (host, plan, _local) = fake_host_session(&ctx);
-    let mut child = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(&plan)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("up");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let started = std::time::Instant::now();
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("\"step\":\"serve\""))
-    {
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "up never reached serving: {seen:?}"
-        );
-        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
-            seen.push(l);
-        }
-    }
+    let (mut child, rx, mut seen) = serve(&ctx, &plan);
     // The host drops off the network for good, then the engineer stops the session.
     ip(&["link", "set", &host.veth, "down"]);
     nix::sys::signal::kill(
