@@ -30,6 +30,10 @@ pub enum Command {
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
     Status(StatusArgs),
+    /// Stop sessions now, in order, with evidence and proof (safe to run twice)
+    Down(DownArgs),
+    /// The enforcement daemon: stops every session at its deadline, even when its `up` is gone
+    Daemon(DaemonArgs),
     /// Internal tools for tests; not part of the interface
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -103,6 +107,57 @@ pub struct UpArgs {
     /// Record an SSH host key seen for the first time in ~/.ssh/known_hosts instead of refusing it
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Run the session in the background, watched by the daemon (started if none runs)
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Session ids (or unique prefixes)
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub ids: Vec<String>,
+    /// Every session that is not stopped yet (stop_unconfirmed included)
+    #[arg(long)]
+    pub all: bool,
+    /// Give up waiting for a stop after this long (the stop itself goes on)
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+    /// When to sweep: a cron expression with seconds
+    #[arg(long, default_value = "* * * * * *")]
+    pub schedule: String,
+    /// At most this many stops at once
+    #[arg(long, default_value_t = 32)]
+    pub parallel_stops: usize,
+    /// JSON Lines on standard output instead of text on standard error
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonAction {
+    /// Write a systemd user unit that keeps the daemon running
+    Install {
+        /// Overwrite an existing unit
+        #[arg(long)]
+        force: bool,
+        /// Print the unit instead of writing it
+        #[arg(long)]
+        print: bool,
+    },
+    /// Say whether a daemon runs for this GPUCTL_HOME (exit 0 yes, 1 no)
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

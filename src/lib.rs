@@ -5,12 +5,14 @@
 
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod db;
 pub mod eval;
 pub mod evidence;
 pub mod exit;
 pub mod home;
 pub mod plan;
+pub mod procs;
 pub mod progress;
 pub mod session;
 pub mod ssh;

@@ -11,6 +11,8 @@ pub struct Reporter {
     json: bool,
     bar: Option<ProgressBar>,
     step: Option<(String, Instant)>,
+    /// The session these lines are about, where one process reports on many (the daemon).
+    session: Option<String>,
 }
 
 impl Reporter {
@@ -19,11 +21,30 @@ impl Reporter {
             json,
             bar: None,
             step: None,
+            session: None,
         }
+    }
+
+    /// Plain lines (never a spinner) tagged with the session id: for the daemon's log.
+    pub fn for_session(json: bool, id: &str) -> Reporter {
+        Reporter {
+            session: Some(id.to_string()),
+            ..Reporter::new(json)
+        }
+    }
+
+    fn tag(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|s| format!("[{s}] "))
+            .unwrap_or_default()
     }
 
     fn emit(&self, event: &str, fields: serde_json::Value) {
         let mut obj = json!({ "at": chrono::Utc::now().to_rfc3339(), "event": event });
+        if let (Some(o), Some(s)) = (obj.as_object_mut(), &self.session) {
+            o.insert("session_id".into(), json!(s));
+        }
         if let (Some(o), serde_json::Value::Object(f)) = (obj.as_object_mut(), fields) {
             o.extend(f);
         }
@@ -35,7 +56,7 @@ impl Reporter {
         self.done("");
         if self.json {
             self.emit("step", json!({ "step": name, "message": message }));
-        } else if std::io::stderr().is_terminal() {
+        } else if self.session.is_none() && std::io::stderr().is_terminal() {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
@@ -45,7 +66,7 @@ impl Reporter {
             bar.enable_steady_tick(Duration::from_millis(120));
             self.bar = Some(bar);
         } else {
-            eprintln!("==> {message}");
+            eprintln!("{}==> {message}", self.tag());
         }
         self.step = Some((name.to_string(), Instant::now()));
     }
@@ -70,7 +91,7 @@ impl Reporter {
                 }
             );
         } else if !note.is_empty() {
-            eprintln!("    {note} ({ms} ms)");
+            eprintln!("{}    {note} ({ms} ms)", self.tag());
         }
     }
 
@@ -80,7 +101,7 @@ impl Reporter {
         } else if let Some(bar) = &self.bar {
             bar.println(format!("    {message}"));
         } else {
-            eprintln!("    {message}");
+            eprintln!("{}    {message}", self.tag());
         }
     }
 
@@ -90,7 +111,14 @@ impl Reporter {
         } else if let Some(bar) = &self.bar {
             bar.println(format!("warning: {message}"));
         } else {
-            eprintln!("warning: {message}");
+            eprintln!("{}warning: {message}", self.tag());
+        }
+    }
+
+    /// A JSON Lines event of its own kind (nothing in text mode).
+    pub fn event(&self, event: &str, fields: serde_json::Value) {
+        if self.json {
+            self.emit(event, fields);
         }
     }
 

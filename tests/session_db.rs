@@ -33,7 +33,7 @@ fn new_session(id: &str, name: &str) -> NewSession {
         created_at: now,
         deadline: now + Duration::hours(2),
         stop_cause: "max_duration".into(),
-        controller_pid: None,
+        controller: None,
         evidence_dir: None,
     }
 }

@@ -35,7 +35,7 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<Exit> {
                     created_at: now,
                     deadline: now + chrono::Duration::hours(1),
                     stop_cause: "max_duration".into(),
-                    controller_pid: Some(std::process::id()),
+                    controller: Some(crate::procs::me(crate::db::ControllerKind::Up)),
                     evidence_dir: None,
                 })?;
                 db.transition(

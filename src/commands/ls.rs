@@ -2,7 +2,9 @@
 
 use chrono::Utc;
 
-use super::{open_db, usd};
+use std::io::IsTerminal;
+
+use super::{alarm, driver_note, open_db, usd};
 use crate::cli::LsArgs;
 use crate::exit::Exit;
 use crate::session::SessionState;
@@ -37,12 +39,16 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
             "PASSED".to_string()
         };
         let state = if s.state == SessionState::StopUnconfirmed {
-            "STOP_UNCONFIRMED".to_string()
+            // Padded before colouring, so that the columns stay aligned.
+            alarm(
+                &format!("{:<17}", "STOP_UNCONFIRMED"),
+                std::io::stdout().is_terminal(),
+            )
         } else {
-            s.state.to_string()
+            format!("{:<17}", s.state.to_string())
         };
         println!(
-            "{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}",
+            "{:<24} {:<24} {:<10} {:<8} {} {:<20} {:>9}",
             s.id,
             s.plan_name,
             s.route,
@@ -51,6 +57,9 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
             deadline,
             usd(s.cost_usd)
         );
+        if let Some(note) = driver_note(s) {
+            println!("{:<24} {note}", "");
+        }
     }
     if sessions
         .iter()

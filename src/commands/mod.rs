@@ -1,6 +1,8 @@
 //! One module per subcommand, each with one entry function returning an exit status.
 
+mod daemon;
 mod debug;
+mod down;
 mod eval;
 mod evidence;
 mod ls;
@@ -21,6 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Evidence(args) => evidence::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
+        Command::Down(args) => down::run(args),
+        Command::Daemon(args) => daemon::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
@@ -41,4 +45,44 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Money as dollars and cents, or a dash.
 fn usd(v: Option<f64>) -> String {
     v.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+/// `text` in bold red on a terminal (what may still bill must not be missed), plain otherwise.
+fn alarm(text: &str, stream_is_terminal: bool) -> String {
+    if stream_is_terminal && std::env::var_os("NO_COLOR").is_none() {
+        format!("\x1b[1;31m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Who drives a live session, and the retries of an unconfirmed stop.
+fn driver_note(s: &crate::db::SessionRecord) -> Option<String> {
+    if s.state.is_final() {
+        return None;
+    }
+    let driver = match s.controller() {
+        Some(c) if crate::procs::alive(&c) => {
+            format!("driven by gpuctl {} (pid {})", c.kind.as_str(), c.pid)
+        }
+        Some(c) => format!(
+            "its controller, gpuctl {} (pid {}), is gone: `gpuctl daemon` takes it over",
+            c.kind.as_str(),
+            c.pid
+        ),
+        None => "no controller: `gpuctl daemon` takes it over".into(),
+    };
+    Some(
+        if s.state == crate::session::SessionState::StopUnconfirmed {
+            format!(
+                "{driver}; stop attempts {}{}",
+                s.stop_attempts,
+                s.next_stop_attempt_at
+                    .map(|t| format!(", next at {}", t.format("%H:%M:%S UTC")))
+                    .unwrap_or_default()
+            )
+        } else {
+            driver
+        },
+    )
 }

@@ -1,6 +1,8 @@
 //! `gpuctl status [ID]`: one session in full, with its events.
 
-use super::{open_db, usd};
+use std::io::IsTerminal;
+
+use super::{alarm, driver_note, open_db, usd};
 use crate::cli::StatusArgs;
 use crate::exit::Exit;
 use crate::session::SessionState;
@@ -51,12 +53,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
                 .unwrap_or_default()
         );
         let state = if s.state == SessionState::StopUnconfirmed {
-            "STOP_UNCONFIRMED: the provider has not confirmed the stop; it may still bill"
-                .to_string()
+            alarm(
+                "STOP_UNCONFIRMED: the provider has not confirmed the stop; it may still bill",
+                std::io::stdout().is_terminal(),
+            )
         } else {
             s.state.to_string()
         };
         println!("state     {state}");
+        if let Some(note) = driver_note(s) {
+            println!("          {note}");
+        }
         println!("created   {}", s.created_at.to_rfc3339());
         println!("deadline  {} ({})", s.deadline.to_rfc3339(), s.stop_cause);
         if let Some(end) = s.ended_at {
@@ -71,6 +78,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         println!("cost      {}", usd(s.cost_usd));
         if let Some(r) = &s.stop_reason {
             println!("stopped   {r}");
+        }
+        if let Some(ms) = s.stop_lateness_ms {
+            println!("lateness  {ms} ms after the deadline");
         }
         if let Some(r) = &s.failure_reason {
             println!("failure   {r}");

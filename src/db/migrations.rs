@@ -63,6 +63,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, path)
     );
     "#,
+    // 2: what the daemon needs to take a session over, and the enforcement bookkeeping.
+    r#"
+    ALTER TABLE sessions ADD COLUMN handle TEXT;
+    ALTER TABLE sessions ADD COLUMN controller_start INTEGER;
+    ALTER TABLE sessions ADD COLUMN controller_kind TEXT;
+    ALTER TABLE sessions ADD COLUMN stop_requested_at TEXT;
+    ALTER TABLE sessions ADD COLUMN stop_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN next_stop_attempt_at TEXT;
+    ALTER TABLE sessions ADD COLUMN stop_lateness_ms INTEGER;
+    ALTER TABLE sessions ADD COLUMN budget_warned_at TEXT;
+    "#,
 ];
 
 pub fn migrate(db: &mut Db) -> Result<(), DbError> {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use sessions::{EventRecord, EvidenceRow, NewSession, SessionRecord};
+pub use sessions::{
+    Claim, Controller, ControllerKind, EventRecord, EvidenceRow, NewSession, SessionRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -85,6 +87,12 @@ impl Db {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// How long a write waits for another process's lock. The stop path shortens it so
+    /// that a locked database delays the record, never the stop.
+    pub fn set_busy_timeout(&self, d: Duration) -> Result<(), DbError> {
+        self.conn.busy_timeout(d).map_err(|e| self.err(e))
     }
 
     pub fn path(&self) -> &Path {

@@ -29,7 +29,7 @@ pub struct NewSession {
     pub created_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     pub stop_cause: String,
-    pub controller_pid: Option<u32>,
+    pub controller: Option<Controller>,
     pub evidence_dir: Option<String>,
 }
 
@@ -67,6 +67,46 @@ pub struct SessionRecord {
     pub controller_pid: Option<u32>,
     pub evidence_dir: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// How to reach the agent after a restart (JSON of `session::AgentHandle`).
+    #[serde(skip)]
+    pub handle: Option<String>,
+    #[serde(skip)]
+    pub controller_start: Option<u64>,
+    /// Which process drives the session: "up", "daemon" or "down".
+    pub controller_kind: Option<String>,
+    pub stop_requested_at: Option<DateTime<Utc>>,
+    pub stop_attempts: u32,
+    pub next_stop_attempt_at: Option<DateTime<Utc>>,
+    /// Deadline to the confirmed stop, where the stop was for the deadline.
+    pub stop_lateness_ms: Option<i64>,
+    pub budget_warned_at: Option<DateTime<Utc>>,
+}
+
+/// The process that drives a session, identified so that a reused PID is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Controller {
+    pub pid: u32,
+    /// Start time of the process in clock ticks since boot (/proc/PID/stat, field 22).
+    pub start: u64,
+    pub kind: ControllerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControllerKind {
+    Up,
+    Daemon,
+    Down,
+}
+
+impl ControllerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControllerKind::Up => "up",
+            ControllerKind::Daemon => "daemon",
+            ControllerKind::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +117,7 @@ pub struct EventRecord {
     pub message: String,
 }
 
-const COLUMNS: &str = "id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at";
+const COLUMNS: &str = "id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at";
 
 fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
@@ -143,6 +183,14 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
         controller_pid: row.get(28)?,
         evidence_dir: row.get(29)?,
         updated_at: time(row, 30)?,
+        handle: row.get(31)?,
+        controller_start: row.get::<_, Option<i64>>(32)?.map(|v| v as u64),
+        controller_kind: row.get(33)?,
+        stop_requested_at: opt_time(row, 34)?,
+        stop_attempts: row.get(35)?,
+        next_stop_attempt_at: opt_time(row, 36)?,
+        stop_lateness_ms: row.get(37)?,
+        budget_warned_at: opt_time(row, 38)?,
     })
 }
 
@@ -160,12 +208,13 @@ impl Db {
         };
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
-            &format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13, ?14, ?15, ?16, ?17, NULL, ?18, ?19, NULL, ?20, NULL, NULL, NULL, ?21, ?22, ?17)"),
+            "INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, controller_pid, evidence_dir, updated_at, controller_start, controller_kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?17, ?23, ?24)",
             params![
                 s.id, s.plan_name, s.plan_sha256, s.plan_text, s.plan_path, s.plan_git_commit, s.plan_git_dirty, s.owner,
                 s.route, s.provider, s.instance_type, s.region, s.price_usd_per_hour, s.catalog_price_usd_per_hour,
                 s.hourly_budget_usd, s.max_total_usd, ts(s.created_at), ts(s.deadline), s.stop_cause,
-                SessionState::Planned.as_str(), s.controller_pid, s.evidence_dir,
+                SessionState::Planned.as_str(), s.controller.map(|c| c.pid), s.evidence_dir,
+                s.controller.map(|c| c.start as i64), s.controller.map(|c| c.kind.as_str()),
             ],
         )
         .map_err(sql)?;
@@ -411,5 +460,188 @@ impl Db {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// The answer to "may I drive this session now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Yours now; `from` is the controller it was taken from (gone), if any.
+    Taken { from: Option<Controller> },
+    /// Nothing left to do: the session is stopped (or failed, and proven stopped).
+    Final(SessionState),
+    /// Another live process drives it.
+    Held(Controller),
+}
+
+fn controller_from(
+    pid: Option<u32>,
+    start: Option<i64>,
+    kind: Option<String>,
+) -> Option<Controller> {
+    let kind = match kind.as_deref() {
+        Some("daemon") => ControllerKind::Daemon,
+        Some("down") => ControllerKind::Down,
+        _ => ControllerKind::Up,
+    };
+    Some(Controller {
+        pid: pid?,
+        start: start.map(|s| s as u64).unwrap_or(0),
+        kind,
+    })
+}
+
+impl SessionRecord {
+    pub fn controller(&self) -> Option<Controller> {
+        controller_from(
+            self.controller_pid,
+            self.controller_start.map(|s| s as i64),
+            self.controller_kind.clone(),
+        )
+    }
+}
+
+impl Db {
+    /// How to reach the agent again after a restart (see `session::AgentHandle`).
+    pub fn record_handle(&self, id: &str, handle: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET handle = ?2 WHERE id = ?1",
+                params![id, handle],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Become the session's controller unless a live process already is. One transaction
+    /// (BEGIN IMMEDIATE), so two processes claiming at once cannot both win.
+    pub fn claim(
+        &mut self,
+        id: &str,
+        me: Controller,
+        alive: impl Fn(&Controller) -> bool,
+        at: DateTime<Utc>,
+    ) -> Result<Claim, DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        type Row = (String, Option<u32>, Option<i64>, Option<String>);
+        let row: Option<Row> = tx
+            .query_row(
+                "SELECT state, controller_pid, controller_start, controller_kind FROM sessions WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        let Some((state, pid, start, kind)) = row else {
+            return Err(DbError::NotFound(id.to_string()));
+        };
+        let state: SessionState = state
+            .parse()
+            .map_err(|e: String| sql(bad_column(0, StateError(e))))?;
+        if state.is_final() {
+            return Ok(Claim::Final(state));
+        }
+        let previous = controller_from(pid, start, kind);
+        if let Some(p) = previous {
+            if p != me && alive(&p) {
+                return Ok(Claim::Held(p));
+            }
+        }
+        if previous != Some(me) {
+            tx.execute(
+                "UPDATE sessions SET controller_pid = ?2, controller_start = ?3, controller_kind = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, me.pid, me.start as i64, me.kind.as_str(), ts(at)],
+            )
+            .map_err(sql)?;
+            let message = match previous {
+                Some(p) => format!(
+                    "taken over by gpuctl {} (pid {}): its controller, gpuctl {} (pid {}), is gone",
+                    me.kind.as_str(),
+                    me.pid,
+                    p.kind.as_str(),
+                    p.pid
+                ),
+                None => format!("taken over by gpuctl {} (pid {})", me.kind.as_str(), me.pid),
+            };
+            tx.execute(
+                "INSERT INTO events (session_id, at, kind, message) VALUES (?1, ?2, 'takeover', ?3)",
+                params![id, ts(at), message],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(Claim::Taken {
+            from: previous.filter(|p| *p != me),
+        })
+    }
+
+    /// `gpuctl down`: ask whoever drives the session to stop it now.
+    pub fn request_stop(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET stop_requested_at = coalesce(stop_requested_at, ?2) WHERE id = ?1",
+                params![id, ts(at)],
+            )
+            .map_err(|e| self.err(e))?;
+        self.add_event(id, "stop_requested", &format!("stop requested by {by}"), at)
+    }
+
+    /// Every session that is not final (stop_unconfirmed included), oldest deadline first.
+    pub fn live_sessions(&self) -> Result<Vec<SessionRecord>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM sessions WHERE state NOT IN ('stopped', 'failed') ORDER BY deadline"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], session_from_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// An unconfirmed stop: how many tries so far, and when the next one is due.
+    pub fn record_stop_attempt(
+        &self,
+        id: &str,
+        attempts: u32,
+        next: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET stop_attempts = ?2, next_stop_attempt_at = ?3 WHERE id = ?1",
+                params![id, attempts, ts(next)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn record_lateness(&self, id: &str, ms: i64) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET stop_lateness_ms = ?2 WHERE id = ?1",
+                params![id, ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The 80% budget warning, once per session; returns false when it was already given.
+    pub fn mark_budget_warned(&self, id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET budget_warned_at = ?2 WHERE id = ?1 AND budget_warned_at IS NULL",
+                params![id, ts(at)],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
     }
 }

@@ -18,7 +18,9 @@ use crate::evidence::Check;
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
 pub struct LocalAgent {
-    child: Child,
+    /// None when the agent was adopted from a controller that is gone (`gpuctl daemon`,
+    /// `gpuctl down`): it is then watched through /proc instead of waited for.
+    child: Option<Child>,
     pub pid: u32,
     pub port: u16,
     pub argv: Vec<String>,
@@ -77,13 +79,68 @@ impl LocalAgent {
             .with_context(|| format!("cannot start {}", agent.display()))?;
         let pid = child.id().context("the agent exited at once")?;
         Ok(LocalAgent {
-            child,
+            child: Some(child),
             pid,
             port,
             argv,
             log_path: log_path.to_path_buf(),
             exit: None,
         })
+    }
+
+    /// Take over an agent started by another `gpuctl` process. Refused when the PID is no
+    /// longer this session's agent (PIDs are reused).
+    pub fn adopt(pid: u32, port: u16, config: &Path, log_path: &Path) -> LocalAgent {
+        let config = config.display().to_string();
+        let exit = if crate::procs::cmdline_contains(pid, &config) {
+            None
+        } else {
+            // Gone (or another program now): there is nothing of the session to signal.
+            Some(std::process::ExitStatus::default())
+        };
+        LocalAgent {
+            child: None,
+            pid,
+            port,
+            argv: vec![
+                "gpuctl-agent".into(),
+                "serve".into(),
+                "--config".into(),
+                config,
+            ],
+            log_path: log_path.to_path_buf(),
+            exit,
+        }
+    }
+
+    /// Wait for the agent to end, up to `limit` (None: for ever).
+    async fn wait_for(&mut self, limit: Option<Duration>) -> Option<std::process::ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let waited = match self.child.as_mut() {
+            Some(child) => match limit {
+                Some(l) => tokio::time::timeout(l, child.wait())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok()),
+                None => child.wait().await.ok(),
+            },
+            None => {
+                let start = std::time::Instant::now();
+                loop {
+                    if crate::procs::exited(self.pid) {
+                        break Some(std::process::ExitStatus::default());
+                    }
+                    if limit.is_some_and(|l| start.elapsed() >= l) {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.exit = waited;
+        self.exit
     }
 
     fn log_tail(&self) -> String {
@@ -95,8 +152,7 @@ impl LocalAgent {
     /// Poll /health until it answers; fail at once if the agent exits.
     pub async fn wait_healthy(&mut self, client: &AgentClient) -> anyhow::Result<()> {
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exit = Some(status);
+            if let Some(status) = self.exited() {
                 bail!(
                     "the agent exited before it was ready ({status}); agent.log ends with:\n    {}",
                     self.log_tail()
@@ -112,16 +168,16 @@ impl LocalAgent {
     /// Whether the agent has exited on its own (its watchdog, or a crash).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
+            self.exit = match self.child.as_mut() {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => crate::procs::exited(self.pid).then(std::process::ExitStatus::default),
+            };
         }
         self.exit
     }
 
     pub async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.wait().await.ok();
-        }
-        self.exit
+        self.wait_for(None).await
     }
 
     /// Stop the agent and prove it: SIGTERM to its group, SIGKILL after a grace, then
@@ -129,13 +185,12 @@ impl LocalAgent {
     pub async fn stop(&mut self) -> Vec<Check> {
         let mut checks = Vec::new();
         let pgid = Pid::from_raw(self.pid as i32);
-        if self.exited().is_none() {
+        let was_running = self.exited().is_none();
+        if was_running {
             let _ = killpg(pgid, Signal::SIGTERM);
-            if let Ok(status) = tokio::time::timeout(TERM_GRACE, self.child.wait()).await {
-                self.exit = status.ok();
-            } else {
+            if self.wait_for(Some(TERM_GRACE)).await.is_none() {
                 let _ = killpg(pgid, Signal::SIGKILL);
-                self.exit = self.child.wait().await.ok();
+                self.wait_for(Some(TERM_GRACE)).await;
                 checks.push(Check::new(
                     "sigkill",
                     true,
@@ -143,9 +198,20 @@ impl LocalAgent {
                 ));
             }
         }
-        // Anything left in its process group is stopped too.
-        let _ = killpg(pgid, Signal::SIGKILL);
+        // Anything left in its process group is stopped too (only while it is ours: an
+        // adopted agent that was already gone may have left its group id to another process).
+        if self.child.is_some() || was_running {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
         checks.push(match self.exit {
+            Some(_) if self.child.is_none() => Check::new(
+                "process_exited",
+                true,
+                format!(
+                    "pid {} is gone (/proc/{}/stat: no such process, or a zombie)",
+                    self.pid, self.pid
+                ),
+            ),
             Some(status) => Check::new(
                 "process_exited",
                 true,

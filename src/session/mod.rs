@@ -1,11 +1,17 @@
 //! Sessions: their states and identities.
 
+pub mod budget;
+mod finish;
+mod handle;
 mod host;
 mod local_host;
 pub mod remote_host;
 mod state;
+pub mod takeover;
 pub mod up;
 
+pub use finish::retry_backoff;
+pub use handle::AgentHandle;
 pub use local_host::{find_agent, peak_rss_kib, port_closed};
 pub use state::SessionState;
 

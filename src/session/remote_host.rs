@@ -249,6 +249,39 @@ impl RemoteAgent {
         })
     }
 
+    /// Take over an agent another `gpuctl` process deployed (no tunnel: only the stop,
+    /// its proof and the evidence are needed).
+    pub fn attach(
+        connected: Connected,
+        pid: u32,
+        dir: String,
+        bin: String,
+        port: u16,
+    ) -> RemoteAgent {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        RemoteAgent {
+            shared: connected.shared,
+            target: connected.target,
+            lock: Arc::new(Mutex::new(())),
+            events,
+            events_rx,
+            pid,
+            argv: vec![
+                bin.clone(),
+                "serve".into(),
+                "--config".into(),
+                "agent.json".into(),
+            ],
+            dir,
+            bin,
+            port,
+            fingerprint: connected.fingerprint,
+            uploaded: false,
+            tunnel: None,
+            others: Vec::new(),
+        }
+    }
+
     pub async fn is_alive(&self) -> Result<bool, ssh::SshError> {
         let s = self.session().await?;
         Ok(s.exec(&format!("kill -0 {} 2>/dev/null", self.pid), EXEC)

@@ -12,16 +12,16 @@ use chrono::{DateTime, Utc};
 use gpuctl_protocol::{
     evidence_files, AgentConfig, ModelConfig, Runtime, StopAction, PROTOCOL_VERSION,
 };
-use gpuctl_providers::{BillingGranularity, ProviderKind};
-use serde_json::json;
+use gpuctl_providers::ProviderKind;
 
+use super::handle::{AgentHandle, SshAddress};
 use super::host::Host;
 use super::local_host::{find_agent, LocalAgent};
 use super::remote_host::{Connected, RemoteAgent};
 use super::{new_session_id, SessionState};
-use crate::db::{Db, EvidenceRow, NewSession};
+use crate::db::{Db, NewSession};
 use crate::eval::{self, AgentClient, CaseResult};
-use crate::evidence::{sha256_hex, Bundle, Check, CostRecord, ShutdownProofRecord};
+use crate::evidence::{sha256_hex, Bundle};
 use crate::exit::Exit;
 use crate::plan::{self, Plan, Route};
 use crate::progress::Reporter;
@@ -30,8 +30,6 @@ use crate::progress::Reporter;
 const FIRST_RUN_PROMPT: &str = "Give one deployment rule for a rented GPU.";
 const FIRST_RUN_TOKENS: u32 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// Pulling the evidence back never holds the stop longer than this.
-const COLLECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct UpOptions {
     pub plan_path: PathBuf,
@@ -44,22 +42,25 @@ pub struct UpOptions {
 
 /// Why the serving phase ended.
 #[derive(Debug, Clone)]
-enum Ending {
+pub(super) enum Ending {
     AfterEval,
     Deadline,
     Interrupted,
     AgentExited(String),
     Failed(String),
+    /// `gpuctl down`, or the daemon for a reason it names.
+    Requested(String),
 }
 
 impl Ending {
-    fn reason(&self) -> String {
+    pub(super) fn reason(&self) -> String {
         match self {
             Ending::AfterEval => "after_eval: the fixed eval set has run".into(),
             Ending::Deadline => "deadline reached".into(),
             Ending::Interrupted => "interrupted (Ctrl+C or SIGTERM)".into(),
             Ending::AgentExited(s) => format!("the agent exited on its own: {s}"),
             Ending::Failed(s) => format!("failed: {s}"),
+            Ending::Requested(s) => s.clone(),
         }
     }
 }
@@ -69,6 +70,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    // A closed terminal must not end a session without its stop (`up --detach` relies on it).
+    let _sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut rep = Reporter::new(opts.json);
     let now = Utc::now();
     let checked = plan::check_file(&opts.plan_path, now);
@@ -152,9 +155,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         created_at: now,
         deadline,
         stop_cause: format!("{cause:?}").to_lowercase(),
-        controller_pid: Some(std::process::id()),
+        controller: Some(crate::procs::me(crate::db::ControllerKind::Up)),
         evidence_dir: Some(bundle_dir.display().to_string()),
     })?;
+    rep.event(
+        "session",
+        serde_json::json!({ "session_id": id, "deadline": deadline, "stop_cause": cause.describe(), "bundle": bundle_dir }),
+    );
     rep.info(&format!(
         "session {id}: deadline {} ({})",
         deadline.format("%H:%M:%S UTC"),
@@ -182,6 +189,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         connected: None,
         accept_new_host_key: opts.accept_new_host_key,
         placement,
+        stop_blocker: None,
     };
 
     let started = Instant::now();
@@ -195,6 +203,18 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
             _ = sigterm.recv() => Ending::Interrupted,
             _ = tokio::time::sleep(until_deadline) => Ending::Deadline,
         }
+    };
+    // A SIGTERM from `gpuctl down` is a request, and is recorded as one.
+    let ending = match ending {
+        Ending::Interrupted
+            if session
+                .db
+                .get_session(&id)
+                .is_ok_and(|s| s.stop_requested_at.is_some()) =>
+        {
+            Ending::Requested("stopped by gpuctl down".into())
+        }
+        other => other,
     };
     if matches!(ending, Ending::Interrupted) {
         rep.warn("interrupted: stopping the session (evidence, stop, proof)");
@@ -239,23 +259,25 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
     }
 }
 
-struct Session {
-    db: Db,
-    id: String,
-    plan: Plan,
-    bundle: Bundle,
-    work: PathBuf,
-    deadline: DateTime<Utc>,
-    agent: Option<(Host, AgentClient)>,
+pub(super) struct Session {
+    pub(super) db: Db,
+    pub(super) id: String,
+    pub(super) plan: Plan,
+    pub(super) bundle: Bundle,
+    pub(super) work: PathBuf,
+    pub(super) deadline: DateTime<Utc>,
+    pub(super) agent: Option<(Host, AgentClient)>,
     /// The SSH connection (provider ssh), made in the connecting state.
-    connected: Option<Connected>,
-    accept_new_host_key: bool,
-    agent_bin: PathBuf,
-    timings: Vec<(String, u64)>,
+    pub(super) connected: Option<Connected>,
+    pub(super) accept_new_host_key: bool,
+    pub(super) agent_bin: PathBuf,
+    pub(super) timings: Vec<(String, u64)>,
     /// The model actually served (the plan's, or its `fallback.if_oom`).
-    served: Option<plan::ModelSpec>,
+    pub(super) served: Option<plan::ModelSpec>,
     /// `CUDA_VISIBLE_DEVICES` for the agent (None: leave the host's).
-    placement: Option<String>,
+    pub(super) placement: Option<String>,
+    /// Why the agent cannot be reached for its stop (a takeover whose host does not answer).
+    pub(super) stop_blocker: Option<crate::evidence::Check>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -277,12 +299,12 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 impl Session {
-    fn transition(&mut self, state: SessionState, message: &str) -> anyhow::Result<()> {
+    pub(super) fn transition(&mut self, state: SessionState, message: &str) -> anyhow::Result<()> {
         self.db.transition(&self.id, state, message, Utc::now())?;
         Ok(())
     }
 
-    fn time(&mut self, step: &str, since: Instant) {
+    pub(super) fn time(&mut self, step: &str, since: Instant) {
         self.timings
             .push((step.to_string(), since.elapsed().as_millis() as u64));
     }
@@ -522,6 +544,14 @@ impl Session {
                     ports.remote,
                 )?;
                 let instance = format!("pid:{}", agent.pid);
+                let handle = AgentHandle::Local {
+                    pid: agent.pid,
+                    port: ports.remote,
+                    config: absolute(&config_path),
+                    work: absolute(&self.work),
+                    agent_bin: absolute(&self.agent_bin),
+                };
+                self.db.record_handle(&self.id, &handle.to_json())?;
                 (
                     Host::Local {
                         agent: Box::new(agent),
@@ -552,6 +582,21 @@ impl Session {
                     .await?
                 };
                 let instance = format!("pid:{} on {}", remote.pid, remote.dir);
+                let target = self.ssh_target()?;
+                let handle = AgentHandle::Remote {
+                    pid: remote.pid,
+                    dir: remote.dir.clone(),
+                    bin: remote.bin.clone(),
+                    port: remote.port,
+                    ssh: SshAddress {
+                        host: target.host,
+                        port: target.port,
+                        user: target.user,
+                        identity_file: target.identity_file.map(|p| absolute(&p)),
+                        fingerprint: remote.fingerprint.clone(),
+                    },
+                };
+                self.db.record_handle(&self.id, &handle.to_json())?;
                 let port = remote.tunnel_port().unwrap_or(ports.local);
                 (Host::Remote(Box::new(remote)), port, instance)
             }
@@ -639,203 +684,9 @@ impl Session {
         self.bundle.write("first_run.md", md)?;
         Ok(format!("{} tokens in {ms} ms", answer.completion_tokens))
     }
-
-    /// Collect, stop, prove, account. Runs whatever happened before.
-    async fn finish(
-        &mut self,
-        rep: &mut Reporter,
-        ending: Ending,
-        started: Instant,
-    ) -> anyhow::Result<Exit> {
-        if let Ending::Failed(msg) = &ending {
-            rep.warn(&format!("the session failed: {msg}"));
-        }
-        self.transition(SessionState::Collecting, "collecting evidence")?;
-        self.transition(SessionState::Stopping, &ending.reason())?;
-        rep.step("stop", "stopping the agent and proving it");
-        let stop_started = Utc::now();
-        let t = Instant::now();
-        let mut checks: Vec<Check> = match self.agent.as_mut() {
-            Some((host, _)) => host.stop(&self.agent_bin).await,
-            None => vec![Check::new("process_exited", true, "no agent was started")],
-        };
-        self.time("stop_and_prove", t);
-        let stopped_at = Utc::now();
-
-        let t = Instant::now();
-        if let Some((host, _)) = &self.agent {
-            // A host that cannot be reached keeps its evidence; that is recorded, not fatal.
-            match tokio::time::timeout(
-                COLLECT_TIMEOUT,
-                host.collect(&self.bundle, &self.plan.evidence.copy_back),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => rep.warn(&format!("evidence could not be pulled back: {e:#}")),
-                Err(_) => rep.warn(&format!(
-                    "evidence could not be pulled back within {} s",
-                    COLLECT_TIMEOUT.as_secs()
-                )),
-            }
-        }
-        // The plan's own stop command comes last: it may take the host down.
-        if let (Some((host, _)), crate::plan::OnStop::Command) =
-            (&self.agent, self.plan.stop.on_stop)
-        {
-            checks.push(host.run_stop_command(&self.plan.stop.stop_command).await);
-        }
-        let confirmed = checks.iter().all(|c| c.passed);
-        let final_record: Option<serde_json::Value> =
-            std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-        let proof = ShutdownProofRecord {
-            session_id: self.id.clone(),
-            expected: self.plan.evidence.shutdown_proof.as_str().into(),
-            confirmed,
-            provider: self.plan.instance.provider.as_str().into(),
-            stop_reason: ending.reason(),
-            deadline: self.deadline,
-            stop_started_at: stop_started,
-            stop_confirmed_at: confirmed.then_some(stopped_at),
-            checks,
-            agent_final_record: final_record,
-        };
-        self.bundle.write_json("shutdown_proof.json", &proof)?;
-
-        let session = self.db.get_session(&self.id)?;
-        let launched = session.launched_at.unwrap_or(session.created_at);
-        let price = session.price_usd_per_hour.unwrap_or(0.0);
-        let billing = BillingGranularity::PerSecond;
-        let billed = billing.billed((stopped_at - launched).to_std().unwrap_or_default());
-        let cost = (price * billed.as_secs_f64() / 3600.0 * 100.0).round() / 100.0;
-        let cost_record = CostRecord {
-            session_id: self.id.clone(),
-            provider: self.plan.instance.provider.as_str().into(),
-            price_usd_per_hour: price,
-            billing_granularity: format!("{billing:?}"),
-            launched_at: launched,
-            stopped_at,
-            billed_seconds: billed.as_secs(),
-            cost_usd: cost,
-            hourly_budget_usd: self.plan.budget.hourly_usd,
-            max_total_usd: self.plan.budget.max_total_usd,
-            percent_of_budget: self
-                .plan
-                .budget
-                .max_total_usd
-                .map(|m| (cost / m * 1000.0).round() / 10.0),
-        };
-        self.bundle.write_json("cost.json", &cost_record)?;
-        self.time("collect_evidence", t);
-        let total_ms = started.elapsed().as_millis() as u64;
-        let timings: serde_json::Map<String, serde_json::Value> = self
-            .timings
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        self.bundle.write_json(
-            "timings.json",
-            &json!({ "session_id": self.id, "total_ms": total_ms, "steps_ms": timings }),
-        )?;
-
-        // What the plan asked for, present or missing.
-        let mut rows: Vec<EvidenceRow> = Vec::new();
-        let manifest = self.bundle.write_manifest()?;
-        for (path, sha, size) in &manifest {
-            rows.push(EvidenceRow {
-                path: path.clone(),
-                sha256: Some(sha.clone()),
-                size: Some(*size),
-                status: "present".into(),
-            });
-        }
-        let missing: Vec<String> = self
-            .plan
-            .evidence
-            .copy_back
-            .iter()
-            .filter(|f| !self.bundle.has(f))
-            .cloned()
-            .collect();
-        for m in &missing {
-            rows.push(EvidenceRow {
-                path: m.clone(),
-                sha256: None,
-                size: None,
-                status: "missing".into(),
-            });
-            rep.warn(&format!(
-                "the plan asked for {m}, but the session did not produce it"
-            ));
-        }
-        self.db.record_evidence(&self.id, &rows)?;
-        let _ = std::fs::remove_file(self.work.join("token"));
-
-        let failure = match &ending {
-            Ending::Failed(msg) => Some(msg.clone()),
-            Ending::AgentExited(s)
-                if !matches!(
-                    proof
-                        .agent_final_record
-                        .as_ref()
-                        .and_then(|r| r["reason"].as_str()),
-                    Some("deadline")
-                ) =>
-            {
-                Some(format!("the agent exited before the deadline: {s}"))
-            }
-            _ => None,
-        };
-        let (state, exit) = match (confirmed, &failure) {
-            (false, _) => (SessionState::StopUnconfirmed, Exit::StopUnconfirmed),
-            (true, Some(_)) => (SessionState::Failed, Exit::Failed),
-            (true, None) => (SessionState::Stopped, Exit::Done),
-        };
-        let message = match state {
-            SessionState::StopUnconfirmed => {
-                "the stop could not be confirmed; see shutdown_proof.json".to_string()
-            }
-            _ => format!(
-                "stopped and proven ({})",
-                self.plan.evidence.shutdown_proof.as_str()
-            ),
-        };
-        self.db.record_end(
-            &self.id,
-            state,
-            stopped_at,
-            Some(cost),
-            &ending.reason(),
-            failure.as_deref(),
-            &message,
-        )?;
-        rep.done(&message);
-        rep.result(json!({
-            "session_id": self.id,
-            "state": state.as_str(),
-            "bundle": self.bundle.dir.display().to_string(),
-            "stop_reason": ending.reason(),
-            "failure": failure,
-            "cost_usd": cost,
-            "missing_evidence": missing,
-            "timings_ms": timings,
-        }));
-        if !rep.is_json() {
-            println!("{}", self.bundle.dir.display());
-            eprintln!(
-                "session {} {}: evidence in {}",
-                self.id,
-                state,
-                self.bundle.dir.display()
-            );
-        }
-        Ok(exit)
-    }
 }
 
-fn absolute(p: &Path) -> PathBuf {
+pub(super) fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

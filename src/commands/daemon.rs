@@ -1,0 +1,69 @@
+//! `gpuctl daemon [install|status]`.
+
+use anyhow::Context;
+
+use super::runtime;
+use crate::cli::{DaemonAction, DaemonArgs};
+use crate::daemon::{self, unit, DaemonOptions};
+use crate::exit::Exit;
+
+pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
+    let home = crate::home::gpuctl_home()?;
+    match args.action {
+        None => runtime()?.block_on(daemon::run(
+            home,
+            DaemonOptions {
+                schedule: args.schedule,
+                json: args.json,
+                parallel_stops: args.parallel_stops,
+            },
+        )),
+        Some(DaemonAction::Status { json }) => {
+            let st = daemon::status(&home)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else if st.running {
+                println!(
+                    "a gpuctl daemon runs for {} (pid {})",
+                    st.home,
+                    st.pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                );
+            } else {
+                println!(
+                    "no gpuctl daemon runs for {}: start one with `gpuctl daemon` (or install it with `gpuctl daemon install`)",
+                    st.home
+                );
+            }
+            Ok(if st.running { Exit::Done } else { Exit::Failed })
+        }
+        Some(DaemonAction::Install { force, print }) => {
+            let exe = std::env::current_exe().context("cannot find the gpuctl executable")?;
+            let home = std::path::absolute(&home).unwrap_or(home);
+            let text = unit::unit_text(&exe, &home);
+            if print {
+                print!("{text}");
+                return Ok(Exit::Done);
+            }
+            let dir = unit::unit_dir()?;
+            let path = dir.join(unit::UNIT_NAME);
+            if path.exists() && !force {
+                eprintln!(
+                    "error: {} exists; pass --force to overwrite it (or --print to see the new one)",
+                    path.display()
+                );
+                return Ok(Exit::Refused);
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+            eprintln!(
+                "wrote {}; start it now and at every login with:\n    systemctl --user daemon-reload && systemctl --user enable --now {}\n(on a server where you log out, also: loginctl enable-linger $USER)",
+                path.display(),
+                unit::UNIT_NAME
+            );
+            Ok(Exit::Done)
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `gpuctl daemon`: the third enforcement layer. It loads every session that is not final,
+//! arms a timer at each deadline, and sweeps on a schedule (tokio-cron-scheduler, every
+//! second by default): it takes over sessions whose controller is gone, stops what is due
+//! (deadline, `gpuctl down`), warns at 80 % of a budget, and retries unconfirmed stops
+//! with backoff until they are confirmed.
+
+mod lock;
+pub mod unit;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+pub use lock::{status, DaemonLock, DaemonStatus};
+
+use crate::db::{Claim, Controller, ControllerKind, Db, SessionRecord};
+use crate::exit::Exit;
+use crate::session::budget::{self, WARN_SHARE};
+use crate::session::takeover::{self, Outcome};
+use crate::session::SessionState;
+
+pub struct DaemonOptions {
+    /// Cron expression (with seconds) of the sweep.
+    pub schedule: String,
+    /// JSON Lines on stdout instead of text lines on stderr.
+    pub json: bool,
+    /// Stops run at once at most this many at a time.
+    pub parallel_stops: usize,
+}
+
+struct Daemon {
+    home: PathBuf,
+    me: Controller,
+    json: bool,
+    db: Db,
+    /// The deadline each armed timer was set for.
+    armed: HashMap<String, DateTime<Utc>>,
+    /// Sessions whose stop is running now.
+    stopping: Arc<Mutex<HashSet<String>>>,
+    permits: Arc<Semaphore>,
+    due: mpsc::UnboundedSender<String>,
+}
+
+fn log(json: bool, session: Option<&str>, message: &str) {
+    let now = Utc::now();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "at": now.to_rfc3339(), "event": "daemon", "session_id": session, "message": message })
+        );
+    } else {
+        let tag = session.map(|s| format!("[{s}] ")).unwrap_or_default();
+        eprintln!("{} {tag}{message}", now.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+    }
+}
+
+pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let me = crate::procs::me(ControllerKind::Daemon);
+    let _lock = match DaemonLock::acquire(&home, &me) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::Failed);
+        }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("cannot start the scheduler")?;
+    let job = Job::new_async(opts.schedule.as_str(), move |_, _| {
+        let tx = tick_tx.clone();
+        // A sweep still running absorbs the tick: sweeps never pile up.
+        Box::pin(async move {
+            let _ = tx.try_send(());
+        })
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "--schedule {:?} is not a cron expression with seconds (like \"*/5 * * * * *\"): {e}",
+            opts.schedule
+        )
+    })?;
+    scheduler
+        .add(job)
+        .await
+        .context("cannot schedule the sweep")?;
+    scheduler
+        .start()
+        .await
+        .context("cannot start the scheduler")?;
+    let (due_tx, mut due) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        db: Db::open(&home)?,
+        home: home.clone(),
+        me,
+        json: opts.json,
+        armed: HashMap::new(),
+        stopping: Arc::new(Mutex::new(HashSet::new())),
+        permits: Arc::new(Semaphore::new(opts.parallel_stops.max(1))),
+        due: due_tx,
+    };
+    log(
+        opts.json,
+        None,
+        &format!(
+            "gpuctl daemon (pid {}) watches {} (sweep \"{}\")",
+            me.pid,
+            d.db.path().display(),
+            opts.schedule
+        ),
+    );
+    d.sweep();
+    loop {
+        tokio::select! {
+            Some(()) = ticks.recv() => d.sweep(),
+            Some(id) = due.recv() => d.deadline_reached(&id),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = scheduler.shutdown().await;
+    log(
+        opts.json,
+        None,
+        "daemon stopping; live sessions stay armed on their hosts (the agent's deadline) and are taken over by the next daemon",
+    );
+    Ok(Exit::Done)
+}
+
+impl Daemon {
+    fn is_stopping(&self, id: &str) -> bool {
+        self.stopping
+            .lock()
+            .map(|s| s.contains(id))
+            .unwrap_or(false)
+    }
+
+    /// Whether another live process (an `up`, a `down`) drives the session.
+    fn driven_by_other(&self, s: &SessionRecord) -> bool {
+        s.controller()
+            .is_some_and(|c| c != self.me && crate::procs::alive(&c))
+    }
+
+    fn sweep(&mut self) {
+        let now = Utc::now();
+        let live = match self.db.live_sessions() {
+            Ok(l) => l,
+            Err(e) => {
+                log(
+                    self.json,
+                    None,
+                    &format!("cannot read the sessions ({e}); retrying at the next sweep"),
+                );
+                return;
+            }
+        };
+        let ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
+        self.armed.retain(|id, _| ids.contains(id.as_str()));
+        for s in &live {
+            if self.is_stopping(&s.id) {
+                continue;
+            }
+            self.arm(s);
+            self.meter(s, now);
+            if self.driven_by_other(s) {
+                continue;
+            }
+            if s.controller() != Some(self.me) {
+                match self.db.claim(&s.id, self.me, crate::procs::alive, now) {
+                    Ok(Claim::Taken { from }) => log(
+                        self.json,
+                        Some(&s.id),
+                        &match from {
+                            Some(c) => format!("taken over: its controller, gpuctl {} (pid {}), is gone; deadline {}", c.kind.as_str(), c.pid, s.deadline.format("%H:%M:%S%.3f UTC")),
+                            None => format!("taken over; deadline {}", s.deadline.format("%H:%M:%S%.3f UTC")),
+                        },
+                    ),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        log(self.json, Some(&s.id), &format!("cannot take over ({e}); retrying at the next sweep"));
+                        continue;
+                    }
+                }
+            }
+            if s.state == SessionState::StopUnconfirmed {
+                if s.next_stop_attempt_at.is_none_or(|t| t <= now) {
+                    self.start_stop(
+                        &s.id,
+                        format!(
+                            "retrying an unconfirmed stop (attempt {})",
+                            s.stop_attempts + 1
+                        ),
+                    );
+                }
+            } else if s.stop_requested_at.is_some() {
+                self.start_stop(&s.id, "stop requested by gpuctl down".into());
+            } else if now >= s.deadline {
+                self.start_stop(&s.id, "deadline".into());
+            }
+        }
+    }
+
+    /// A timer at the session's deadline, so that the stop does not wait for a sweep.
+    fn arm(&mut self, s: &SessionRecord) {
+        if self.armed.get(&s.id) == Some(&s.deadline) {
+            return;
+        }
+        self.armed.insert(s.id.clone(), s.deadline);
+        let wait = (s.deadline - Utc::now()).to_std().unwrap_or_default();
+        let due = self.due.clone();
+        let id = s.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = due.send(id);
+        });
+    }
+
+    fn deadline_reached(&mut self, id: &str) {
+        if self.is_stopping(id) {
+            return;
+        }
+        let Ok(s) = self.db.get_session(id) else {
+            return;
+        };
+        if s.state.is_final() || s.state == SessionState::StopUnconfirmed || s.deadline > Utc::now()
+        {
+            return;
+        }
+        // A live `up` stops at the deadline itself; if it has died, the next sweep takes over.
+        if self.driven_by_other(&s) {
+            return;
+        }
+        self.start_stop(id, "deadline".into());
+    }
+
+    /// The 80 % warning, once per session.
+    fn meter(&self, s: &SessionRecord, now: DateTime<Utc>) {
+        if s.budget_warned_at.is_some() {
+            return;
+        }
+        let Some((cost, max)) = budget::meter(s, now) else {
+            return;
+        };
+        if cost < max * WARN_SHARE {
+            return;
+        }
+        if let Ok(true) = self.db.mark_budget_warned(&s.id, now) {
+            let msg = format!(
+                "budget: ${cost:.2} of max_total_usd ${max:.2} spent ({:.0} %); the session stops at {} at the latest",
+                cost / max * 100.0,
+                s.deadline.format("%H:%M:%S UTC")
+            );
+            let _ = self.db.add_event(&s.id, "budget", &msg, now);
+            log(self.json, Some(&s.id), &msg);
+        }
+    }
+
+    fn start_stop(&self, id: &str, reason: String) {
+        if let Ok(mut set) = self.stopping.lock() {
+            if !set.insert(id.to_string()) {
+                return;
+            }
+        }
+        let (home, me, json) = (self.home.clone(), self.me, self.json);
+        let stopping = self.stopping.clone();
+        let permits = self.permits.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            log(json, Some(&id), &format!("stopping: {reason}"));
+            let outcome = takeover::stop_recorded(&home, &id, me, &reason, json).await;
+            let message = match outcome {
+                Ok(Outcome::Stopped(exit)) => match exit {
+                    Exit::StopUnconfirmed => {
+                        "the stop is NOT confirmed; retrying with backoff".to_string()
+                    }
+                    Exit::Done => "stopped and proven".to_string(),
+                    other => format!(
+                        "stopped and proven, with a failure recorded (exit {})",
+                        other as u8
+                    ),
+                },
+                Ok(Outcome::AlreadyFinal) => "already stopped".to_string(),
+                Ok(Outcome::Held(c)) => format!(
+                    "driven by gpuctl {} (pid {}); left to it",
+                    c.kind.as_str(),
+                    c.pid
+                ),
+                Err(e) => format!("the stop failed: {e:#}; retrying at the next sweep"),
+            };
+            log(json, Some(&id), &message);
+            if let Ok(mut set) = stopping.lock() {
+                set.remove(&id);
+            }
+        });
+    }
+}

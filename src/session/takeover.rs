@@ -1,0 +1,153 @@
+//! Stopping a session from a process other than the `up` that started it: the daemon at a
+//! deadline, `gpuctl down`, or a retry of an unconfirmed stop. Everything needed is in the
+//! session row (the plan text, the deadline, the agent handle), so this works after any
+//! crash of `up`, of the daemon, or of both.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::handle::AgentHandle;
+use super::up::{Ending, Session};
+use crate::db::{Claim, Controller, Db, SessionRecord};
+use crate::eval::AgentClient;
+use crate::evidence::{Bundle, Check};
+use crate::exit::Exit;
+use crate::progress::Reporter;
+
+/// What a takeover did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// This process ran the stop; the exit status says how it ended.
+    Stopped(Exit),
+    /// Nothing to do: already stopped (a second `down`, a stop that raced ours).
+    AlreadyFinal,
+    /// Another live process drives the session.
+    Held(Controller),
+}
+
+/// Claim the session for `me` and run the stop with `reason`. Safe to call any number of
+/// times, from any number of processes: the claim lets one through, and a stop of an agent
+/// that is already gone proves it gone.
+pub async fn stop_recorded(
+    home: &Path,
+    id: &str,
+    me: Controller,
+    reason: &str,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let mut db = Db::open(home)?;
+    match db.claim(id, me, crate::procs::alive, chrono::Utc::now())? {
+        Claim::Final(_) => return Ok(Outcome::AlreadyFinal),
+        Claim::Held(c) => return Ok(Outcome::Held(c)),
+        Claim::Taken { .. } => {}
+    }
+    let record = db.get_session(id)?;
+    let mut rep = Reporter::for_session(json, id);
+    let mut session = resume(db, home, &record).await?;
+    let ending = if reason == "deadline" {
+        Ending::Deadline
+    } else {
+        Ending::Requested(reason.to_string())
+    };
+    rep.info(&format!("stopping: {}", ending_text(&ending)));
+    let exit = session.finish(&mut rep, ending, Instant::now()).await?;
+    Ok(Outcome::Stopped(exit))
+}
+
+fn ending_text(e: &Ending) -> String {
+    match e {
+        Ending::Deadline => "deadline reached".into(),
+        Ending::Requested(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Rebuild what `finish` needs from the database row.
+async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<Session> {
+    let checked = crate::plan::check_str(&record.plan_name, &record.plan_text, record.created_at);
+    let plan = checked.plan.with_context(|| {
+        format!(
+            "the plan recorded with session {} no longer reads as a valid plan",
+            record.id
+        )
+    })?;
+    let bundle_dir = record
+        .evidence_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join("evidence").join(&record.id));
+    let bundle = Bundle::create(bundle_dir)?;
+    let handle = record
+        .handle
+        .as_deref()
+        .map(AgentHandle::from_json)
+        .transpose()?;
+    let agent_bin = match &handle {
+        Some(AgentHandle::Local { agent_bin, .. }) => agent_bin.clone(),
+        _ => super::find_agent(None).unwrap_or_else(|_| PathBuf::from("gpuctl-agent")),
+    };
+    let work = handle
+        .as_ref()
+        .and_then(|h| h.work().map(Path::to_path_buf))
+        .unwrap_or_else(|| home.join("run").join(&record.id));
+    let mut stop_blocker = None;
+    let agent = match &handle {
+        None => None,
+        Some(h) => match tokio::time::timeout(Duration::from_secs(30), h.reattach()).await {
+            Ok(Ok(host)) => {
+                // The client is never used for a stop; it only completes the pair.
+                let client = AgentClient::new(
+                    "http://127.0.0.1:9",
+                    "",
+                    &plan.model.id,
+                    Duration::from_secs(5),
+                )?;
+                Some((host, client))
+            }
+            Ok(Err(e)) => {
+                stop_blocker = Some(Check::new(
+                    "host_reachable",
+                    false,
+                    format!("cannot reach the host to stop the agent: {e:#}"),
+                ));
+                None
+            }
+            Err(_) => {
+                stop_blocker = Some(Check::new(
+                    "host_reachable",
+                    false,
+                    "the host did not answer within 30 s",
+                ));
+                None
+            }
+        },
+    };
+    Ok(Session {
+        db,
+        id: record.id.clone(),
+        plan,
+        bundle,
+        work,
+        deadline: record.deadline,
+        agent,
+        connected: None,
+        accept_new_host_key: false,
+        agent_bin,
+        timings: Vec::new(),
+        served: None,
+        placement: None,
+        stop_blocker,
+    })
+}
+
+impl From<Outcome> for Exit {
+    fn from(o: Outcome) -> Exit {
+        match o {
+            Outcome::Stopped(e) => e,
+            Outcome::AlreadyFinal => Exit::Done,
+            Outcome::Held(_) => Exit::Failed,
+        }
+    }
+}
