@@ -1,11 +1,113 @@
 //! Providers: where a session's compute comes from and how it is proven gone.
 //!
-//! Every provider answers the same questions (what does it cost, launch it, read it
-//! back, terminate it, how do I reach it over SSH) so that the controller's stop logic
-//! is written once. `local` and `ssh` are the first two kinds; the clouds follow.
+//! Every cloud answers the same questions (what does it cost, launch it, read it back,
+//! terminate it, how do I reach it over SSH) so that the controller's stop logic is written
+//! once. `local` and `ssh` need no API: their stop is proven on the host itself.
 
+mod catalog;
+mod credentials;
+mod http;
 mod kind;
+mod lambda;
 mod provider;
+mod runpod;
+mod vast;
 
+pub use catalog::{catalog, price_of, Price};
+pub use credentials::{api_key, credentials_file, env_var, ApiKey};
 pub use kind::{ProviderKind, UnknownProvider};
-pub use provider::{BillingGranularity, InstanceState, Provider, ProviderError, SshTarget};
+pub use lambda::Lambda;
+pub use provider::{
+    gone, instance_name, session_of, BillingGranularity, Instance, InstanceState, LaunchSpec,
+    Launched, Provider, ProviderError, SshTarget,
+};
+pub use runpod::Runpod;
+pub use vast::Vast;
+
+/// One cloud client, whichever the plan names.
+pub enum Cloud {
+    Lambda(Lambda),
+    Runpod(Runpod),
+    Vast(Vast),
+}
+
+/// The API base of a cloud: `GPUCTL_<NAME>_API` when set (a proxy, or the emulator), else
+/// the provider's documented address.
+pub fn api_base(kind: ProviderKind) -> Option<String> {
+    let (var, default) = match kind {
+        ProviderKind::Lambda => ("GPUCTL_LAMBDA_API", lambda::DEFAULT_BASE),
+        ProviderKind::Runpod => ("GPUCTL_RUNPOD_API", runpod::DEFAULT_BASE),
+        ProviderKind::Vast => ("GPUCTL_VAST_API", vast::DEFAULT_BASE),
+        ProviderKind::Local | ProviderKind::Ssh => return None,
+    };
+    Some(
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string()),
+    )
+}
+
+impl Cloud {
+    /// The client for `kind`, with its key from the environment or the credentials file.
+    pub fn connect(kind: ProviderKind) -> Result<Cloud, ProviderError> {
+        let base = api_base(kind)
+            .ok_or_else(|| ProviderError::Api(format!("{kind} is not a cloud provider")))?;
+        let key = api_key(kind)?;
+        Cloud::with_key(kind, &base, key)
+    }
+
+    pub fn with_key(kind: ProviderKind, base: &str, key: ApiKey) -> Result<Cloud, ProviderError> {
+        Ok(match kind {
+            ProviderKind::Lambda => Cloud::Lambda(Lambda::new(base, key)?),
+            ProviderKind::Runpod => Cloud::Runpod(Runpod::new(base, key)?),
+            ProviderKind::Vast => Cloud::Vast(Vast::new(base, key)?),
+            _ => return Err(ProviderError::Api(format!("{kind} is not a cloud provider"))),
+        })
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $c:ident => $e:expr) => {
+        match $self {
+            Cloud::Lambda($c) => $e,
+            Cloud::Runpod($c) => $e,
+            Cloud::Vast($c) => $e,
+        }
+    };
+}
+
+impl Provider for Cloud {
+    fn kind(&self) -> ProviderKind {
+        each!(self, c => c.kind())
+    }
+    fn billing(&self) -> BillingGranularity {
+        each!(self, c => c.billing())
+    }
+    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
+        each!(self, c => c.price(instance_type).await)
+    }
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
+        each!(self, c => c.launch(spec).await)
+    }
+    async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
+        each!(self, c => c.get(id).await)
+    }
+    async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
+        each!(self, c => c.terminate(id).await)
+    }
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        each!(self, c => c.list().await)
+    }
+    fn calls(&self) -> u64 {
+        each!(self, c => c.calls())
+    }
+}
+
+/// Billing granularity by provider kind (what `local` and `ssh` record: per second).
+pub fn billing_of(kind: ProviderKind) -> BillingGranularity {
+    match kind {
+        ProviderKind::Lambda => BillingGranularity::PerMinute,
+        _ => BillingGranularity::PerSecond,
+    }
+}

@@ -51,7 +51,51 @@ pub struct SshTarget {
     pub user: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// What to launch. `name` carries the gpuctl tag (`gpuctl-<session id>`): it is how an
+/// instance is found again after a launch whose answer was lost, and how orphans are found.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub instance_type: String,
+    pub region: Option<String>,
+    pub name: String,
+    pub gpus: u32,
+    pub disk_gb: Option<u32>,
+    /// Lambda: the registered SSH key names the instance accepts.
+    pub ssh_key_names: Vec<String>,
+    /// RunPod and Vast: the container image.
+    pub image: Option<String>,
+    /// Vast: the most the offer may cost per hour.
+    pub max_usd_per_hour: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Launched {
+    pub instance_id: String,
+    /// The price the provider quotes for this instance, when it says.
+    pub usd_per_hour: Option<f64>,
+}
+
+/// One instance as the provider describes it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub state: InstanceState,
+    pub usd_per_hour: Option<f64>,
+    pub ssh: Option<SshTarget>,
+}
+
+/// The tag every gpuctl instance carries in its name.
+pub fn instance_name(session_id: &str) -> String {
+    format!("gpuctl-{session_id}")
+}
+
+/// The session an instance name belongs to, when it is one of gpuctl's.
+pub fn session_of(name: &str) -> Option<&str> {
+    name.strip_prefix("gpuctl-")
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     #[error("the provider has no capacity for {0}")]
     NoCapacity(String),
@@ -65,27 +109,50 @@ pub enum ProviderError {
     Timeout,
     #[error("the provider answered with an error: {0}")]
     Api(String),
+    /// The launch was refused, but the provider created an instance anyway (Vast).
+    #[error("the launch failed ({message}), but the provider created instance {instance_id} anyway")]
+    CreatedAnyway { instance_id: String, message: String },
+    #[error("{0}")]
+    Credentials(String),
     #[error("{0}")]
     Io(String),
 }
 
-/// The operations every provider implements. Terminate is only half of a stop:
-/// the controller calls `get` afterwards and records the stop only when it says `Gone`.
+/// The operations every cloud implements. Terminate is only half of a stop: the controller
+/// calls `get` afterwards and records the stop only when it says `Gone`.
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
     fn billing(&self) -> BillingGranularity;
-    fn get(
+    /// The hourly price the provider quotes now for a type (None: it does not say).
+    fn price(
         &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<InstanceState, ProviderError>> + Send;
+        instance_type: &str,
+    ) -> impl Future<Output = Result<Option<f64>, ProviderError>> + Send;
+    fn launch(
+        &self,
+        spec: &LaunchSpec,
+    ) -> impl Future<Output = Result<Launched, ProviderError>> + Send;
+    /// The instance, or `Gone` when the provider no longer knows it.
+    fn get(&self, instance_id: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
     fn terminate(
         &self,
         instance_id: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    fn ssh_target(
-        &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<Option<SshTarget>, ProviderError>> + Send;
+    /// Every instance of the account (for orphans, and for a launch whose answer was lost).
+    fn list(&self) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
+    /// API calls made through this client so far.
+    fn calls(&self) -> u64;
+}
+
+/// A `Gone` instance (the provider does not know the id any more).
+pub fn gone(id: &str) -> Instance {
+    Instance {
+        id: id.to_string(),
+        name: String::new(),
+        state: InstanceState::Gone,
+        usd_per_hour: None,
+        ssh: None,
+    }
 }
 
 #[cfg(test)]

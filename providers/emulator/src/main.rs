@@ -1,0 +1,118 @@
+//! gpuctl-cloud-emulator: a TEST TOOL. It serves the Lambda, RunPod and Vast APIs on
+//! 127.0.0.1 from their documented request and response shapes (see
+//! `../shared/reference/cloud-apis.md`), with their errors, rate limits, boot and terminate
+//! delays, and instances that bill until they are terminated. Every instance it "launches"
+//! is reached at `--ssh-host:--ssh-port` (the test harness's real sshd), so that a whole
+//! session runs end to end. Tests steer it through `/_emulator/*`.
+
+mod control;
+mod lambda;
+mod runpod;
+mod state;
+mod vast;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use clap::Parser;
+
+use state::{Cloud, State};
+
+pub type Shared = Arc<Mutex<State>>;
+
+#[derive(Parser)]
+#[command(name = "gpuctl-cloud-emulator", about = "Emulated Lambda, RunPod and Vast APIs for tests (127.0.0.1 only)")]
+struct Args {
+    /// Port on 127.0.0.1 (0: any free port; the address is printed on stdout)
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Where launched instances are reached over SSH
+    #[arg(long, default_value = "127.0.0.1")]
+    ssh_host: String,
+    #[arg(long, default_value_t = 22)]
+    ssh_port: u16,
+    /// Booting -> running after this many milliseconds
+    #[arg(long, default_value_t = 1500)]
+    boot_ms: u64,
+    /// Terminating -> terminated after this many milliseconds
+    #[arg(long, default_value_t = 1000)]
+    terminate_ms: u64,
+    /// The API key every request must carry (Bearer)
+    #[arg(long, default_value = "emulator-key")]
+    key: String,
+    /// Lambda's limits (documented: about 1 request/s, one launch per 10 s)
+    #[arg(long, default_value_t = 1000)]
+    lambda_pace_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    lambda_launch_pace_ms: u64,
+}
+
+/// Whether the request carries the key and the key is not revoked.
+pub fn authorized(st: &State, cloud: Cloud, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    given == st.key && !st.revoked.contains(&cloud)
+}
+
+/// A fault that delays the answer past any client timeout.
+pub async fn hang() {
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+pub fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let shared: Shared = Arc::new(Mutex::new(State {
+        boot: Duration::from_millis(args.boot_ms),
+        terminate: Duration::from_millis(args.terminate_ms),
+        ssh_host: args.ssh_host,
+        ssh_port: args.ssh_port,
+        key: args.key,
+        instances: Default::default(),
+        faults: Vec::new(),
+        no_capacity: Default::default(),
+        revoked: Default::default(),
+        next_id: 0,
+        lambda_pace: Duration::from_millis(args.lambda_pace_ms),
+        lambda_launch_pace: Duration::from_millis(args.lambda_launch_pace_ms),
+        lambda_last: None,
+        lambda_last_launch: None,
+        requests: 0,
+    }));
+    let app = Router::new()
+        .route("/lambda/api/v1/instance-types", get(lambda::instance_types))
+        .route("/lambda/api/v1/instance-operations/launch", post(lambda::launch))
+        .route("/lambda/api/v1/instance-operations/terminate", post(lambda::terminate))
+        .route("/lambda/api/v1/instances", get(lambda::list))
+        .route("/lambda/api/v1/instances/{id}", get(lambda::get_one))
+        .route("/runpod/graphql", post(runpod::graphql))
+        .route("/vast/api/v0/bundles/", get(vast::bundles))
+        .route("/vast/api/v0/asks/{offer}/", put(vast::create))
+        .route("/vast/api/v0/instances/", get(vast::list))
+        .route("/vast/api/v0/instances/{id}/", get(vast::get_one))
+        .route("/vast/api/v0/instances/{id}/", delete(vast::destroy))
+        .route("/_emulator/faults", post(control::add_fault))
+        .route("/_emulator/capacity", post(control::capacity))
+        .route("/_emulator/revoke", post(control::revoke))
+        .route("/_emulator/instances", get(control::instances).post(control::bulk_create))
+        .with_state(shared);
+    // Loopback only: this is a test tool.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    println!("http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

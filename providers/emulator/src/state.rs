@@ -1,0 +1,155 @@
+//! The emulated clouds' shared state: instances with their lifecycle clocks, the faults the
+//! tests ask for, capacity, revoked keys and rate-limit clocks.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cloud {
+    Lambda,
+    Runpod,
+    Vast,
+}
+
+/// One fault, consumed `times` times by matching requests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Fault {
+    pub provider: Cloud,
+    /// launch | terminate | get | list | any
+    pub op: String,
+    /// http500 | timeout | capacity | created_then_timeout | never_complete | success_false_created
+    pub mode: String,
+    pub times: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inst {
+    pub id: String,
+    pub cloud: Cloud,
+    pub name: String,
+    pub instance_type: String,
+    pub region: Option<String>,
+    pub usd_per_hour: f64,
+    pub created: Instant,
+    pub created_at: DateTime<Utc>,
+    /// When a terminate was accepted, and whether it will ever complete.
+    pub terminate_at: Option<Instant>,
+    pub never_complete: bool,
+}
+
+/// What an instance is now, from its clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Booting,
+    Running,
+    Terminating,
+    Terminated,
+}
+
+pub struct State {
+    pub boot: Duration,
+    pub terminate: Duration,
+    pub ssh_host: String,
+    pub ssh_port: u16,
+    pub key: String,
+    pub instances: BTreeMap<String, Inst>,
+    pub faults: Vec<Fault>,
+    pub no_capacity: HashSet<(Cloud, String)>,
+    pub revoked: HashSet<Cloud>,
+    pub next_id: u64,
+    /// Lambda's documented limits: about 1 request/s, one launch per 10 s.
+    pub lambda_pace: Duration,
+    pub lambda_launch_pace: Duration,
+    pub lambda_last: Option<Instant>,
+    pub lambda_last_launch: Option<Instant>,
+    pub requests: u64,
+}
+
+/// The emulator's price list (the same numbers as `providers/catalog.toml`).
+pub const TYPES: &[(Cloud, &str, f64)] = &[
+    (Cloud::Lambda, "gpu_1x_a10", 0.75),
+    (Cloud::Lambda, "gpu_1x_a100", 1.29),
+    (Cloud::Runpod, "NVIDIA GeForce RTX 4090", 0.69),
+    (Cloud::Runpod, "NVIDIA RTX A5000", 0.27),
+    (Cloud::Vast, "RTX 3090", 0.22),
+    (Cloud::Vast, "RTX 4090", 0.38),
+];
+
+pub fn price(cloud: Cloud, t: &str) -> Option<f64> {
+    TYPES
+        .iter()
+        .find(|(c, n, _)| *c == cloud && *n == t)
+        .map(|(_, _, p)| *p)
+}
+
+impl State {
+    pub fn phase(&self, i: &Inst) -> Phase {
+        let now = Instant::now();
+        match i.terminate_at {
+            Some(t) if i.never_complete || now < t + self.terminate => Phase::Terminating,
+            Some(_) => Phase::Terminated,
+            None if now < i.created + self.boot => Phase::Booting,
+            None => Phase::Running,
+        }
+    }
+
+    /// Take one matching fault, if any.
+    pub fn fault(&mut self, cloud: Cloud, op: &str) -> Option<String> {
+        let f = self
+            .faults
+            .iter_mut()
+            .find(|f| f.provider == cloud && (f.op == op || f.op == "any") && f.times > 0)?;
+        f.times -= 1;
+        Some(f.mode.clone())
+    }
+
+    pub fn create(&mut self, cloud: Cloud, name: &str, t: &str, region: Option<String>) -> String {
+        self.next_id += 1;
+        let id = match cloud {
+            Cloud::Lambda => format!("{:032x}", self.next_id),
+            Cloud::Runpod => format!("pod{:010}", self.next_id),
+            Cloud::Vast => format!("{}", 1_000_000 + self.next_id),
+        };
+        self.instances.insert(
+            id.clone(),
+            Inst {
+                id: id.clone(),
+                cloud,
+                name: name.to_string(),
+                instance_type: t.to_string(),
+                region,
+                usd_per_hour: price(cloud, t).unwrap_or(1.0),
+                created: Instant::now(),
+                created_at: Utc::now(),
+                terminate_at: None,
+                never_complete: false,
+            },
+        );
+        id
+    }
+
+    /// Accept a terminate: it completes after the terminate delay, unless a fault says never.
+    pub fn terminate(&mut self, id: &str, never_complete: bool) -> bool {
+        let Some(i) = self.instances.get_mut(id) else {
+            return false;
+        };
+        if i.terminate_at.is_none() {
+            i.terminate_at = Some(Instant::now());
+        }
+        i.never_complete = never_complete;
+        true
+    }
+
+    /// Seconds billed so far: from creation until the terminate completed (or now).
+    pub fn billed(&self, i: &Inst) -> f64 {
+        let end = match (i.terminate_at, self.phase(i)) {
+            (Some(t), Phase::Terminated) => t + self.terminate,
+            _ => Instant::now(),
+        };
+        (end - i.created).as_secs_f64()
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP side shared by the cloud clients: rustls, a timeout on every request, a pace
+//! that keeps under the provider's documented rate limits, 429 answered by waiting, and a
+//! count of the calls made (reported per session).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::credentials::ApiKey;
+use crate::ProviderError;
+
+/// How many times a 429 is waited out before it is an error.
+const MAX_429: u32 = 5;
+
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    pub base: String,
+    key: ApiKey,
+    /// Minimum time between two requests, and between two launches.
+    pace: Duration,
+    launch_pace: Duration,
+    last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+    calls: Arc<AtomicU64>,
+}
+
+/// What came back: the status and the JSON body (Null when the body is not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+/// The request timeout: 30 s, or `GPUCTL_API_TIMEOUT_MS` (tests shorten it).
+fn timeout() -> Duration {
+    std::env::var("GPUCTL_API_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+impl Api {
+    pub fn new(
+        base: &str,
+        key: ApiKey,
+        pace: Duration,
+        launch_pace: Duration,
+    ) -> Result<Api, ProviderError> {
+        // ring, the provider russh already uses: no second crypto library.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(timeout())
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("gpuctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Io(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Api {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            key,
+            pace,
+            launch_pace,
+            last: Arc::new(Mutex::new((None, None))),
+            calls: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// API calls made so far through this client.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    async fn wait_turn(&self, launch: bool) {
+        let mut last = self.last.lock().await;
+        let now = Instant::now();
+        let mut wait = last
+            .0
+            .map(|t| self.pace.saturating_sub(now - t))
+            .unwrap_or_default();
+        if launch {
+            let w = last
+                .1
+                .map(|t| self.launch_pace.saturating_sub(now - t))
+                .unwrap_or_default();
+            wait = wait.max(w);
+        }
+        tokio::time::sleep(wait).await;
+        let t = Instant::now();
+        last.0 = Some(t);
+        if launch {
+            last.1 = Some(t);
+        }
+    }
+
+    /// One request (with its 429 retries). `launch` paces it as a launch.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        launch: bool,
+    ) -> Result<Answer, ProviderError> {
+        let url = format!("{}{path}", self.base);
+        let mut throttled = 0;
+        loop {
+            self.wait_turn(launch).await;
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .bearer_auth(self.key.expose());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| {
+                if e.is_timeout() {
+                    ProviderError::Timeout
+                } else {
+                    // Never the URL with its query: some APIs take the key there.
+                    ProviderError::Io(format!("cannot reach {}: {}", self.base, e.without_url()))
+                }
+            })?;
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS && throttled < MAX_429 {
+                throttled += 1;
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::from_secs(1 << throttled));
+                tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+                continue;
+            }
+            let text = resp.text().await.map_err(|e| {
+                if e.is_timeout() {
+                    ProviderError::Timeout
+                } else {
+                    ProviderError::Io(format!("reading the answer: {}", e.without_url()))
+                }
+            })?;
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(ProviderError::Unauthorized);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(ProviderError::Api(format!(
+                    "rate limited {MAX_429} times in a row (HTTP 429)"
+                )));
+            }
+            return Ok(Answer { status, body });
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! RunPod through its GraphQL API (`https://api.runpod.io/graphql`, the path the official
+//! SDK and dstack use). Errors come back as HTTP 200 with an `errors` array, so every
+//! answer is checked for one. A stopped pod still bills its volume: gpuctl terminates.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::credentials::ApiKey;
+use crate::http::{Answer, Api};
+use crate::provider::{gone, Instance, LaunchSpec, Launched};
+use crate::{BillingGranularity, InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+
+pub const DEFAULT_BASE: &str = "https://api.runpod.io/graphql";
+
+const POD_FIELDS: &str = "id name desiredStatus costPerHr runtime { ports { ip isIpPublic privatePort publicPort type } }";
+
+pub struct Runpod {
+    api: Api,
+}
+
+impl Runpod {
+    pub fn new(base: &str, key: ApiKey) -> Result<Runpod, ProviderError> {
+        Ok(Runpod {
+            api: Api::new(base, key, Duration::from_millis(200), Duration::from_secs(1))?,
+        })
+    }
+
+    async fn graphql(&self, query: &str, variables: Value, launch: bool) -> Result<Value, ProviderError> {
+        let body = json!({ "query": query, "variables": variables });
+        let Answer { status, body } = self.api.send(Method::POST, "", Some(&body), launch).await?;
+        if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
+            let message = errors
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let lower = message.to_lowercase();
+            return Err(if lower.contains("no longer any instances available")
+                || lower.contains("no instances available")
+                || lower.contains("not enough free gpus")
+            {
+                ProviderError::NoCapacity(message)
+            } else if lower.contains("not found") {
+                ProviderError::NotFound(message)
+            } else if lower.contains("unauthorized") || lower.contains("api key") {
+                ProviderError::Unauthorized
+            } else if lower.contains("quota") || lower.contains("spend limit") || lower.contains("balance") {
+                ProviderError::Quota(message)
+            } else {
+                ProviderError::Api(message)
+            });
+        }
+        if !status.is_success() {
+            return Err(ProviderError::Api(format!("HTTP {status}")));
+        }
+        Ok(body["data"].clone())
+    }
+
+    fn instance(v: &Value) -> Instance {
+        let ports = v["runtime"]["ports"].as_array();
+        let state = match v["desiredStatus"].as_str().unwrap_or_default() {
+            "RUNNING" if ports.is_some() => InstanceState::Running,
+            "RUNNING" | "CREATED" => InstanceState::Booting,
+            "EXITED" => InstanceState::Stopped,
+            "TERMINATED" => InstanceState::Gone,
+            other => InstanceState::Other(other.to_string()),
+        };
+        let ssh = ports
+            .into_iter()
+            .flatten()
+            .find(|p| p["privatePort"].as_u64() == Some(22) && p["isIpPublic"].as_bool() == Some(true))
+            .and_then(|p| {
+                Some(SshTarget {
+                    host: p["ip"].as_str()?.to_string(),
+                    port: p["publicPort"].as_u64()? as u16,
+                    user: "root".into(),
+                })
+            });
+        Instance {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            name: v["name"].as_str().unwrap_or_default().to_string(),
+            state,
+            usd_per_hour: v["costPerHr"].as_f64(),
+            ssh,
+        }
+    }
+}
+
+impl Provider for Runpod {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Runpod
+    }
+
+    /// RunPod bills compute and storage per second (docs.runpod.io, billing, read 2026-11-25).
+    fn billing(&self) -> BillingGranularity {
+        BillingGranularity::PerSecond
+    }
+
+    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
+        let data = self
+            .graphql(
+                "query GpuType($id: String) { gpuTypes(input: { id: $id }) { id displayName securePrice communityPrice } }",
+                json!({ "id": instance_type }),
+                false,
+            )
+            .await?;
+        Ok(data["gpuTypes"][0]["securePrice"].as_f64())
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
+        let input = json!({
+            "name": spec.name,
+            "imageName": spec.image.clone().unwrap_or_else(|| "runpod/base:0.6.2-cuda12.2.0".into()),
+            "gpuTypeId": spec.instance_type,
+            "gpuCount": spec.gpus.max(1),
+            "cloudType": "ALL",
+            "containerDiskInGb": spec.disk_gb.unwrap_or(40),
+            "volumeInGb": 0,
+            "ports": "22/tcp",
+            "startSsh": true,
+            "supportPublicIp": true,
+            "dataCenterId": spec.region,
+        });
+        let data = self
+            .graphql(
+                &format!("mutation Deploy($input: PodFindAndDeployOnDemandInput) {{ podFindAndDeployOnDemand(input: $input) {{ {POD_FIELDS} }} }}"),
+                json!({ "input": input }),
+                true,
+            )
+            .await?;
+        let pod = &data["podFindAndDeployOnDemand"];
+        let id = pod["id"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Api("the deploy answer has no pod id".into()))?;
+        Ok(Launched {
+            instance_id: id.to_string(),
+            usd_per_hour: pod["costPerHr"].as_f64(),
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
+        let data = match self
+            .graphql(
+                &format!("query Pod($input: PodFilter) {{ pod(input: $input) {{ {POD_FIELDS} }} }}"),
+                json!({ "input": { "podId": id } }),
+                false,
+            )
+            .await
+        {
+            Ok(d) => d,
+            Err(ProviderError::NotFound(_)) => return Ok(gone(id)),
+            Err(e) => return Err(e),
+        };
+        if data["pod"].is_null() {
+            return Ok(gone(id));
+        }
+        Ok(Runpod::instance(&data["pod"]))
+    }
+
+    async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
+        match self
+            .graphql(
+                "mutation Terminate($input: PodTerminateInput) { podTerminate(input: $input) }",
+                json!({ "input": { "podId": id } }),
+                false,
+            )
+            .await
+        {
+            // "pod not found to terminate": it is already gone.
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        let data = self
+            .graphql(
+                &format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}"),
+                json!({}),
+                false,
+            )
+            .await?;
+        Ok(data["myself"]["pods"]
+            .as_array()
+            .map(|a| a.iter().map(Runpod::instance).collect())
+            .unwrap_or_default())
+    }
+
+    fn calls(&self) -> u64 {
+        self.api.calls()
+    }
+}
