@@ -195,6 +195,10 @@ pub struct EvidenceArgs {
 pub struct LsArgs {
     #[arg(long)]
     pub json: bool,
+    /// List cloud instances tagged by gpuctl that no live session owns (asks each provider
+    /// whose API key is set)
+    #[arg(long)]
+    pub orphans: bool,
     /// Show at most this many sessions
     #[arg(long)]
     pub limit: Option<usize>,

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    gpuctl_providers::install_tls();
     let cli = gpuctl::cli::Cli::parse();
     match gpuctl::commands::run(cli) {
         Ok(exit) => exit.into(),

@@ -190,7 +190,10 @@ fn migrations_are_versioned_and_a_newer_database_is_refused() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 2, "v1 (sessions, events, evidence) and v2 (takeover handle, enforcement)");
+    assert_eq!(
+        version, 2,
+        "v1 (sessions, events, evidence) and v2 (takeover handle, enforcement)"
+    );
     let handle: Option<String> = conn
         .query_row("SELECT handle FROM sessions LIMIT 1", [], |r| r.get(0))
         .or_else(|e| match e {

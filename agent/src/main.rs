@@ -28,6 +28,9 @@ commands:
   gpu-procs    print the compute processes on every GPU (JSON), for the stop's check";
 
 fn main() -> ExitCode {
+    // reqwest is built without a TLS provider of its own (see gpuctl_providers::install_tls);
+    // the agent talks plain HTTP on 127.0.0.1, but a client must still be buildable.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("version" | "--version" | "-V") => {

@@ -75,9 +75,8 @@ pub fn api_key(kind: ProviderKind) -> Result<ApiKey, ProviderError> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        ProviderError::Credentials(format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ProviderError::Credentials(format!("cannot read {}: {e}", path.display())))?;
     // The file's own errors are reported by position only: a parse error could quote a key.
     let table: toml::Table = text.parse().map_err(|_| {
         ProviderError::Credentials(format!(

@@ -67,11 +67,14 @@ impl Lambda {
             "terminated" => InstanceState::Gone,
             other => InstanceState::Other(other.to_string()),
         };
-        let ssh = v["ip"].as_str().filter(|ip| !ip.is_empty()).map(|ip| SshTarget {
-            host: ip.to_string(),
-            port: v["ssh_port"].as_u64().map(|p| p as u16).unwrap_or(22),
-            user: "ubuntu".into(),
-        });
+        let ssh = v["ip"]
+            .as_str()
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| SshTarget {
+                host: ip.to_string(),
+                port: v["ssh_port"].as_u64().map(|p| p as u16).unwrap_or(22),
+                user: "ubuntu".into(),
+            });
         Instance {
             id: v["id"].as_str().unwrap_or_default().to_string(),
             name: v["name"].as_str().unwrap_or_default().to_string(),
@@ -96,7 +99,9 @@ impl Provider for Lambda {
     }
 
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
-        let data = self.call(Method::GET, "/instance-types", None, false).await?;
+        let data = self
+            .call(Method::GET, "/instance-types", None, false)
+            .await?;
         Ok(data[instance_type]["instance_type"]["price_cents_per_hour"]
             .as_f64()
             .map(|c| c / 100.0))
@@ -112,7 +117,12 @@ impl Provider for Lambda {
             "name": spec.name,
         });
         let data = self
-            .call(Method::POST, "/instance-operations/launch", Some(&body), true)
+            .call(
+                Method::POST,
+                "/instance-operations/launch",
+                Some(&body),
+                true,
+            )
             .await?;
         let id = data["instance_ids"][0]
             .as_str()
@@ -124,7 +134,10 @@ impl Provider for Lambda {
     }
 
     async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
-        match self.call(Method::GET, &format!("/instances/{id}"), None, false).await {
+        match self
+            .call(Method::GET, &format!("/instances/{id}"), None, false)
+            .await
+        {
             Ok(v) => Ok(Lambda::instance(&v)),
             Err(ProviderError::NotFound(_)) => Ok(gone(id)),
             Err(e) => Err(e),
@@ -134,7 +147,12 @@ impl Provider for Lambda {
     async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
         let body = json!({ "instance_ids": [id] });
         match self
-            .call(Method::POST, "/instance-operations/terminate", Some(&body), false)
+            .call(
+                Method::POST,
+                "/instance-operations/terminate",
+                Some(&body),
+                false,
+            )
             .await
         {
             Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),

@@ -24,6 +24,13 @@ pub use provider::{
 pub use runpod::Runpod;
 pub use vast::Vast;
 
+/// Make ring rustls's crypto provider (the one russh already uses). Every binary of the
+/// workspace calls this first: reqwest is built without a provider of its own, so that no
+/// second crypto library (aws-lc) is compiled.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// One cloud client, whichever the plan names.
 pub enum Cloud {
     Lambda(Lambda),
@@ -62,7 +69,11 @@ impl Cloud {
             ProviderKind::Lambda => Cloud::Lambda(Lambda::new(base, key)?),
             ProviderKind::Runpod => Cloud::Runpod(Runpod::new(base, key)?),
             ProviderKind::Vast => Cloud::Vast(Vast::new(base, key)?),
-            _ => return Err(ProviderError::Api(format!("{kind} is not a cloud provider"))),
+            _ => {
+                return Err(ProviderError::Api(format!(
+                    "{kind} is not a cloud provider"
+                )))
+            }
         })
     }
 }

@@ -110,8 +110,13 @@ pub enum ProviderError {
     #[error("the provider answered with an error: {0}")]
     Api(String),
     /// The launch was refused, but the provider created an instance anyway (Vast).
-    #[error("the launch failed ({message}), but the provider created instance {instance_id} anyway")]
-    CreatedAnyway { instance_id: String, message: String },
+    #[error(
+        "the launch failed ({message}), but the provider created instance {instance_id} anyway"
+    )]
+    CreatedAnyway {
+        instance_id: String,
+        message: String,
+    },
     #[error("{0}")]
     Credentials(String),
     #[error("{0}")]
@@ -133,7 +138,10 @@ pub trait Provider: Send + Sync {
         spec: &LaunchSpec,
     ) -> impl Future<Output = Result<Launched, ProviderError>> + Send;
     /// The instance, or `Gone` when the provider no longer knows it.
-    fn get(&self, instance_id: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
+    fn get(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
     fn terminate(
         &self,
         instance_id: &str,

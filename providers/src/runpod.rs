@@ -23,11 +23,21 @@ pub struct Runpod {
 impl Runpod {
     pub fn new(base: &str, key: ApiKey) -> Result<Runpod, ProviderError> {
         Ok(Runpod {
-            api: Api::new(base, key, Duration::from_millis(200), Duration::from_secs(1))?,
+            api: Api::new(
+                base,
+                key,
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+            )?,
         })
     }
 
-    async fn graphql(&self, query: &str, variables: Value, launch: bool) -> Result<Value, ProviderError> {
+    async fn graphql(
+        &self,
+        query: &str,
+        variables: Value,
+        launch: bool,
+    ) -> Result<Value, ProviderError> {
         let body = json!({ "query": query, "variables": variables });
         let Answer { status, body } = self.api.send(Method::POST, "", Some(&body), launch).await?;
         if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
@@ -37,20 +47,25 @@ impl Runpod {
                 .collect::<Vec<_>>()
                 .join("; ");
             let lower = message.to_lowercase();
-            return Err(if lower.contains("no longer any instances available")
-                || lower.contains("no instances available")
-                || lower.contains("not enough free gpus")
-            {
-                ProviderError::NoCapacity(message)
-            } else if lower.contains("not found") {
-                ProviderError::NotFound(message)
-            } else if lower.contains("unauthorized") || lower.contains("api key") {
-                ProviderError::Unauthorized
-            } else if lower.contains("quota") || lower.contains("spend limit") || lower.contains("balance") {
-                ProviderError::Quota(message)
-            } else {
-                ProviderError::Api(message)
-            });
+            return Err(
+                if lower.contains("no longer any instances available")
+                    || lower.contains("no instances available")
+                    || lower.contains("not enough free gpus")
+                {
+                    ProviderError::NoCapacity(message)
+                } else if lower.contains("not found") {
+                    ProviderError::NotFound(message)
+                } else if lower.contains("unauthorized") || lower.contains("api key") {
+                    ProviderError::Unauthorized
+                } else if lower.contains("quota")
+                    || lower.contains("spend limit")
+                    || lower.contains("balance")
+                {
+                    ProviderError::Quota(message)
+                } else {
+                    ProviderError::Api(message)
+                },
+            );
         }
         if !status.is_success() {
             return Err(ProviderError::Api(format!("HTTP {status}")));
@@ -70,7 +85,9 @@ impl Runpod {
         let ssh = ports
             .into_iter()
             .flatten()
-            .find(|p| p["privatePort"].as_u64() == Some(22) && p["isIpPublic"].as_bool() == Some(true))
+            .find(|p| {
+                p["privatePort"].as_u64() == Some(22) && p["isIpPublic"].as_bool() == Some(true)
+            })
             .and_then(|p| {
                 Some(SshTarget {
                     host: p["ip"].as_str()?.to_string(),
@@ -143,7 +160,9 @@ impl Provider for Runpod {
     async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
         let data = match self
             .graphql(
-                &format!("query Pod($input: PodFilter) {{ pod(input: $input) {{ {POD_FIELDS} }} }}"),
+                &format!(
+                    "query Pod($input: PodFilter) {{ pod(input: $input) {{ {POD_FIELDS} }} }}"
+                ),
                 json!({ "input": { "podId": id } }),
                 false,
             )

@@ -30,7 +30,12 @@ fn error_text(body: &Value) -> String {
 impl Vast {
     pub fn new(base: &str, key: ApiKey) -> Result<Vast, ProviderError> {
         Ok(Vast {
-            api: Api::new(base, key, Duration::from_millis(200), Duration::from_secs(1))?,
+            api: Api::new(
+                base,
+                key,
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+            )?,
         })
     }
 
@@ -55,7 +60,10 @@ impl Vast {
         let path = format!("/bundles/?q={}", urlencode(&q.to_string()));
         let Answer { status, body } = self.call(Method::GET, &path, None, false).await?;
         if !status.is_success() {
-            return Err(ProviderError::Api(format!("HTTP {status}: {}", error_text(&body))));
+            return Err(ProviderError::Api(format!(
+                "HTTP {status}: {}",
+                error_text(&body)
+            )));
         }
         Ok(body["offers"]
             .as_array()
@@ -75,13 +83,16 @@ impl Vast {
             ("created" | "loading" | "", _) => InstanceState::Booting,
             (other, _) => InstanceState::Other(other.to_string()),
         };
-        let ssh = v["ssh_host"].as_str().filter(|h| !h.is_empty()).and_then(|h| {
-            Some(SshTarget {
-                host: h.to_string(),
-                port: v["ssh_port"].as_u64()? as u16,
-                user: "root".into(),
-            })
-        });
+        let ssh = v["ssh_host"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .and_then(|h| {
+                Some(SshTarget {
+                    host: h.to_string(),
+                    port: v["ssh_port"].as_u64()? as u16,
+                    user: "root".into(),
+                })
+            });
         Instance {
             id: v["id"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
             name: v["label"].as_str().unwrap_or_default().to_string(),
@@ -159,11 +170,15 @@ impl Provider for Vast {
             }),
             _ => {
                 let msg = error_text(&body);
-                Err(if msg.to_lowercase().contains("no_such_ask") || msg.to_lowercase().contains("not available") {
-                    ProviderError::NoCapacity(format!("{}: {msg}", spec.instance_type))
-                } else {
-                    ProviderError::Api(format!("HTTP {status}: {msg}"))
-                })
+                Err(
+                    if msg.to_lowercase().contains("no_such_ask")
+                        || msg.to_lowercase().contains("not available")
+                    {
+                        ProviderError::NoCapacity(format!("{}: {msg}", spec.instance_type))
+                    } else {
+                        ProviderError::Api(format!("HTTP {status}: {msg}"))
+                    },
+                )
             }
         }
     }
@@ -176,7 +191,10 @@ impl Provider for Vast {
             return Ok(gone(id));
         }
         if !status.is_success() {
-            return Err(ProviderError::Api(format!("HTTP {status}: {}", error_text(&body))));
+            return Err(ProviderError::Api(format!(
+                "HTTP {status}: {}",
+                error_text(&body)
+            )));
         }
         Ok(Vast::instance(&body["instances"]))
     }
@@ -188,13 +206,19 @@ impl Provider for Vast {
         if body["success"].as_bool() == Some(true) || body["error"] == "no_such_instance" {
             return Ok(());
         }
-        Err(ProviderError::Api(format!("HTTP {status}: {}", error_text(&body))))
+        Err(ProviderError::Api(format!(
+            "HTTP {status}: {}",
+            error_text(&body)
+        )))
     }
 
     async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
         let Answer { status, body } = self.call(Method::GET, "/instances/", None, false).await?;
         if !status.is_success() {
-            return Err(ProviderError::Api(format!("HTTP {status}: {}", error_text(&body))));
+            return Err(ProviderError::Api(format!(
+                "HTTP {status}: {}",
+                error_text(&body)
+            )));
         }
         Ok(body["instances"]
             .as_array()

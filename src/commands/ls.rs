@@ -11,6 +11,9 @@ use crate::session::SessionState;
 
 pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
     let db = open_db()?;
+    if args.orphans {
+        return super::runtime()?.block_on(orphans(&db, args.json));
+    }
     let sessions = db.list_sessions(args.limit)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
@@ -68,4 +71,107 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         eprintln!("warning: sessions in STOP_UNCONFIRMED may still bill; the daemon retries until the provider confirms");
     }
     Ok(Exit::Done)
+}
+
+#[derive(serde::Serialize)]
+struct Orphan {
+    provider: String,
+    instance_id: String,
+    name: String,
+    state: String,
+    usd_per_hour: Option<f64>,
+    /// The session its tag names, and that session's state (None: no such session here).
+    session_id: Option<String>,
+    session_state: Option<String>,
+}
+
+/// Instances tagged `gpuctl-<session>` whose session is stopped, failed or unknown here.
+async fn orphans(db: &crate::db::Db, json: bool) -> anyhow::Result<Exit> {
+    use gpuctl_providers::{session_of, Cloud, InstanceState, Provider, ProviderKind};
+    let mut found = Vec::new();
+    let mut asked = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in [
+        ProviderKind::Lambda,
+        ProviderKind::Runpod,
+        ProviderKind::Vast,
+    ] {
+        let cloud = match Cloud::connect(kind) {
+            Ok(c) => c,
+            Err(e) => {
+                skipped.push(format!("{kind}: {e}"));
+                continue;
+            }
+        };
+        let list = match cloud.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                skipped.push(format!("{kind}: {e}"));
+                continue;
+            }
+        };
+        asked.push(kind.as_str());
+        for i in list {
+            let Some(session) = session_of(&i.name) else {
+                continue;
+            };
+            if i.state == InstanceState::Gone {
+                continue;
+            }
+            let owner = db.get_session(session).ok().filter(|s| s.id == session);
+            if owner.as_ref().is_some_and(|s| !s.state.is_final()) {
+                continue;
+            }
+            found.push(Orphan {
+                provider: kind.as_str().into(),
+                instance_id: i.id,
+                name: i.name.clone(),
+                state: format!("{:?}", i.state).to_lowercase(),
+                usd_per_hour: i.usd_per_hour,
+                session_id: owner.as_ref().map(|s| s.id.clone()),
+                session_state: owner.map(|s| s.state.to_string()),
+            });
+        }
+    }
+    for s in &skipped {
+        eprintln!("not asked: {s}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else if found.is_empty() {
+        eprintln!(
+            "no orphans on {}",
+            if asked.is_empty() {
+                "any provider (no API key set)".to_string()
+            } else {
+                asked.join(", ")
+            }
+        );
+    } else {
+        println!(
+            "{:<8} {:<34} {:<36} {:<10} {:>8}  SESSION",
+            "PROVIDER", "INSTANCE", "NAME", "STATE", "$/H"
+        );
+        for o in &found {
+            println!(
+                "{:<8} {:<34} {:<36} {:<10} {:>8}  {}",
+                o.provider,
+                o.instance_id,
+                o.name,
+                o.state,
+                usd(o.usd_per_hour),
+                match (&o.session_id, &o.session_state) {
+                    (Some(id), Some(st)) => format!("{id} ({st})"),
+                    _ => "no such session in this database".into(),
+                }
+            );
+        }
+        eprintln!("warning: {} instance(s) tagged by gpuctl may still bill with no session to stop them; terminate them at the provider", found.len());
+    }
+    // An orphan is an alarm for scripts: exit 4, like a stop that is not confirmed.
+    Ok(if found.is_empty() {
+        Exit::Done
+    } else {
+        Exit::StopUnconfirmed
+    })
 }

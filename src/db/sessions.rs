@@ -645,3 +645,54 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 }
+
+impl Db {
+    /// A cloud instance exists: which one, where, at what quoted price; billing starts now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_cloud_launch(
+        &self,
+        id: &str,
+        provider: &str,
+        instance_type: &str,
+        region: Option<&str>,
+        instance_id: &str,
+        price_usd_per_hour: Option<f64>,
+        catalog_price: Option<f64>,
+        at: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET provider = ?2, instance_type = ?3, region = ?4, instance_id = ?5, price_usd_per_hour = coalesce(?6, price_usd_per_hour), catalog_price_usd_per_hour = ?7, launched_at = ?8, updated_at = ?8 WHERE id = ?1",
+                params![id, provider, instance_type, region, instance_id, price_usd_per_hour, catalog_price, ts(at)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The host a cloud instance is reached at.
+    pub fn record_host(&self, id: &str, host: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET host = ?2 WHERE id = ?1",
+                params![id, host],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// An earlier effective stop (the budget at the price quoted at launch).
+    pub fn record_deadline(
+        &self,
+        id: &str,
+        deadline: DateTime<Utc>,
+        cause: &str,
+    ) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET deadline = ?2, stop_cause = ?3 WHERE id = ?1",
+                params![id, ts(deadline), cause],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gpuctl_protocol::evidence_files;
-use gpuctl_providers::BillingGranularity;
+use gpuctl_providers::Provider;
 use serde_json::json;
 
 use super::up::{Ending, Session};
@@ -97,7 +97,50 @@ impl Session {
         {
             checks.push(host.run_stop_command(&self.plan.stop.stop_command).await);
         }
-        let confirmed = checks.iter().all(|c| c.passed);
+        // A cloud stop is confirmed by the provider's own read-back, and only by it.
+        let record = self.db.get_session(&self.id).ok();
+        let kind: gpuctl_providers::ProviderKind = record
+            .as_ref()
+            .and_then(|r| r.provider.parse().ok())
+            .unwrap_or(self.plan.instance.provider);
+        let mut stopped_at = stopped_at;
+        let mut api_calls: Option<(u64, u64)> = None;
+        let confirmed = if kind.is_cloud() {
+            let instance = record.as_ref().and_then(|r| r.instance_id.clone());
+            if self.cloud.is_none() && instance.is_some() {
+                match gpuctl_providers::Cloud::connect(kind) {
+                    Ok(c) => self.cloud = Some(c),
+                    Err(e) => checks.push(Check::new(
+                        "provider_terminated",
+                        false,
+                        format!("cannot ask {kind}: {e}"),
+                    )),
+                }
+            }
+            let check = match (&self.cloud, instance) {
+                (Some(cloud), Some(id)) => {
+                    rep.step(
+                        "terminate",
+                        &format!("terminating {id} on {kind} and reading it back"),
+                    );
+                    let (check, stop_calls) = super::cloud::terminate_and_confirm(cloud, &id).await;
+                    api_calls = Some((cloud.calls(), stop_calls));
+                    stopped_at = Utc::now();
+                    check
+                }
+                (_, None) => Check::new("provider_terminated", true, "no instance was launched"),
+                (None, Some(id)) => Check::new(
+                    "provider_terminated",
+                    false,
+                    format!("instance {id}: no API client to terminate it"),
+                ),
+            };
+            let passed = check.passed;
+            checks.push(check);
+            passed
+        } else {
+            checks.iter().all(|c| c.passed)
+        };
         let final_record: Option<serde_json::Value> =
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()
@@ -139,7 +182,7 @@ impl Session {
             ),
             Err(_) => (stop_started, self.plan.declared_price().unwrap_or(0.0)),
         };
-        let billing = BillingGranularity::PerSecond;
+        let billing = gpuctl_providers::billing_of(kind);
         let billed = billing.billed((stopped_at - launched).to_std().unwrap_or_default());
         let cost = (price * billed.as_secs_f64() / 3600.0 * 100.0).round() / 100.0;
         let cost_record = CostRecord {
@@ -277,6 +320,7 @@ impl Session {
             "cost_usd": cost,
             "missing_evidence": missing,
             "lateness_ms": lateness_ms,
+            "provider_api_calls": api_calls.map(|(all, stop)| json!({ "session": all, "stop": stop })),
             "database_errors": db_errors,
             "timings_ms": timings,
         }));

@@ -1,6 +1,7 @@
 //! Sessions: their states and identities.
 
 pub mod budget;
+mod cloud;
 mod finish;
 mod handle;
 mod host;

@@ -124,7 +124,25 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
             }
         },
     };
+    // A cloud instance is stopped through the provider, whatever the host says.
+    let kind: Option<gpuctl_providers::ProviderKind> = record.provider.parse().ok();
+    let cloud = match kind.filter(|k| k.is_cloud()) {
+        Some(k) => match gpuctl_providers::Cloud::connect(k) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                stop_blocker.get_or_insert(Check::new(
+                    "provider_terminated",
+                    false,
+                    format!("cannot ask {k}: {e}"),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
     Ok(Session {
+        cloud,
+        target: None,
         db,
         id: record.id.clone(),
         plan,

@@ -96,7 +96,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
             return Ok(Exit::Refused);
         }
     };
-    let is_ssh = plan.instance.provider == ProviderKind::Ssh;
+    let is_ssh = plan.instance.provider.uses_ssh();
     // GPUs are placed on this machine only; a host's GPUs are its runtime's to use.
     let placement = match if is_ssh {
         Ok(None)
@@ -126,7 +126,22 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     let home = crate::home::gpuctl_home()?;
     let mut db = Db::open(&home)?;
     let id = new_session_id(now);
-    let price = plan.declared_price().unwrap_or(0.0);
+    let catalog_price = if plan.instance.provider.is_cloud() {
+        match super::cloud::precheck(&plan) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "error: {}: {e}; nothing was started",
+                    opts.plan_path.display()
+                );
+                return Ok(Exit::Refused);
+            }
+        }
+    } else {
+        None
+    };
+    // Clouds: the catalog price until the provider quotes one at launch.
+    let price = plan.declared_price().or(catalog_price).unwrap_or(0.0);
     let (deadline, cause) = plan
         .effective_stop(now, Some(price))
         .context("the plan has no hard stop")?;
@@ -149,7 +164,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         instance_type: plan.instance.instance_type.clone(),
         region: plan.instance.region.clone(),
         price_usd_per_hour: Some(price),
-        catalog_price_usd_per_hour: None,
+        catalog_price_usd_per_hour: catalog_price,
         hourly_budget_usd: plan.budget.hourly_usd,
         max_total_usd: plan.budget.max_total_usd,
         created_at: now,
@@ -190,6 +205,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         accept_new_host_key: opts.accept_new_host_key,
         placement,
         stop_blocker: None,
+        cloud: None,
+        target: None,
     };
 
     let started = Instant::now();
@@ -234,14 +251,8 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
     if plan.route == Route::FreeColab {
         return Some("the free_colab route runs in a notebook, not through `up`".into());
     }
-    if plan.instance.provider.is_cloud() {
-        return Some(format!(
-            "provider \"{}\" is not available in this build yet; \"local\" and \"ssh\" are",
-            plan.instance.provider
-        ));
-    }
     // The model of an ssh session is on the host; only this machine's file can be checked here.
-    if plan.model.runtime != Runtime::Candle || plan.instance.provider == ProviderKind::Ssh {
+    if plan.model.runtime != Runtime::Candle || plan.instance.provider.uses_ssh() {
         return None;
     }
     let path = plan.model.path.as_deref().unwrap_or_default();
@@ -278,6 +289,10 @@ pub(super) struct Session {
     pub(super) placement: Option<String>,
     /// Why the agent cannot be reached for its stop (a takeover whose host does not answer).
     pub(super) stop_blocker: Option<crate::evidence::Check>,
+    /// The cloud client (Lambda, RunPod, Vast) once an instance may exist.
+    pub(super) cloud: Option<gpuctl_providers::Cloud>,
+    /// Where the host is reached over SSH (provider ssh, or the cloud instance).
+    pub(super) target: Option<crate::ssh::SshTarget>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -318,12 +333,21 @@ impl Session {
     }
 
     async fn run_inner(&mut self, rep: &mut Reporter) -> anyhow::Result<Ending> {
-        if self.plan.instance.provider == ProviderKind::Ssh {
-            self.transition(
-                SessionState::Provisioning,
-                "provider ssh: the host is rented by its owner; nothing to launch",
-            )?;
-            let target = self.ssh_target()?;
+        if self.plan.instance.provider.uses_ssh() {
+            let target = if self.plan.instance.provider.is_cloud() {
+                self.transition(
+                    SessionState::Provisioning,
+                    &format!("launching on {}", self.plan.instance.provider),
+                )?;
+                self.provision(rep).await?
+            } else {
+                self.transition(
+                    SessionState::Provisioning,
+                    "provider ssh: the host is rented by its owner; nothing to launch",
+                )?;
+                self.ssh_target()?
+            };
+            self.target = Some(target.clone());
             self.transition(
                 SessionState::Connecting,
                 &format!("connecting to {}@{}", target.user, target.addr()),
@@ -332,7 +356,22 @@ impl Session {
                 "connect",
                 &format!("connecting to {}@{}", target.user, target.addr()),
             );
-            let connected = RemoteAgent::connect(&target).await?;
+            // A cloud instance that just turned "running" may not run sshd yet: retry briefly.
+            let patience = if self.plan.instance.provider.is_cloud() {
+                60
+            } else {
+                0
+            };
+            let started = Instant::now();
+            let connected = loop {
+                match RemoteAgent::connect(&target).await {
+                    Ok(c) => break c,
+                    Err(e) if started.elapsed().as_secs() < patience && e.is_transient() => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             self.db.record_host_key(&self.id, &connected.fingerprint)?;
             rep.done(&format!("host key {}", connected.fingerprint));
             self.connected = Some(connected);
@@ -582,7 +621,10 @@ impl Session {
                     .await?
                 };
                 let instance = format!("pid:{} on {}", remote.pid, remote.dir);
-                let target = self.ssh_target()?;
+                let target = match self.target.clone() {
+                    Some(t) => t,
+                    None => self.ssh_target()?,
+                };
                 let handle = AgentHandle::Remote {
                     pid: remote.pid,
                     dir: remote.dir.clone(),
@@ -607,8 +649,11 @@ impl Session {
             .host
             .clone()
             .unwrap_or_else(|| "127.0.0.1".into());
-        self.db
-            .record_launch(&self.id, &instance, Some(&host_name), Utc::now())?;
+        // A cloud session's instance and billing start were recorded at launch.
+        if !self.plan.instance.provider.is_cloud() {
+            self.db
+                .record_launch(&self.id, &instance, Some(&host_name), Utc::now())?;
+        }
         let client = AgentClient::new(
             &format!("http://127.0.0.1:{url_port}"),
             token,

@@ -54,6 +54,16 @@ pub enum SshError {
     Protocol(String),
 }
 
+impl SshError {
+    /// Worth retrying a moment later (a host still booting), unlike a refused key.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SshError::Unreachable { .. } | SshError::Timeout { .. }
+        )
+    }
+}
+
 impl From<russh::Error> for SshError {
     fn from(e: russh::Error) -> Self {
         SshError::Protocol(e.to_string())

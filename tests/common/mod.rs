@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod emulator;
 pub mod sshd;
 
 pub struct Ctx {

@@ -29,7 +29,11 @@ fn data(v: Value) -> Reply {
 fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>, Reply> {
     st.requests += 1;
     if !authorized(st, Cloud::Lambda, headers) {
-        return Err(error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted."));
+        return Err(error(
+            401,
+            "global/invalid-api-key",
+            "API key was invalid, expired, or deleted.",
+        ));
     }
     let now = Instant::now();
     if st.lambda_last.is_some_and(|t| now - t < st.lambda_pace) {
@@ -37,8 +41,15 @@ fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>
     }
     st.lambda_last = Some(now);
     if op == "launch" {
-        if st.lambda_last_launch.is_some_and(|t| now - t < st.lambda_launch_pace) {
-            return Err(error(429, "global/rate-limited", "Too many launch requests"));
+        if st
+            .lambda_last_launch
+            .is_some_and(|t| now - t < st.lambda_launch_pace)
+        {
+            return Err(error(
+                429,
+                "global/rate-limited",
+                "Too many launch requests",
+            ));
         }
         st.lambda_last_launch = Some(now);
     }
@@ -69,7 +80,9 @@ fn instance(st: &State, i: &Inst) -> Value {
 }
 
 pub async fn instance_types(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
-    let Ok(mut st) = s.lock() else { return error(500, "global/internal", "lock") };
+    let Ok(mut st) = s.lock() else {
+        return error(500, "global/internal", "lock");
+    };
     if let Err(r) = admit(&mut st, &headers, "types") {
         return r;
     }
@@ -96,17 +109,32 @@ pub async fn instance_types(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply 
 
 pub async fn launch(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Reply {
     let (fault, created) = {
-        let Ok(mut st) = s.lock() else { return error(500, "global/internal", "lock") };
+        let Ok(mut st) = s.lock() else {
+            return error(500, "global/internal", "lock");
+        };
         let fault = match admit(&mut st, &headers, "launch") {
             Ok(f) => f,
             Err(r) => return r,
         };
-        let t = body["instance_type_name"].as_str().unwrap_or_default().to_string();
+        let t = body["instance_type_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if price(Cloud::Lambda, &t).is_none() {
-            return error(400, "global/invalid-parameters", &format!("Invalid instance type {t}"));
+            return error(
+                400,
+                "global/invalid-parameters",
+                &format!("Invalid instance type {t}"),
+            );
         }
-        if fault.as_deref() == Some("capacity") || st.no_capacity.contains(&(Cloud::Lambda, t.clone())) {
-            return error(400, "instance-operations/launch/insufficient-capacity", "Not enough capacity to fulfill launch request.");
+        if fault.as_deref() == Some("capacity")
+            || st.no_capacity.contains(&(Cloud::Lambda, t.clone()))
+        {
+            return error(
+                400,
+                "instance-operations/launch/insufficient-capacity",
+                "Not enough capacity to fulfill launch request.",
+            );
         }
         if fault.as_deref() == Some("http500") {
             return error(500, "global/internal-error", "Internal server error");
@@ -122,16 +150,27 @@ pub async fn launch(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<
     data(json!({ "instance_ids": [created] }))
 }
 
-pub async fn terminate(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Reply {
+pub async fn terminate(
+    Axum(s): Axum<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Reply {
     let fault = {
-        let Ok(mut st) = s.lock() else { return error(500, "global/internal", "lock") };
+        let Ok(mut st) = s.lock() else {
+            return error(500, "global/internal", "lock");
+        };
         let fault = match admit(&mut st, &headers, "terminate") {
             Ok(f) => f,
             Err(r) => return r,
         };
         match fault.as_deref() {
             Some("http500") => return error(500, "global/internal-error", "Internal server error"),
-            Some("wrong_answer") => return (StatusCode::OK, Json(json!({ "data": { "unexpected": true } }))),
+            Some("wrong_answer") => {
+                return (
+                    StatusCode::OK,
+                    Json(json!({ "data": { "unexpected": true } })),
+                )
+            }
             _ => {}
         }
         let ids: Vec<String> = body["instance_ids"]
@@ -144,7 +183,11 @@ pub async fn terminate(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Js
         let mut done = Vec::new();
         for id in &ids {
             if !st.terminate(id, never) {
-                return error(404, "global/object-does-not-exist", &format!("Instance {id} does not exist"));
+                return error(
+                    404,
+                    "global/object-does-not-exist",
+                    &format!("Instance {id} does not exist"),
+                );
             }
             if let Some(i) = st.instances.get(id) {
                 done.push(instance(&st, i));
@@ -161,7 +204,9 @@ pub async fn terminate(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Js
 }
 
 pub async fn list(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
-    let Ok(mut st) = s.lock() else { return error(500, "global/internal", "lock") };
+    let Ok(mut st) = s.lock() else {
+        return error(500, "global/internal", "lock");
+    };
     if let Err(r) = admit(&mut st, &headers, "list") {
         return r;
     }
@@ -175,14 +220,22 @@ pub async fn list(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
 }
 
 pub async fn get_one(Axum(s): Axum<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
-    let Ok(mut st) = s.lock() else { return error(500, "global/internal", "lock") };
+    let Ok(mut st) = s.lock() else {
+        return error(500, "global/internal", "lock");
+    };
     match admit(&mut st, &headers, "get") {
         Err(r) => return r,
-        Ok(Some(f)) if f == "http500" => return error(500, "global/internal-error", "Internal server error"),
+        Ok(Some(f)) if f == "http500" => {
+            return error(500, "global/internal-error", "Internal server error")
+        }
         Ok(_) => {}
     }
     match st.instances.get(&id).filter(|i| i.cloud == Cloud::Lambda) {
         Some(i) => data(instance(&st, i)),
-        None => error(404, "global/object-does-not-exist", &format!("Instance {id} does not exist")),
+        None => error(
+            404,
+            "global/object-does-not-exist",
+            &format!("Instance {id} does not exist"),
+        ),
     }
 }

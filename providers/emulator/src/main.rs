@@ -24,7 +24,10 @@ use state::{Cloud, State};
 pub type Shared = Arc<Mutex<State>>;
 
 #[derive(Parser)]
-#[command(name = "gpuctl-cloud-emulator", about = "Emulated Lambda, RunPod and Vast APIs for tests (127.0.0.1 only)")]
+#[command(
+    name = "gpuctl-cloud-emulator",
+    about = "Emulated Lambda, RunPod and Vast APIs for tests (127.0.0.1 only)"
+)]
 struct Args {
     /// Port on 127.0.0.1 (0: any free port; the address is printed on stdout)
     #[arg(long, default_value_t = 0)]
@@ -91,8 +94,14 @@ async fn main() -> anyhow::Result<()> {
     }));
     let app = Router::new()
         .route("/lambda/api/v1/instance-types", get(lambda::instance_types))
-        .route("/lambda/api/v1/instance-operations/launch", post(lambda::launch))
-        .route("/lambda/api/v1/instance-operations/terminate", post(lambda::terminate))
+        .route(
+            "/lambda/api/v1/instance-operations/launch",
+            post(lambda::launch),
+        )
+        .route(
+            "/lambda/api/v1/instance-operations/terminate",
+            post(lambda::terminate),
+        )
         .route("/lambda/api/v1/instances", get(lambda::list))
         .route("/lambda/api/v1/instances/{id}", get(lambda::get_one))
         .route("/runpod/graphql", post(runpod::graphql))
@@ -104,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
         .route("/_emulator/faults", post(control::add_fault))
         .route("/_emulator/capacity", post(control::capacity))
         .route("/_emulator/revoke", post(control::revoke))
-        .route("/_emulator/instances", get(control::instances).post(control::bulk_create))
+        .route(
+            "/_emulator/instances",
+            get(control::instances).post(control::bulk_create),
+        )
         .with_state(shared);
     // Loopback only: this is a test tool.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;

@@ -55,21 +55,37 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
         return gql_error("Cannot query this field in the emulator");
     };
     let fault = {
-        let Ok(mut st) = s.lock() else { return gql_error("lock") };
+        let Ok(mut st) = s.lock() else {
+            return gql_error("lock");
+        };
         st.requests += 1;
         if !authorized(&st, Cloud::Runpod, &headers) {
-            return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "Unauthorized" }] })));
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "errors": [{ "message": "Unauthorized" }] })),
+            );
         }
         let fault = st.fault(Cloud::Runpod, op);
         match fault.as_deref() {
-            Some("http500") => return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "errors": [{ "message": "Internal server error" }] }))),
-            Some("error_in_200") => return gql_error("Something went wrong. Please try again later or contact support."),
+            Some("http500") => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({ "errors": [{ "message": "Internal server error" }] })),
+                )
+            }
+            Some("error_in_200") => {
+                return gql_error(
+                    "Something went wrong. Please try again later or contact support.",
+                )
+            }
             _ => {}
         }
         match op {
             "types" => {
                 let id = vars["id"].as_str().unwrap_or_default();
-                return data(json!({ "gpuTypes": price(Cloud::Runpod, id).map(|p| json!([{ "id": id, "displayName": id, "securePrice": p, "communityPrice": p }])).unwrap_or(json!([])) }));
+                return data(
+                    json!({ "gpuTypes": price(Cloud::Runpod, id).map(|p| json!([{ "id": id, "displayName": id, "securePrice": p, "communityPrice": p }])).unwrap_or(json!([])) }),
+                );
             }
             "launch" => {
                 let input = &vars["input"];
@@ -77,20 +93,32 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
                 if price(Cloud::Runpod, &t).is_none() {
                     return gql_error(&format!("Invalid GPU type: {t}"));
                 }
-                if fault.as_deref() == Some("capacity") || st.no_capacity.contains(&(Cloud::Runpod, t.clone())) {
+                if fault.as_deref() == Some("capacity")
+                    || st.no_capacity.contains(&(Cloud::Runpod, t.clone()))
+                {
                     return gql_error("There are no longer any instances available with the requested specifications. Please refresh and try again.");
                 }
                 let name = input["name"].as_str().unwrap_or_default().to_string();
                 let region = input["dataCenterId"].as_str().map(String::from);
                 let id = st.create(Cloud::Runpod, &name, &t, region);
                 if !matches!(fault.as_deref(), Some("created_then_timeout" | "timeout")) {
-                    let p = st.instances.get(&id).map(|i| pod(&st, i)).unwrap_or(Value::Null);
+                    let p = st
+                        .instances
+                        .get(&id)
+                        .map(|i| pod(&st, i))
+                        .unwrap_or(Value::Null);
                     return data(json!({ "podFindAndDeployOnDemand": p }));
                 }
             }
             "terminate" => {
-                let id = vars["input"]["podId"].as_str().unwrap_or_default().to_string();
-                let known = st.instances.get(&id).is_some_and(|i| st.phase(i) != Phase::Terminated);
+                let id = vars["input"]["podId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let known = st
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| st.phase(i) != Phase::Terminated);
                 if !known {
                     return gql_error("pod not found to terminate");
                 }

@@ -20,7 +20,10 @@ fn reply(code: u16, v: Value) -> Reply {
 fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>, Reply> {
     st.requests += 1;
     if !authorized(st, Cloud::Vast, headers) {
-        return Err(reply(401, json!({ "success": false, "error": "invalid_api_key", "msg": "Invalid API key" })));
+        return Err(reply(
+            401,
+            json!({ "success": false, "error": "invalid_api_key", "msg": "Invalid API key" }),
+        ));
     }
     Ok(st.fault(Cloud::Vast, op))
 }
@@ -55,12 +58,21 @@ fn instance(st: &State, i: &Inst) -> Value {
     })
 }
 
-pub async fn bundles(Axum(s): Axum<Shared>, headers: HeaderMap, axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>) -> Reply {
-    let Ok(mut st) = s.lock() else { return reply(500, json!({})) };
+pub async fn bundles(
+    Axum(s): Axum<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let Ok(mut st) = s.lock() else {
+        return reply(500, json!({}));
+    };
     if let Err(r) = admit(&mut st, &headers, "offers") {
         return r;
     }
-    let filter: Value = q.get("q").and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null);
+    let filter: Value = q
+        .get("q")
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
     let wanted = filter["gpu_name"]["eq"].as_str().map(String::from);
     let list: Vec<Value> = offers()
         .into_iter()
@@ -71,30 +83,59 @@ pub async fn bundles(Axum(s): Axum<Shared>, headers: HeaderMap, axum::extract::Q
     reply(200, json!({ "offers": list }))
 }
 
-pub async fn create(Axum(s): Axum<Shared>, headers: HeaderMap, Path(offer): Path<String>, Json(body): Json<Value>) -> Reply {
+pub async fn create(
+    Axum(s): Axum<Shared>,
+    headers: HeaderMap,
+    Path(offer): Path<String>,
+    Json(body): Json<Value>,
+) -> Reply {
     let fault = {
-        let Ok(mut st) = s.lock() else { return reply(500, json!({})) };
+        let Ok(mut st) = s.lock() else {
+            return reply(500, json!({}));
+        };
         let fault = match admit(&mut st, &headers, "launch") {
             Ok(f) => f,
             Err(r) => return r,
         };
-        let Some((_, name, _)) = offers().into_iter().find(|(id, _, _)| offer.trim_end_matches('/') == id.to_string()) else {
-            return reply(404, json!({ "success": false, "error": "no_such_ask", "msg": "Offer not found" }));
+        let Some((_, name, _)) = offers()
+            .into_iter()
+            .find(|(id, _, _)| offer.trim_end_matches('/') == id.to_string())
+        else {
+            return reply(
+                404,
+                json!({ "success": false, "error": "no_such_ask", "msg": "Offer not found" }),
+            );
         };
-        if fault.as_deref() == Some("capacity") || st.no_capacity.contains(&(Cloud::Vast, name.to_string())) {
-            return reply(400, json!({ "success": false, "error": "no_such_ask", "msg": "Offer is no longer available" }));
+        if fault.as_deref() == Some("capacity")
+            || st.no_capacity.contains(&(Cloud::Vast, name.to_string()))
+        {
+            return reply(
+                400,
+                json!({ "success": false, "error": "no_such_ask", "msg": "Offer is no longer available" }),
+            );
         }
         if fault.as_deref() == Some("http500") {
-            return reply(500, json!({ "success": false, "error": "server_error", "msg": "Internal error" }));
+            return reply(
+                500,
+                json!({ "success": false, "error": "server_error", "msg": "Internal error" }),
+            );
         }
         let label = body["label"].as_str().unwrap_or_default().to_string();
         let id = st.create(Cloud::Vast, &label, name, None);
         match fault.as_deref() {
             Some("success_false_created") => {
-                return reply(200, json!({ "success": false, "new_contract": id.parse::<u64>().unwrap_or_default(), "error": "bid_too_low", "msg": "Your bid was below the minimum" }))
+                return reply(
+                    200,
+                    json!({ "success": false, "new_contract": id.parse::<u64>().unwrap_or_default(), "error": "bid_too_low", "msg": "Your bid was below the minimum" }),
+                )
             }
             Some("created_then_timeout" | "timeout") => {}
-            _ => return reply(200, json!({ "success": true, "new_contract": id.parse::<u64>().unwrap_or_default() })),
+            _ => {
+                return reply(
+                    200,
+                    json!({ "success": true, "new_contract": id.parse::<u64>().unwrap_or_default() }),
+                )
+            }
         }
         fault
     };
@@ -104,7 +145,9 @@ pub async fn create(Axum(s): Axum<Shared>, headers: HeaderMap, Path(offer): Path
 }
 
 pub async fn list(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
-    let Ok(mut st) = s.lock() else { return reply(500, json!({})) };
+    let Ok(mut st) = s.lock() else {
+        return reply(500, json!({}));
+    };
     if let Err(r) = admit(&mut st, &headers, "list") {
         return r;
     }
@@ -118,13 +161,21 @@ pub async fn list(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
 }
 
 pub async fn get_one(Axum(s): Axum<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
-    let Ok(mut st) = s.lock() else { return reply(500, json!({})) };
+    let Ok(mut st) = s.lock() else {
+        return reply(500, json!({}));
+    };
     match admit(&mut st, &headers, "get") {
         Err(r) => return r,
-        Ok(Some(f)) if f == "http500" => return reply(500, json!({ "success": false, "msg": "Internal error" })),
+        Ok(Some(f)) if f == "http500" => {
+            return reply(500, json!({ "success": false, "msg": "Internal error" }))
+        }
         Ok(_) => {}
     }
-    match st.instances.get(&id).filter(|i| i.cloud == Cloud::Vast && st.phase(i) != Phase::Terminated) {
+    match st
+        .instances
+        .get(&id)
+        .filter(|i| i.cloud == Cloud::Vast && st.phase(i) != Phase::Terminated)
+    {
         Some(i) => reply(200, json!({ "instances": instance(&st, i) })),
         None => reply(200, json!({ "instances": null })),
     }
@@ -132,19 +183,32 @@ pub async fn get_one(Axum(s): Axum<Shared>, headers: HeaderMap, Path(id): Path<S
 
 pub async fn destroy(Axum(s): Axum<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
     let fault = {
-        let Ok(mut st) = s.lock() else { return reply(500, json!({})) };
+        let Ok(mut st) = s.lock() else {
+            return reply(500, json!({}));
+        };
         let fault = match admit(&mut st, &headers, "terminate") {
             Ok(f) => f,
             Err(r) => return r,
         };
         match fault.as_deref() {
-            Some("http500") => return reply(500, json!({ "success": false, "error": "server_error", "msg": "Internal error" })),
+            Some("http500") => {
+                return reply(
+                    500,
+                    json!({ "success": false, "error": "server_error", "msg": "Internal error" }),
+                )
+            }
             Some("wrong_answer") => return reply(200, json!({ "result": "queued?" })),
             _ => {}
         }
-        let live = st.instances.get(&id).is_some_and(|i| st.phase(i) != Phase::Terminated);
+        let live = st
+            .instances
+            .get(&id)
+            .is_some_and(|i| st.phase(i) != Phase::Terminated);
         if !live {
-            return reply(404, json!({ "success": false, "error": "no_such_instance", "msg": "Instance not found" }));
+            return reply(
+                404,
+                json!({ "success": false, "error": "no_such_instance", "msg": "Instance not found" }),
+            );
         }
         st.terminate(&id, fault.as_deref() == Some("never_complete"));
         if fault.as_deref() != Some("timeout") {

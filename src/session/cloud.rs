@@ -1,0 +1,369 @@
+//! Cloud sessions (Lambda, RunPod, Vast): the budget check against the catalog before
+//! anything is launched, the launch with its fallbacks, the wait for SSH, and the stop that
+//! counts only when the provider reads the instance back as gone.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chrono::Utc;
+use gpuctl_providers::{
+    instance_name, price_of, Cloud, InstanceState, LaunchSpec, Provider, ProviderError,
+    ProviderKind,
+};
+
+use super::up::Session;
+use crate::evidence::Check;
+use crate::plan::Plan;
+use crate::progress::Reporter;
+
+/// How long one stop keeps asking the provider before it says "unconfirmed" (the daemon
+/// then retries with backoff, for ever): 90 s, or `GPUCTL_STOP_CONFIRM_WINDOW` ("30s").
+fn confirm_window() -> Duration {
+    std::env::var("GPUCTL_STOP_CONFIRM_WINDOW")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(90))
+}
+
+/// Where a session may run: the plan's instance, then `fallback.if_no_capacity` in order.
+pub fn candidates(plan: &Plan) -> Vec<(ProviderKind, String, Option<String>)> {
+    let mut out = Vec::new();
+    if let Some(t) = &plan.instance.instance_type {
+        out.push((
+            plan.instance.provider,
+            t.clone(),
+            plan.instance.region.clone(),
+        ));
+    }
+    for c in &plan.fallback.if_no_capacity {
+        out.push((c.provider, c.instance_type.clone(), c.region.clone()));
+    }
+    out
+}
+
+/// Refuse, before anything is recorded, what cannot work: no API key, or every candidate
+/// above the hourly budget in the catalog. Returns the catalog price of the first candidate.
+pub fn precheck(plan: &Plan) -> Result<Option<f64>, String> {
+    let hourly = plan.budget.hourly_usd.unwrap_or(f64::INFINITY);
+    let mut affordable = 0;
+    let mut refused = Vec::new();
+    for (kind, t, _) in candidates(plan) {
+        if kind.is_cloud() {
+            gpuctl_providers::api_key(kind).map_err(|e| e.to_string())?;
+        }
+        match price_of(kind, &t) {
+            Some(p) if p.usd_per_hour > hourly => refused.push(format!(
+                "{kind} {t} costs ${:.2}/h in the catalog (read {})",
+                p.usd_per_hour, p.read_on
+            )),
+            _ => affordable += 1,
+        }
+    }
+    if affordable == 0 && !refused.is_empty() {
+        return Err(format!(
+            "{}, above budget.hourly_usd = ${hourly:.2}: raise the budget or pick a cheaper instance_type",
+            refused.join("; ")
+        ));
+    }
+    Ok(plan
+        .instance
+        .instance_type
+        .as_deref()
+        .and_then(|t| price_of(plan.instance.provider, t))
+        .map(|p| p.usd_per_hour))
+}
+
+/// The SSH key names Lambda should put on the instance: `GPUCTL_LAMBDA_SSH_KEY_NAME`, else
+/// the identity file's name (the name it was registered under, by convention).
+fn ssh_key_names(plan: &Plan) -> Vec<String> {
+    if let Ok(n) = std::env::var("GPUCTL_LAMBDA_SSH_KEY_NAME") {
+        return vec![n];
+    }
+    plan.access
+        .identity_file
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).file_stem())
+        .map(|s| vec![s.to_string_lossy().into_owned()])
+        .unwrap_or_default()
+}
+
+impl Session {
+    /// Launch (with fallbacks), wait until it runs, and return where to reach it by SSH.
+    pub(super) async fn provision(
+        &mut self,
+        rep: &mut Reporter,
+    ) -> anyhow::Result<crate::ssh::SshTarget> {
+        let hourly = self.plan.budget.hourly_usd;
+        let mut tried = Vec::new();
+        let mut launched = None;
+        for (kind, t, region) in candidates(&self.plan) {
+            if !tried.is_empty() {
+                let msg = format!(
+                    "fallback.if_no_capacity: trying {kind} {t}{}",
+                    region
+                        .as_deref()
+                        .map(|r| format!(" in {r}"))
+                        .unwrap_or_default()
+                );
+                rep.warn(&msg);
+                self.db.add_event(&self.id, "fallback", &msg, Utc::now())?;
+            }
+            let catalog = price_of(kind, &t).map(|p| p.usd_per_hour);
+            if let (Some(p), Some(h)) = (catalog, hourly) {
+                if p > h {
+                    tried.push(format!(
+                        "{kind} {t}: ${p:.2}/h in the catalog, above budget"
+                    ));
+                    continue;
+                }
+            }
+            let cloud = Cloud::connect(kind).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let spec = LaunchSpec {
+                instance_type: t.clone(),
+                region: region.clone(),
+                name: instance_name(&self.id),
+                gpus: self.plan.instance.gpus,
+                disk_gb: self.plan.instance.disk_gb,
+                ssh_key_names: ssh_key_names(&self.plan),
+                image: None,
+                max_usd_per_hour: hourly,
+            };
+            rep.step(
+                "launch",
+                &format!(
+                    "launching {t} on {kind}{}",
+                    region
+                        .as_deref()
+                        .map(|r| format!(" in {r}"))
+                        .unwrap_or_default()
+                ),
+            );
+            match cloud.launch(&spec).await {
+                Ok(l) => {
+                    self.db.record_cloud_launch(
+                        &self.id,
+                        kind.as_str(),
+                        &t,
+                        region.as_deref(),
+                        &l.instance_id,
+                        l.usd_per_hour,
+                        catalog,
+                        Utc::now(),
+                    )?;
+                    self.db.add_event(
+                        &self.id,
+                        "launch",
+                        &format!(
+                            "{kind} launched {} ({t}) at {}",
+                            l.instance_id,
+                            l.usd_per_hour
+                                .map(|p| format!("${p:.2}/h as quoted"))
+                                .unwrap_or_else(|| "an unquoted price".into())
+                        ),
+                        Utc::now(),
+                    )?;
+                    rep.done(&format!("instance {}", l.instance_id));
+                    launched = Some((cloud, l));
+                    break;
+                }
+                Err(ProviderError::NoCapacity(m)) => {
+                    rep.done("no capacity");
+                    tried.push(format!("{kind} {t}: no capacity ({m})"));
+                }
+                Err(ProviderError::CreatedAnyway {
+                    instance_id,
+                    message,
+                }) => {
+                    // Recorded so that the stop terminates it: no orphan.
+                    self.db.record_cloud_launch(
+                        &self.id,
+                        kind.as_str(),
+                        &t,
+                        region.as_deref(),
+                        &instance_id,
+                        None,
+                        catalog,
+                        Utc::now(),
+                    )?;
+                    self.cloud = Some(cloud);
+                    bail!("{kind} refused the launch ({message}) but created instance {instance_id}; it is terminated now");
+                }
+                Err(ProviderError::Timeout) => {
+                    // The answer was lost, not necessarily the launch: look for our tag.
+                    let found = cloud
+                        .list()
+                        .await
+                        .ok()
+                        .and_then(|l| l.into_iter().find(|i| i.name == spec.name));
+                    if let Some(i) = found {
+                        self.db.record_cloud_launch(
+                            &self.id,
+                            kind.as_str(),
+                            &t,
+                            region.as_deref(),
+                            &i.id,
+                            i.usd_per_hour,
+                            catalog,
+                            Utc::now(),
+                        )?;
+                        self.cloud = Some(cloud);
+                        bail!("the launch on {kind} timed out, but instance {} ({}) was created; it is terminated now", i.id, spec.name);
+                    }
+                    bail!(
+                        "the launch on {kind} timed out, and no instance named {} exists",
+                        spec.name
+                    );
+                }
+                Err(e) => bail!("{kind} refused the launch of {t}: {e}"),
+            }
+        }
+        let Some((cloud, l)) = launched else {
+            let next = self
+                .plan
+                .fallback
+                .route
+                .map(|r| format!("; the plan's fallback route is {r}"))
+                .unwrap_or_default();
+            bail!(
+                "no capacity anywhere the plan allows ({}){next}",
+                tried.join("; ")
+            );
+        };
+        // The price the provider quotes is the one billed: a higher one may bring the stop earlier.
+        if let (Some(p), Some(h)) = (l.usd_per_hour, hourly) {
+            if p > h {
+                self.cloud = Some(cloud);
+                bail!("the provider quoted ${p:.2}/h at launch, above budget.hourly_usd ${h:.2}; the instance is terminated now");
+            }
+        }
+        if let Some(p) = l.usd_per_hour {
+            let created = self.db.get_session(&self.id)?.created_at;
+            if let Some((d, cause)) = self.plan.effective_stop(created, Some(p)) {
+                if d < self.deadline {
+                    self.deadline = d;
+                    self.db
+                        .record_deadline(&self.id, d, &format!("{cause:?}").to_lowercase())?;
+                    rep.warn(&format!(
+                        "at ${p:.2}/h the budget brings the stop to {}",
+                        d.format("%H:%M:%S UTC")
+                    ));
+                }
+            }
+        }
+        rep.step("boot", &format!("waiting for {} to boot", l.instance_id));
+        let target = loop {
+            let i = cloud.get(&l.instance_id).await;
+            match i {
+                Ok(i) if i.state == InstanceState::Running && i.ssh.is_some() => {
+                    break i.ssh;
+                }
+                Ok(i) if i.state == InstanceState::Gone => {
+                    self.cloud = Some(cloud);
+                    bail!("instance {} disappeared while booting", l.instance_id);
+                }
+                Ok(_) | Err(ProviderError::Timeout) => {}
+                Err(e) => rep.warn(&format!("reading the instance back: {e}")),
+            }
+            if Utc::now()
+                > self.deadline
+                    - chrono::Duration::from_std(self.plan.stop.grace).unwrap_or_default()
+            {
+                self.cloud = Some(cloud);
+                bail!(
+                    "instance {} did not boot before the deadline",
+                    l.instance_id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        self.cloud = Some(cloud);
+        let Some(ssh) = target else {
+            bail!("the provider gave no SSH address");
+        };
+        self.db
+            .record_host(&self.id, &format!("{}:{}", ssh.host, ssh.port))?;
+        rep.done(&format!("reachable at {}:{}", ssh.host, ssh.port));
+        Ok(crate::ssh::SshTarget {
+            host: ssh.host,
+            port: ssh.port,
+            user: self.plan.instance.user.clone().unwrap_or(ssh.user),
+            identity_file: self.plan.access.identity_file.as_ref().map(PathBuf::from),
+            pinned: self.plan.instance.host_key.clone(),
+            // A new instance has a new host key: trusted on first use, for this session only,
+            // and pinned in the session's record from then on.
+            known_hosts: self.work.join("known_hosts"),
+            accept_new: true,
+        })
+    }
+}
+
+/// Terminate and read back until the provider says the instance is gone (bounded).
+pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, u64) {
+    let start = Instant::now();
+    let calls_before = cloud.calls();
+    let mut last = String::from("no answer yet");
+    let mut terminate_accepted = false;
+    let mut attempt = 0u32;
+    let window = confirm_window();
+    while start.elapsed() < window {
+        if !terminate_accepted {
+            match cloud.terminate(instance_id).await {
+                Ok(()) => terminate_accepted = true,
+                Err(e) => {
+                    last = format!("terminate: {e}");
+                    if matches!(
+                        e,
+                        ProviderError::Unauthorized | ProviderError::Credentials(_)
+                    ) {
+                        break;
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(8))))
+                        .await;
+                    continue;
+                }
+            }
+        }
+        match cloud.get(instance_id).await {
+            Ok(i) if i.state == InstanceState::Gone => {
+                let calls = cloud.calls() - calls_before;
+                return (
+                    Check::new(
+                        "provider_terminated",
+                        true,
+                        format!(
+                            "{} reads instance {instance_id} back as terminated (gone) after {calls} API call(s)",
+                            cloud.kind()
+                        ),
+                    ),
+                    calls,
+                );
+            }
+            Ok(i) => {
+                // A terminate answered but not acted on (a wrong answer): ask again.
+                if matches!(i.state, InstanceState::Running | InstanceState::Booting) {
+                    terminate_accepted = false;
+                }
+                last = format!("the provider still reports {:?}", i.state)
+            }
+            Err(e) => last = format!("read-back: {e}"),
+        }
+        // An acknowledged terminate that does not progress is asked again now and then.
+        if start.elapsed().as_secs() % 20 == 19 {
+            terminate_accepted = false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    (
+        Check::new(
+            "provider_terminated",
+            false,
+            format!(
+                "{} has not confirmed that instance {instance_id} is gone ({last}); it may still bill",
+                cloud.kind()
+            ),
+        ),
+        cloud.calls() - calls_before,
+    )
+}

@@ -1,0 +1,100 @@
+//! The cloud emulator (providers/emulator, a test tool) started for one test, with its
+//! instances pointing at the test's real sshd. Steered over plain HTTP on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    pub key: String,
+}
+
+pub fn emulator_bin() -> PathBuf {
+    let p =
+        std::path::Path::new(env!("CARGO_BIN_EXE_gpuctl")).with_file_name("gpuctl-cloud-emulator");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+impl Emulator {
+    pub fn start(ssh_port: u16, extra: &[&str]) -> Emulator {
+        let mut child = Command::new(emulator_bin())
+            .args([
+                "--ssh-port",
+                &ssh_port.to_string(),
+                "--boot-ms",
+                "800",
+                "--terminate-ms",
+                "500",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address");
+        Emulator {
+            child,
+            url: line.trim().to_string(),
+            key: "emulator-key".into(),
+        }
+    }
+
+    /// The environment a gpuctl command needs to use the emulated clouds.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("GPUCTL_LAMBDA_API", format!("{}/lambda/api/v1", self.url))
+            .env("GPUCTL_RUNPOD_API", format!("{}/runpod/graphql", self.url))
+            .env("GPUCTL_VAST_API", format!("{}/vast/api/v0", self.url))
+            .env("LAMBDA_API_KEY", &self.key)
+            .env("RUNPOD_API_KEY", &self.key)
+            .env("VAST_API_KEY", &self.key);
+    }
+
+    /// One HTTP/1.1 request to the emulator; the JSON answer.
+    pub fn call(&self, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the emulator");
+        let body = body.to_string();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn fault(&self, provider: &str, op: &str, mode: &str, times: u32) {
+        self.call(
+            "POST",
+            "/_emulator/faults",
+            &serde_json::json!({ "provider": provider, "op": op, "mode": mode, "times": times }),
+        );
+    }
+
+    pub fn instances(&self) -> Vec<serde_json::Value> {
+        self.call("GET", "/_emulator/instances", &serde_json::Value::Null)["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
