@@ -140,6 +140,9 @@ pub struct DaemonArgs {
     /// JSON Lines on standard output instead of text on standard error
     #[arg(long)]
     pub json: bool,
+    /// Log every sweep with its duration and the number of live sessions (benchmarks)
+    #[arg(long, hide = true)]
+    pub log_sweeps: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,5 +221,26 @@ pub enum DebugCommand {
     WriteSessions {
         #[arg(long)]
         count: u64,
+    },
+    /// Seed sessions through the real schema for the benchmarks: live cloud sessions whose
+    /// instances the emulator holds (`--instances`), or finished ones spread over months
+    Seed {
+        #[arg(long)]
+        count: u64,
+        /// Session ids are this prefix and a number (the emulator's names: gpuctl-<id>)
+        #[arg(long, default_value = "bench-")]
+        id_prefix: String,
+        /// Live sessions: a JSON file `{"ids": [...]}` of the emulator's instance ids, in order
+        #[arg(long)]
+        instances: Option<PathBuf>,
+        /// Live sessions: the first deadline this long from now...
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        deadline_in: std::time::Duration,
+        /// ...and the others spread evenly over this window
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        spread: std::time::Duration,
+        /// Finished sessions: spread over this many months back from now
+        #[arg(long, default_value_t = 24)]
+        months: u32,
     },
 }

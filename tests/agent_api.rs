@@ -10,6 +10,7 @@ use common::{free_port, port_refuses, AgentProc, Ctx};
 use serde_json::{json, Value};
 
 fn client() -> reqwest::Client {
+    gpuctl_providers::install_tls();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))

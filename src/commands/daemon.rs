@@ -16,6 +16,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
                 schedule: args.schedule,
                 json: args.json,
                 parallel_stops: args.parallel_stops,
+                log_sweeps: args.log_sweeps,
             },
         )),
         Some(DaemonAction::Status { json }) => {

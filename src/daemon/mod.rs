@@ -31,12 +31,14 @@ pub struct DaemonOptions {
     pub json: bool,
     /// Stops run at once at most this many at a time.
     pub parallel_stops: usize,
+    pub log_sweeps: bool,
 }
 
 struct Daemon {
     home: PathBuf,
     me: Controller,
     json: bool,
+    log_sweeps: bool,
     db: Db,
     /// The deadline each armed timer was set for.
     armed: HashMap<String, DateTime<Utc>>,
@@ -102,6 +104,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
         home: home.clone(),
         me,
         json: opts.json,
+        log_sweeps: opts.log_sweeps,
         armed: HashMap::new(),
         stopping: Arc::new(Mutex::new(HashSet::new())),
         permits: Arc::new(Semaphore::new(opts.parallel_stops.max(1))),
@@ -150,6 +153,22 @@ impl Daemon {
     }
 
     fn sweep(&mut self) {
+        let started = std::time::Instant::now();
+        let live = self.sweep_once();
+        if self.log_sweeps {
+            log(
+                self.json,
+                None,
+                &format!(
+                    "sweep: {live} live session(s) in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1000.0
+                ),
+            );
+        }
+    }
+
+    /// One pass over the live sessions; returns how many there were.
+    fn sweep_once(&mut self) -> usize {
         let now = Utc::now();
         let live = match self.db.live_sessions() {
             Ok(l) => l,
@@ -159,7 +178,7 @@ impl Daemon {
                     None,
                     &format!("cannot read the sessions ({e}); retrying at the next sweep"),
                 );
-                return;
+                return 0;
             }
         };
         let ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
@@ -206,6 +225,7 @@ impl Daemon {
                 self.start_stop(&s.id, "deadline".into());
             }
         }
+        live.len()
     }
 
     /// A timer at the session's deadline, so that the stop does not wait for a sweep.

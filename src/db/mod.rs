@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use sessions::{
-    Claim, Controller, ControllerKind, EventRecord, EvidenceRow, NewSession, SessionRecord,
+    Claim, Controller, ControllerKind, EventRecord, EvidenceRow, NewSession, SeedRow, SessionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

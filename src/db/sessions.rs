@@ -696,3 +696,71 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 }
+
+/// A session row as a benchmark seeds it: where it stands, not how it got there.
+#[derive(Debug, Clone)]
+pub struct SeedRow {
+    pub session: NewSession,
+    pub state: SessionState,
+    pub instance_id: Option<String>,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub cost_usd: Option<f64>,
+    pub stop_reason: Option<String>,
+}
+
+impl Db {
+    /// Insert many sessions in one transaction, through the real schema (benchmarks:
+    /// `gpuctl debug seed`). Each gets its first event.
+    pub fn seed(&mut self, rows: &[SeedRow]) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, evidence_dir, updated_at, instance_id, launched_at, ended_at, cost_usd, stop_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?17, ?22, ?23, ?24, ?25, ?26)")
+                .map_err(sql)?;
+            let mut ev = tx
+                .prepare_cached("INSERT INTO events (session_id, at, kind, state, message) VALUES (?1, ?2, 'state', ?3, 'seeded')")
+                .map_err(sql)?;
+            for r in rows {
+                let s = &r.session;
+                ins.execute(params![
+                    s.id,
+                    s.plan_name,
+                    s.plan_sha256,
+                    s.plan_text,
+                    s.plan_path,
+                    s.plan_git_commit,
+                    s.plan_git_dirty,
+                    s.owner,
+                    s.route,
+                    s.provider,
+                    s.instance_type,
+                    s.region,
+                    s.price_usd_per_hour,
+                    s.catalog_price_usd_per_hour,
+                    s.hourly_budget_usd,
+                    s.max_total_usd,
+                    ts(s.created_at),
+                    ts(s.deadline),
+                    s.stop_cause,
+                    r.state.as_str(),
+                    s.evidence_dir,
+                    r.instance_id,
+                    r.launched_at.map(ts),
+                    r.ended_at.map(ts),
+                    r.cost_usd,
+                    r.stop_reason,
+                ])
+                .map_err(sql)?;
+                ev.execute(params![s.id, ts(s.created_at), r.state.as_str()])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+}

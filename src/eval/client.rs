@@ -28,6 +28,7 @@ impl AgentClient {
         model: &str,
         timeout: Duration,
     ) -> anyhow::Result<AgentClient> {
+        gpuctl_providers::install_tls();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .no_proxy()

@@ -252,6 +252,7 @@ impl Session {
             }
         }
         rep.step("boot", &format!("waiting for {} to boot", l.instance_id));
+        let boot_started = Instant::now();
         let target = loop {
             let i = cloud.get(&l.instance_id).await;
             match i {
@@ -278,6 +279,7 @@ impl Session {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         self.cloud = Some(cloud);
+        self.time("cloud_boot_wait", boot_started);
         let Some(ssh) = target else {
             bail!("the provider gave no SSH address");
         };
@@ -353,7 +355,7 @@ pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, 
         if start.elapsed().as_secs() % 20 == 19 {
             terminate_accepted = false;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     (
         Check::new(
