@@ -9,6 +9,10 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v git >/dev/null || need+=(git)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v sha256sum >/dev/null || need+=(coreutils)
+# Debian's chromium, headless, opens the HTML reports the way a reviewer would.
+command -v chromium >/dev/null || need+=(chromium)
+# The full-disk test mounts a tiny tmpfs in its own mount namespace.
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: missing ${need[*]}; run as root or install them" >&2

@@ -32,6 +32,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop sessions now, in order, with evidence and proof (safe to run twice)
     Down(DownArgs),
+    /// What was spent, on what, against which plan, and whether every stop was proven
+    Audit(AuditArgs),
     /// The enforcement daemon: stops every session at its deadline, even when its `up` is gone
     Daemon(DaemonArgs),
     /// Internal tools for tests; not part of the interface
@@ -125,6 +127,48 @@ pub struct DownArgs {
     pub timeout: std::time::Duration,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Sessions created on or after this date (YYYY-MM-DD, UTC, or RFC 3339)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Sessions created before this date (YYYY-MM-DD, UTC, or RFC 3339)
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this plan (plan.name)
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Only this owner (plan.owner)
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Totals per group instead of one line per session
+    #[arg(long, value_enum)]
+    pub by: Option<AuditBy>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: AuditFormat,
+    /// Exit non-zero when a flag is raised (4 if a stop is unconfirmed, else 1): for cron and CI
+    #[arg(long)]
+    pub strict: bool,
+    /// Also write the audit as a self-contained HTML page
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuditBy {
+    Plan,
+    Owner,
+    Provider,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Args)]

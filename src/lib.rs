@@ -3,6 +3,7 @@
 //! The binary is a thin shell over this library (see ARCHITECTURE.md): `cli` parses,
 //! `commands` runs one subcommand each, and the concerns live in their own modules.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
@@ -14,5 +15,6 @@ pub mod home;
 pub mod plan;
 pub mod procs;
 pub mod progress;
+pub mod report;
 pub mod session;
 pub mod ssh;

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with one entry function returning an exit status.
 
+mod audit;
 mod daemon;
 mod debug;
 mod down;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Down(args) => down::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }

@@ -764,3 +764,76 @@ impl Db {
         tx.commit().map_err(sql)
     }
 }
+
+impl Db {
+    /// Stream the audit's columns: stop_unconfirmed sessions first, then by creation time.
+    /// Rows are never all held in memory (audits run over millions of sessions).
+    pub fn audit_rows(
+        &self,
+        filter: &crate::audit::Filter,
+        mut each: impl FnMut(crate::audit::Raw) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        let mut conds = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        if let Some(t) = filter.since {
+            args.push(ts(t));
+            conds.push(format!("created_at >= ?{}", args.len()));
+        }
+        if let Some(t) = filter.until {
+            args.push(ts(t));
+            conds.push(format!("created_at < ?{}", args.len()));
+        }
+        if let Some(p) = &filter.plan {
+            args.push(p.clone());
+            conds.push(format!("plan_name = ?{}", args.len()));
+        }
+        if let Some(o) = &filter.owner {
+            args.push(o.clone());
+            conds.push(format!("owner = ?{}", args.len()));
+        }
+        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd";
+        for unconfirmed in [true, false] {
+            let mut all = conds.clone();
+            all.push(if unconfirmed {
+                "state = 'stop_unconfirmed'".to_string()
+            } else {
+                "state != 'stop_unconfirmed'".to_string()
+            });
+            let sql = format!(
+                "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at",
+                all.join(" AND ")
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(args.iter()))
+                .map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let raw = (|| -> rusqlite::Result<crate::audit::Raw> {
+                    Ok(crate::audit::Raw {
+                        id: r.get(0)?,
+                        plan_name: r.get(1)?,
+                        plan_sha256: r.get(2)?,
+                        plan_path: r.get(3)?,
+                        plan_git_commit: r.get(4)?,
+                        owner: r.get(5)?,
+                        route: r.get(6)?,
+                        provider: r.get(7)?,
+                        instance_type: r.get(8)?,
+                        price: r.get(9)?,
+                        catalog_price: r.get(10)?,
+                        created_at: time(r, 11)?,
+                        launched_at: opt_time(r, 12)?,
+                        ended_at: opt_time(r, 13)?,
+                        state: state(r, 14)?,
+                        stop_reason: r.get(15)?,
+                        cost_usd: r.get(16)?,
+                        max_total_usd: r.get(17)?,
+                    })
+                })()
+                .map_err(|e| self.err(e))?;
+                each(raw)?;
+            }
+        }
+        Ok(())
+    }
+}

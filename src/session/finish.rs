@@ -217,6 +217,25 @@ impl Session {
         );
         self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
 
+        // The page a reviewer opens: written before the manifest, which covers it.
+        if let Ok(mut record) = self.db.get_session(&self.id) {
+            record.state = if confirmed {
+                if evidence_errors.is_empty() && !matches!(ending, Ending::Failed(_)) {
+                    SessionState::Stopped
+                } else {
+                    SessionState::Failed
+                }
+            } else {
+                SessionState::StopUnconfirmed
+            };
+            record.ended_at = Some(stopped_at);
+            record.cost_usd = Some(cost);
+            let events = self.db.events(&self.id).unwrap_or_default();
+            let page = crate::report::session_page(&self.bundle.dir, &record, &events);
+            let r = self.bundle.write("report.html", page);
+            self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
+        }
+
         // What the plan asked for, present or missing.
         let mut rows: Vec<EvidenceRow> = Vec::new();
         match self.bundle.write_manifest() {
