@@ -31,4 +31,11 @@ if ! python3 -c 'import llama_cpp.server' 2>/dev/null; then
   CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON" python3 -m pip install --quiet --disable-pip-version-check \
     --root-user-action=ignore 'llama-cpp-python[server]==0.3.36'
 fi
+# The free_colab notebook is executed headless on CPU: nbclient with a Python kernel, and
+# the transformers it pins (torch from PyPI: about 3 GB with its CUDA libraries, ~1 minute).
+if ! python3 -c 'import nbclient, nbformat, ipykernel, torch, transformers' 2>/dev/null \
+  || [ "$(python3 -c 'import transformers; print(transformers.__version__)')" != "5.24.0" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    'torch==2.15.0' 'transformers==5.24.0' 'nbclient==0.11.0' 'nbformat==5.11.1' 'ipykernel==7.4.0'
+fi
 echo "test deps: ok"

@@ -24,8 +24,11 @@ pub enum Command {
     Up(UpArgs),
     /// Run a fixed eval set against an OpenAI-compatible endpoint
     Eval(EvalArgs),
-    /// Show a session's evidence bundle, or verify it (`gpuctl evidence ID verify`)
+    /// Show a session's evidence bundle, verify it (`gpuctl evidence ID verify`), or import a
+    /// notebook's (`gpuctl evidence import PLAN BUNDLE.zip`)
     Evidence(EvidenceArgs),
+    /// Write the Jupyter notebook of a free_colab plan
+    Notebook(NotebookArgs),
     /// List sessions (what may still bill first)
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
@@ -228,14 +231,43 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EvidenceArgs {
+    #[command(subcommand)]
+    pub import: Option<EvidenceImport>,
     /// Session id or unique prefix
-    pub id: String,
+    #[arg(required = false)]
+    pub id: Option<String>,
     /// `verify`: check MANIFEST.sha256 and that every file the plan asked for is there
     #[arg(value_parser = ["verify"])]
     pub action: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceImport {
+    /// Record a free_colab notebook's evidence zip as a session (checked whole first)
+    Import {
+        /// The plan the notebook was written from
+        plan: PathBuf,
+        /// The zip the notebook's last cell made
+        zip: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NotebookArgs {
+    /// A plan with route = "free_colab"
+    pub plan: PathBuf,
+    /// Where to write the notebook
+    #[arg(short, long, default_value = "lab.ipynb")]
+    pub output: PathBuf,
+    /// Overwrite --output if it exists
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod colab;
 pub mod commands;
 pub mod daemon;
 pub mod db;

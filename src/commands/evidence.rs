@@ -18,8 +18,15 @@ struct Finding {
 }
 
 pub fn run(args: EvidenceArgs) -> anyhow::Result<Exit> {
+    if let Some(crate::cli::EvidenceImport::Import { plan, zip, json }) = args.import {
+        return super::notebook::import(&plan, &zip, json);
+    }
+    let Some(id) = args.id.as_deref() else {
+        eprintln!("error: give a session id (`gpuctl ls` lists them), or `gpuctl evidence import PLAN BUNDLE.zip`");
+        return Ok(Exit::Refused);
+    };
     let db = open_db()?;
-    let session = db.get_session(&args.id)?;
+    let session = db.get_session(id)?;
     let Some(dir) = session.evidence_dir.clone() else {
         eprintln!("session {} has no evidence folder recorded", session.id);
         return Ok(Exit::Failed);

@@ -7,6 +7,7 @@ mod down;
 mod eval;
 mod evidence;
 mod ls;
+mod notebook;
 mod plan;
 mod status;
 mod up;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Up(args) => up::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Evidence(args) => evidence::run(args),
+        Command::Notebook(args) => notebook::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Down(args) => down::run(args),
