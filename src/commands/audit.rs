@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{alarm, open_db, usd};
+use super::{alarm, open_db};
 use crate::audit::{self, By, Filter, Groups, PlanFiles, Row};
 use crate::cli::{AuditArgs, AuditBy, AuditFormat};
 use crate::exit::Exit;
@@ -61,8 +61,47 @@ fn csv_row(r: &Row) -> String {
     .join(",")
 }
 
-fn hours(secs: u64) -> String {
-    format!("{:.2} h", secs as f64 / 3600.0)
+/// One line of the per-session table, written without building intermediate strings
+/// (audits print a million of them).
+fn table_row(out: &mut impl Write, row: &Row, color: bool) -> std::io::Result<()> {
+    use chrono::{Datelike, Timelike};
+    let t = row.start;
+    write!(
+        out,
+        "{:<24} {:<22} {:<8} {:<24} ",
+        row.session_id,
+        row.plan,
+        row.provider,
+        row.instance_type.as_deref().unwrap_or("-")
+    )?;
+    match row.price_usd_per_hour {
+        Some(p) => write!(out, "{p:>7.2} ")?,
+        None => write!(out, "{:>7} ", "-")?,
+    }
+    write!(
+        out,
+        "{:04}-{:02}-{:02} {:02}:{:02} {:>6.2} h {:>9.2} ",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        row.billed_seconds as f64 / 3600.0,
+        row.cost_usd
+    )?;
+    match row.percent_of_budget {
+        Some(p) => write!(out, "{p:>5.0}% ")?,
+        None => write!(out, "{:>6} ", "-")?,
+    }
+    if row.proof == "UNCONFIRMED" {
+        write!(out, "{}", alarm(&format!("{:<11}", row.proof), color))?;
+    } else {
+        write!(out, "{:<11}", row.proof)?;
+    }
+    for f in &row.flags {
+        write!(out, " {f}")?;
+    }
+    writeln!(out)
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
@@ -112,10 +151,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
             "PLAN",
             "PROVIDER",
             "INSTANCE",
-            "$/H",
+            "USD/H",
             "START (UTC)",
             "BILLED",
-            "COST",
+            "COST USD",
             "BUDGET",
             "PROOF"
         )?,
@@ -135,29 +174,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
                         .map_err(std::io::Error::other)
                         .and_then(|j| write!(out, "{sep}{j}"))
                 }
-                AuditFormat::Table => {
-                    let proof = if row.proof == "UNCONFIRMED" {
-                        alarm(&format!("{:<11}", row.proof), color)
-                    } else {
-                        format!("{:<11}", row.proof)
-                    };
-                    writeln!(
-                        out,
-                        "{:<24} {:<22} {:<8} {:<24} {:>7} {:<16} {:>8} {:>9} {:>6} {proof} {}",
-                        row.session_id,
-                        row.plan,
-                        row.provider,
-                        row.instance_type.as_deref().unwrap_or("-"),
-                        usd(row.price_usd_per_hour),
-                        row.start.format("%Y-%m-%d %H:%M"),
-                        hours(row.billed_seconds),
-                        format!("${:.2}", row.cost_usd),
-                        row.percent_of_budget
-                            .map(|p| format!("{p:.0}%"))
-                            .unwrap_or_else(|| "-".into()),
-                        row.flags.join(" "),
-                    )
-                }
+                AuditFormat::Table => table_row(&mut out, &row, color),
             };
             if let Err(e) = r {
                 io_error = Some(e);

@@ -74,6 +74,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN stop_lateness_ms INTEGER;
     ALTER TABLE sessions ADD COLUMN budget_warned_at TEXT;
     "#,
+    // 3: plan texts stored once per sha256 (teams run the same plan many times; audits scan
+    // sessions without reading plan texts). `sessions.plan_text` stays, empty, for old readers.
+    r#"
+    CREATE TABLE plans (
+        sha256  TEXT PRIMARY KEY,
+        text    TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO plans (sha256, text) SELECT plan_sha256, plan_text FROM sessions;
+    UPDATE sessions SET plan_text = '';
+    "#,
 ];
 
 pub fn migrate(db: &mut Db) -> Result<(), DbError> {

@@ -117,7 +117,7 @@ pub struct EventRecord {
     pub message: String,
 }
 
-const COLUMNS: &str = "id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at";
+const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text), plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at";
 
 fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
@@ -208,9 +208,14 @@ impl Db {
         };
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
+            "INSERT OR IGNORE INTO plans (sha256, text) VALUES (?1, ?2)",
+            params![s.plan_sha256, s.plan_text],
+        )
+        .map_err(sql)?;
+        tx.execute(
             "INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, controller_pid, evidence_dir, updated_at, controller_start, controller_kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?17, ?23, ?24)",
             params![
-                s.id, s.plan_name, s.plan_sha256, s.plan_text, s.plan_path, s.plan_git_commit, s.plan_git_dirty, s.owner,
+                s.id, s.plan_name, s.plan_sha256, "", s.plan_path, s.plan_git_commit, s.plan_git_dirty, s.owner,
                 s.route, s.provider, s.instance_type, s.region, s.price_usd_per_hour, s.catalog_price_usd_per_hour,
                 s.hourly_budget_usd, s.max_total_usd, ts(s.created_at), ts(s.deadline), s.stop_cause,
                 SessionState::Planned.as_str(), s.controller.map(|c| c.pid), s.evidence_dir,
@@ -726,13 +731,18 @@ impl Db {
             let mut ev = tx
                 .prepare_cached("INSERT INTO events (session_id, at, kind, state, message) VALUES (?1, ?2, 'state', ?3, 'seeded')")
                 .map_err(sql)?;
+            let mut plan = tx
+                .prepare_cached("INSERT OR IGNORE INTO plans (sha256, text) VALUES (?1, ?2)")
+                .map_err(sql)?;
             for r in rows {
                 let s = &r.session;
+                plan.execute(params![s.plan_sha256, s.plan_text])
+                    .map_err(sql)?;
                 ins.execute(params![
                     s.id,
                     s.plan_name,
                     s.plan_sha256,
-                    s.plan_text,
+                    "",
                     s.plan_path,
                     s.plan_git_commit,
                     s.plan_git_dirty,
