@@ -115,8 +115,9 @@ def one(mode, home, env, lead, cloud=None):
     path = os.path.join(work, "plan.toml")
     with open(path, "w") as f:
         f.write(plan_text(port, deadline, os.path.join(work, "ev"), cloud))
+    err = open(os.path.join(work, "up.err"), "w")
     up = subprocess.Popen([os.path.join(BIN, "gpuctl"), "up", "--json", path], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+                          stderr=err, text=True)
     sid = None
     for line in up.stdout:
         ev = json.loads(line) if line.startswith("{") else {}
@@ -124,6 +125,9 @@ def one(mode, home, env, lead, cloud=None):
             sid = ev["session_id"]
         if ev.get("event") == "step" and ev.get("step") == "serve":
             break
+    if sid is None:
+        up.wait()
+        raise SystemExit(f"up recorded no session: {open(os.path.join(work, 'up.err')).read()[-2000:]}")
     if mode in ("agent", "daemon"):
         up.kill()
         up.wait()
@@ -147,8 +151,13 @@ def one(mode, home, env, lead, cloud=None):
     if closed_at:
         out["port_closed_ms"] = (closed_at - d).total_seconds() * 1000
     if mode != "agent" and row[1]:
-        out["recorded_ms"] = (ts(row[1]) - d).total_seconds() * 1000
         out["state"] = row[2]
+        if row[2] == "stopped":
+            out["recorded_ms"] = (ts(row[1]) - d).total_seconds() * 1000
+        else:
+            con = sqlite3.connect(os.path.join(home, "sessions.db"))
+            out["failure"] = con.execute("SELECT failure_reason FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+            con.close()
     return out
 
 
@@ -173,7 +182,8 @@ def main():
         env = dict(os.environ, GPUCTL_HOME=home)
         daemon = emu = sshd = None
         if mode == "daemon":
-            daemon = subprocess.Popen([os.path.join(BIN, "gpuctl"), "daemon"], env=env, stderr=subprocess.DEVNULL)
+            daemon = subprocess.Popen([os.path.join(BIN, "gpuctl"), "daemon"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
         if mode == "cloud":
             sshd = Sshd(tempfile.mkdtemp())
             emu = subprocess.Popen([os.path.join(BIN, "gpuctl-cloud-emulator"), "--ssh-port", str(sshd.port),
@@ -193,6 +203,9 @@ def main():
     print("| layer | measured | p50 | p99 | max | sessions |")
     print("| --- | --- | --- | --- | --- | --- |")
     for mode, rows in results.items():
+        failed = [r for r in rows if r.get("state") not in (None, "stopped")]
+        if failed:
+            print(f"| {mode} | sessions that did not reach their deadline serving (excluded) | {len(failed)}: {failed[0].get('failure')} | | | |")
         for key, what in (("port_closed_ms", "deadline -> port refused"), ("recorded_ms", "deadline -> stop confirmed and recorded")):
             xs = [r[key] for r in rows if key in r]
             if xs:

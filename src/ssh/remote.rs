@@ -101,7 +101,12 @@ impl Session {
         let mut src = tokio::fs::File::open(local)
             .await
             .map_err(|e| SshError::Protocol(format!("{}: {e}", local.display())))?;
-        let tmp = format!("{remote}.part");
+        // A temp name of its own: two sessions may upload the same binary to one host at once.
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let tmp = format!("{remote}.part-{}-{unique}", std::process::id());
         let mut dst = sftp.create(tmp.clone()).await.map_err(sftp_err)?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
@@ -128,9 +133,13 @@ impl Session {
             .await
             .map_err(sftp_err)?;
         let _ = sftp.remove_file(remote.to_string()).await;
-        sftp.rename(tmp, remote.to_string())
-            .await
-            .map_err(sftp_err)?;
+        if let Err(e) = sftp.rename(tmp.clone(), remote.to_string()).await {
+            // Another upload of the same content may have won the race to the name.
+            let _ = sftp.remove_file(tmp).await;
+            if sftp.metadata(remote.to_string()).await.is_err() {
+                return Err(sftp_err(e));
+            }
+        }
         Ok(total)
     }
 
