@@ -7,81 +7,23 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::emulator::Emulator;
+use common::emulator::{after_eval, gpuctl, plan, Cloud, Emulator};
 use common::sshd::Sshd;
-use common::{free_port, local_plan, model_path, Ctx, Run};
+use common::{free_port, local_plan, Ctx};
 
 fn cloud_plan(
     ctx: &Ctx,
     sshd: &Sshd,
     provider: &str,
     itype: &str,
-    region: &str,
+    region: Option<&str>,
     name: &str,
 ) -> PathBuf {
-    let text = format!(
-        r#"schema = 1
-[plan]
-name = "{name}"
-goal = "spend a little for the audit"
-route = "rented_gpu"
-why = "I need a rented instance reached by SSH within a small budget"
-can_prove = "what a session costs"
-cannot_prove = "GPU serving"
-owner = "research"
-[model]
-id = "smollm2"
-runtime = "candle"
-path = "{model}"
-[instance]
-provider = "{provider}"
-instance_type = "{itype}"
-{region}
-user = "{user}"
-gpus = 0
-[budget]
-hourly_usd = 1.50
-max_total_usd = 2.00
-[stop]
-max_duration = "10m"
-grace = "5s"
-after_eval = true
-[fallback]
-route = "local_cpu"
-[access]
-method = "ssh_key"
-identity_file = "{key}"
-ports = [{{ local = {local}, remote = {remote} }}]
-[evidence]
-copy_back = ["environment_report.txt", "first_run.md"]
-shutdown_proof = "provider_terminated"
-dir = "{evidence}"
-[[eval.case]]
-id = "digits"
-prompt = "What is 2 + 2?"
-expect_regex = "\\d"
-max_tokens = 8
-"#,
-        model = model_path().display(),
-        user = sshd.user,
-        key = sshd.client_key.display(),
-        local = free_port(),
-        remote = free_port(),
-        evidence = ctx.path("bundles").display(),
-    );
-    ctx.write(&format!("{name}.toml"), text)
-}
-
-fn gpuctl(ctx: &Ctx, emu: &Emulator, args: &[&str]) -> Run {
-    let mut cmd = ctx.command();
-    emu.env(&mut cmd);
-    cmd.env("GPUCTL_STOP_CONFIRM_WINDOW", "4s");
-    let out = cmd.args(args).output().expect("gpuctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let c = Cloud {
+        name: Some(name),
+        ..after_eval(provider, itype, region)
+    };
+    plan(ctx, sshd, &c, free_port())
 }
 
 /// The cost of a session, computed here from its recorded times and price.
@@ -153,13 +95,13 @@ fn audit_totals_match_the_costs_computed_here_to_the_cent_and_survive_deleted_bu
     let sshd = Sshd::start();
     let emu = Emulator::start(sshd.port, &[]);
     let plans = [
-        cloud_plan(&ctx, &sshd, "vast", "RTX 3090", "", "vast-audit"),
+        cloud_plan(&ctx, &sshd, "vast", "RTX 3090", None, "vast-audit"),
         cloud_plan(
             &ctx,
             &sshd,
             "lambda",
             "gpu_1x_a10",
-            "region = \"us-east-1\"",
+            Some("us-east-1"),
             "lambda-audit",
         ),
         cloud_plan(
@@ -167,7 +109,7 @@ fn audit_totals_match_the_costs_computed_here_to_the_cent_and_survive_deleted_bu
             &sshd,
             "runpod",
             "NVIDIA RTX A5000",
-            "",
+            None,
             "runpod-audit",
         ),
     ];

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use super::sshd::Sshd;
+use super::{free_port, model_path, Ctx, Run};
+
 pub struct Emulator {
     child: Child,
     pub url: String,
@@ -96,5 +99,117 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cloud plan for the tests: the bundled model over SSH to the test's sshd.
+pub struct Cloud<'a> {
+    pub provider: &'a str,
+    pub instance_type: &'a str,
+    pub region: Option<&'a str>,
+    pub fallbacks: &'a [&'a str],
+    pub hourly: f64,
+    pub stop: &'a str,
+    /// plan.name (default: cloud-<provider>)
+    pub name: Option<&'a str>,
+}
+
+pub fn plan(ctx: &Ctx, sshd: &Sshd, c: &Cloud, port: u16) -> std::path::PathBuf {
+    let region = c
+        .region
+        .map(|r| format!("region = \"{r}\""))
+        .unwrap_or_default();
+    let fallbacks = c
+        .fallbacks
+        .iter()
+        .map(|f| format!("\"{f}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        r#"schema = 1
+[plan]
+name = "{name}"
+owner = "research"
+goal = "prove the {provider} route against the emulator"
+route = "rented_gpu"
+why = "I need a rented instance reached by SSH within a small budget"
+can_prove = "launch, deployment, evidence, terminate and its read-back"
+cannot_prove = "GPU serving (the emulated instance is this machine)"
+[model]
+id = "smollm2"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "{provider}"
+instance_type = "{itype}"
+{region}
+user = "{user}"
+gpus = 0
+[budget]
+hourly_usd = {hourly}
+max_total_usd = 2.00
+[stop]
+max_duration = "10m"
+grace = "5s"
+{stop}
+[fallback]
+route = "local_cpu"
+if_no_capacity = [{fallbacks}]
+[access]
+method = "ssh_key"
+identity_file = "{key}"
+ports = [{{ local = {port}, remote = {remote} }}]
+[evidence]
+copy_back = ["environment_report.txt", "first_run.md", "eval_results.csv", "requests.jsonl"]
+shutdown_proof = "provider_terminated"
+dir = "{evidence}"
+[[eval.case]]
+id = "digits"
+prompt = "What is 2 + 2?"
+expect_regex = "\\d"
+max_tokens = 8
+"#,
+        provider = c.provider,
+        name = c
+            .name
+            .map(String::from)
+            .unwrap_or_else(|| format!("cloud-{}", c.provider)),
+        itype = c.instance_type,
+        user = sshd.user,
+        hourly = c.hourly,
+        stop = c.stop,
+        model = model_path().display(),
+        key = sshd.client_key.display(),
+        remote = free_port(),
+        evidence = ctx.path("bundles").display(),
+    );
+    ctx.write(&format!("{}-{port}.toml", c.provider), text)
+}
+
+pub fn gpuctl(ctx: &Ctx, emu: &Emulator, args: &[&str]) -> Run {
+    let mut cmd = ctx.command();
+    emu.env(&mut cmd);
+    cmd.env("GPUCTL_STOP_CONFIRM_WINDOW", "6s");
+    let out = cmd.args(args).output().expect("gpuctl");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn after_eval<'a>(
+    provider: &'a str,
+    instance_type: &'a str,
+    region: Option<&'a str>,
+) -> Cloud<'a> {
+    Cloud {
+        provider,
+        instance_type,
+        region,
+        fallbacks: &[],
+        hourly: 1.5,
+        stop: "after_eval = true",
+        name: None,
     }
 }
