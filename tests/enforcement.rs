@@ -506,3 +506,71 @@ fn a_full_evidence_disk_still_stops_and_says_what_is_missing() {
         .unwrap_or_default()
         .contains("No space left"));
 }
+
+#[test]
+fn the_budget_meter_warns_at_80_percent_and_stops_before_max_total_is_spent() {
+    let ctx = Ctx::new();
+    let sshd = common::sshd::Sshd::start();
+    // $36/h is a cent a second: max_total_usd = $0.12 buys 12 s, the warning comes at 9.6 s.
+    let plan = ctx.write(
+        "budget.toml",
+        format!(
+            r#"schema = 1
+[plan]
+name = "budget-meter"
+goal = "spend to the limit and no further"
+route = "rented_gpu"
+why = "I need SSH access to a host I rent, within a small budget"
+can_prove = "the budget stop"
+cannot_prove = "GPU serving"
+[model]
+id = "smollm2"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "ssh"
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+host_key = "{fp}"
+gpus = 0
+hourly_price_usd = 36.0
+[budget]
+hourly_usd = 40.0
+max_total_usd = 0.12
+[stop]
+max_duration = "10m"
+grace = "2s"
+[fallback]
+route = "local_cpu"
+[access]
+method = "ssh_key"
+identity_file = "{key}"
+ports = [{{ local = {local}, remote = {remote} }}]
+[evidence]
+copy_back = ["environment_report.txt"]
+shutdown_proof = "process_exited"
+dir = "{evidence}"
+"#,
+            model = common::model_path().display(),
+            port = sshd.port,
+            user = sshd.user,
+            fp = sshd.host_fingerprint,
+            key = sshd.client_key.display(),
+            local = free_port(),
+            remote = free_port(),
+            evidence = ctx.path("bundles").display(),
+        ),
+    );
+    let run = ctx.run(["up", "--json", plan.to_str().expect("path")]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = common::result_event(&run.stdout);
+    let id = r["session_id"].as_str().expect("id");
+    let s = status(&ctx, id);
+    assert_eq!(s["session"]["stop_cause"], "budget", "{s:#}");
+    assert_eq!(s["session"]["stop_reason"], "deadline reached");
+    let warnings = events_of(&s, "budget");
+    assert!(warnings.iter().any(|m| m.contains("80 %")), "{warnings:?}");
+    let cost = s["session"]["cost_usd"].as_f64().expect("cost");
+    assert!(cost <= 0.12, "never more than max_total_usd: {cost}");
+}

@@ -210,6 +210,14 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     };
 
     let started = Instant::now();
+    let meter = budget_warning(
+        home.clone(),
+        id.clone(),
+        price,
+        session.plan.budget.max_total_usd,
+        now,
+        rep.is_json(),
+    );
     let ending = {
         let run = session.run(&mut rep);
         tokio::pin!(run);
@@ -236,8 +244,42 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     if matches!(ending, Ending::Interrupted) {
         rep.warn("interrupted: stopping the session (evidence, stop, proof)");
     }
-    let exit = session.finish(&mut rep, ending, started).await?;
-    Ok(exit)
+    let exit = session.finish(&mut rep, ending, started).await;
+    meter.abort();
+    exit
+}
+
+/// The budget meter's 80 % warning, from `up` itself (the daemon gives it too, once).
+fn budget_warning(
+    home: PathBuf,
+    id: String,
+    price: f64,
+    max_total: Option<f64>,
+    launched: DateTime<Utc>,
+    json: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(at) = max_total.and_then(|m| super::budget::warn_at(price, m, launched)) else {
+            return;
+        };
+        tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
+        let Ok(db) = Db::open(&home) else { return };
+        if let Ok(true) = db.mark_budget_warned(&id, Utc::now()) {
+            let msg = format!(
+                "budget: 80 % of max_total_usd ${:.2} spent at ${price:.2}/h; the session stops before the rest is spent",
+                max_total.unwrap_or_default()
+            );
+            let _ = db.add_event(&id, "budget", &msg, Utc::now());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "at": Utc::now().to_rfc3339(), "event": "warning", "message": msg })
+                );
+            } else {
+                eprintln!("warning: {msg}");
+            }
+        }
+    })
 }
 
 /// What this build cannot run yet, as a refusal (nothing is started).
