@@ -126,6 +126,19 @@ impl Host {
         }
     }
 
+    /// A copy of the evidence taken while the agent still serves (the grace period); the
+    /// stop takes the final one. Nothing on the host is cleaned up.
+    pub async fn collect_snapshot(
+        &self,
+        bundle: &Bundle,
+        copy_back: &[String],
+    ) -> anyhow::Result<()> {
+        match self {
+            Host::Local { .. } => self.collect(bundle, copy_back).await.map(|_| ()),
+            Host::Remote(r) => r.pull(&bundle.dir, copy_back).await.map(|_| ()),
+        }
+    }
+
     /// Bring the agent's evidence (and the plan's other files) into the bundle.
     pub async fn collect(
         &self,

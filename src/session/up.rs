@@ -547,6 +547,36 @@ impl Session {
                 self.deadline.format("%H:%M:%S UTC")
             ),
         );
+        // At deadline - grace, a first copy of the evidence comes back while the agent still
+        // serves: whatever happens at the stop, the bundle already holds it.
+        let grace_at =
+            self.deadline - chrono::Duration::from_std(self.plan.stop.grace).unwrap_or_default();
+        let wait = (grace_at - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            let (host, _) = self.agent.as_mut().context("agent")?;
+            let mut report = |event: &str| rep.info(event);
+            tokio::select! {
+                status = host.wait_exit(&mut report) => return Ok(Ending::AgentExited(status)),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            rep.info("grace period: collecting a first copy of the evidence");
+            self.db.add_event(
+                &self.id,
+                "grace",
+                "grace period: evidence collected before the stop",
+                Utc::now(),
+            )?;
+            if let Some((host, _)) = &self.agent {
+                if let Ok(Err(e)) = tokio::time::timeout(
+                    self.plan.stop.grace,
+                    host.collect_snapshot(&self.bundle, &self.plan.evidence.copy_back),
+                )
+                .await
+                {
+                    rep.warn(&format!("the grace-period evidence copy failed: {e:#}"));
+                }
+            }
+        }
         let (host, _) = self.agent.as_mut().context("agent")?;
         let status = host.wait_exit(&mut |event| rep.info(event)).await;
         Ok(Ending::AgentExited(status))
