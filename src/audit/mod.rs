@@ -219,3 +219,66 @@ impl Groups {
         self.all.add(r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(cost: Option<f64>, state: SessionState) -> Raw {
+        let t = DateTime::parse_from_rfc3339("2026-11-01T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("time");
+        Raw {
+            id: "s".into(),
+            plan_name: "p".into(),
+            plan_sha256: "0".repeat(64),
+            plan_path: None,
+            plan_git_commit: None,
+            owner: None,
+            route: "rented_gpu".into(),
+            provider: "lambda".into(),
+            instance_type: Some("gpu_1x_a10".into()),
+            price: Some(0.75),
+            catalog_price: Some(0.75),
+            created_at: t,
+            launched_at: Some(t),
+            ended_at: Some(t + chrono::Duration::seconds(61)),
+            state,
+            stop_reason: None,
+            cost_usd: cost,
+            max_total_usd: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn flags_and_billing_follow_the_record() {
+        let now = Utc::now();
+        let mut plans = PlanFiles::default();
+        let ok = audit(raw(Some(0.03), SessionState::Stopped), now, &mut plans);
+        assert!(ok.flags.is_empty());
+        assert_eq!(ok.billed_seconds, 120, "Lambda bills per started minute");
+        assert_eq!(ok.proof, "confirmed");
+        let over = audit(raw(Some(1.25), SessionState::Stopped), now, &mut plans);
+        assert_eq!(over.flags, vec![OVER_BUDGET]);
+        let open = audit(raw(None, SessionState::StopUnconfirmed), now, &mut plans);
+        assert_eq!(open.flags, vec![STOP_UNCONFIRMED]);
+        assert_eq!(open.proof, "UNCONFIRMED");
+        assert_eq!(
+            open.cost_usd, 0.03,
+            "metered from the price when nothing was recorded"
+        );
+
+        let dir = tempfile::tempdir().expect("dir");
+        let plan = dir.path().join("p.toml");
+        std::fs::write(&plan, "edited").expect("write");
+        let mut changed = raw(Some(0.03), SessionState::Stopped);
+        changed.plan_path = Some(plan.display().to_string());
+        assert_eq!(audit(changed, now, &mut plans).flags, vec![PLAN_CHANGED]);
+
+        let mut g = Groups::default();
+        g.add(Some(By::Month), &ok);
+        g.add(Some(By::Month), &over);
+        assert_eq!(g.by["2026-11"].cents, 128);
+        assert!(g.all.flagged());
+    }
+}

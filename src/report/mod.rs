@@ -413,3 +413,29 @@ pub fn audit_page(
     }
     page("gpuctl audit", &b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_nvml_samples_from_an_h100_become_two_charts() {
+        // gpu_metrics.csv kept from the H100 run of 2026-11-25 (bench/device/results).
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("gpu_metrics.csv"),
+            include_str!("../../bench/device/results/2026-11-25-candle-cuda-gpu_metrics.csv"),
+        )
+        .expect("write");
+        let html = gpu_charts(dir.path());
+        assert_eq!(html.matches("<svg").count(), 2, "{html}");
+        assert!(html.contains("GPU memory used") && html.contains("GPU utilisation"));
+        assert!(html.contains("GPU 0"));
+    }
+
+    #[test]
+    fn csv_fields_with_commas_quotes_and_newlines_are_read_back() {
+        let rows = csv("id,output\na,\"x, \"\"y\"\"\nz\"\n");
+        assert_eq!(rows[1], vec!["a".to_string(), "x, \"y\"\nz".to_string()]);
+    }
+}
