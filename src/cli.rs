@@ -115,6 +115,10 @@ pub struct UpArgs {
     /// Run the session in the background, watched by the daemon (started if none runs)
     #[arg(long)]
     pub detach: bool,
+    /// When no provider has capacity and the plan's fallback route is local_cpu, run that
+    /// route at once (the bundled model, the same eval set)
+    #[arg(long)]
+    pub fallback: bool,
 }
 
 #[derive(Debug, Args)]

@@ -446,3 +446,53 @@ fn keys_and_budgets_are_checked_before_anything_is_launched() {
     );
     assert_eq!(emu.instances().len(), before, "nothing launched");
 }
+
+#[test]
+fn up_fallback_runs_the_local_cpu_route_at_once_when_nothing_has_capacity() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let emu = Emulator::start(sshd.port, &[]);
+    emu.fault("vast", "launch", "capacity", 5);
+    let p = plan(
+        &ctx,
+        &sshd,
+        &after_eval("vast", "RTX 3090", None),
+        free_port(),
+    );
+    let without = gpuctl(&ctx, &emu, &["up", "--json", p.to_str().expect("path")]);
+    assert_eq!(without.code, 1);
+    assert!(
+        without.stdout.contains("up --fallback"),
+        "{}",
+        without.stdout
+    );
+    emu.fault("vast", "launch", "capacity", 5);
+    let run = gpuctl(
+        &ctx,
+        &emu,
+        &["up", "--json", "--fallback", p.to_str().expect("path")],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    // Two results: the cloud session that found no capacity, then the local_cpu run.
+    let results: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "result")
+        .collect();
+    assert_eq!(results.len(), 2, "{}", run.stdout);
+    assert_eq!(results[0]["state"], "failed");
+    let r = &results[1];
+    assert_eq!(r["state"], "stopped");
+    let s = ctx
+        .run(["status", r["session_id"].as_str().expect("id"), "--json"])
+        .json();
+    assert_eq!(s["session"]["route"], "local_cpu");
+    assert_eq!(s["session"]["plan_name"], "cloud-vast-local-cpu");
+    let ls = ctx.run(["ls", "--json"]).json();
+    assert_eq!(
+        ls.as_array().map(Vec::len),
+        Some(3),
+        "two failed cloud attempts and the local run"
+    );
+}

@@ -25,6 +25,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<Exit> {
         json: args.json,
         allow_public_ports: args.allow_public_ports,
         accept_new_host_key: args.accept_new_host_key,
+        fallback: args.fallback,
     };
     runtime()?.block_on(up(opts))
 }
@@ -74,6 +75,9 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
     }
     if args.accept_new_host_key {
         argv.push("--accept-new-host-key".into());
+    }
+    if args.fallback {
+        argv.push("--fallback".into());
     }
     let mut child = spawn_detached(&argv, &log)?;
     let started = Instant::now();

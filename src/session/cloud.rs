@@ -225,6 +225,7 @@ impl Session {
                 .route
                 .map(|r| format!("; the plan's fallback route is {r}"))
                 .unwrap_or_default();
+            self.no_capacity = true;
             bail!(
                 "no capacity anywhere the plan allows ({}){next}",
                 tried.join("; ")

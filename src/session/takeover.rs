@@ -143,6 +143,7 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
     Ok(Session {
         cloud,
         target: None,
+        no_capacity: false,
         db,
         id: record.id.clone(),
         plan,

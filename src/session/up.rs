@@ -38,6 +38,8 @@ pub struct UpOptions {
     pub allow_public_ports: bool,
     /// Record a first-seen SSH host key in known_hosts instead of refusing it.
     pub accept_new_host_key: bool,
+    /// When no provider has capacity and the plan's fallback route is local_cpu, run it now.
+    pub fallback: bool,
 }
 
 /// Why the serving phase ended.
@@ -207,6 +209,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         stop_blocker: None,
         cloud: None,
         target: None,
+        no_capacity: false,
     };
 
     let started = Instant::now();
@@ -246,7 +249,79 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     }
     let exit = session.finish(&mut rep, ending, started).await;
     meter.abort();
+    if session.no_capacity && session.plan.fallback.route == Some(Route::LocalCpu) {
+        if !opts.fallback {
+            rep.warn("no capacity: the plan's fallback route is local_cpu; `gpuctl up --fallback` runs it at once");
+        } else {
+            let cases = session.eval_cases().unwrap_or_default();
+            let path = session.work.join("fallback-local-cpu.toml");
+            std::fs::write(&path, local_cpu_plan(&session.plan, &cases, &id))?;
+            let msg = format!(
+                "no capacity: running the plan's fallback route, local_cpu, with the bundled model ({})",
+                path.display()
+            );
+            rep.warn(&msg);
+            session.db.add_event(&id, "fallback", &msg, Utc::now())?;
+            drop(session);
+            return Box::pin(up(UpOptions {
+                plan_path: path,
+                fallback: false,
+                ..opts
+            }))
+            .await;
+        }
+    }
     exit
+}
+
+/// The local_cpu run of a rented_gpu plan that found no capacity: the bundled model on
+/// this machine, the same eval set, the same evidence folder, a stop no later than the plan's.
+fn local_cpu_plan(plan: &Plan, cases: &[plan::EvalCase], failed: &str) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut t = format!(
+        "# Written by `gpuctl up --fallback` after session {failed} found no capacity.\nschema = 1\n\n[plan]\nname = {}\ngoal = {}\nroute = \"local_cpu\"\nprivacy_level = \"{}\"\n",
+        quote(&format!("{}-local-cpu", plan.name)),
+        quote(&format!("fallback of {}: {}", plan.name, plan.goal)),
+        match plan.privacy_level {
+            crate::plan::PrivacyLevel::Public => "public",
+            crate::plan::PrivacyLevel::Internal => "internal",
+            crate::plan::PrivacyLevel::Private => "private",
+        }
+    );
+    if let Some(o) = &plan.owner {
+        t.push_str(&format!("owner = {}\n", quote(o)));
+    }
+    let model = std::env::current_dir()
+        .map(|d| d.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap_or_default();
+    t.push_str(&format!(
+        "\n[model]\nid = \"HuggingFaceTB/SmolLM2-135M-Instruct\"\nruntime = \"candle\"\npath = {}\n\n[instance]\nprovider = \"local\"\n\n[stop]\nmax_duration = \"{}s\"\ngrace = \"{}s\"\nafter_eval = true\n\n[fallback]\nroute = \"none\"\n\n[access]\nports = [{{ local = {p}, remote = {p} }}]\n\n[evidence]\ncopy_back = [\"environment_report.txt\", \"first_run.md\", \"eval_results.csv\", \"requests.jsonl\"]\nshutdown_proof = \"process_exited\"\n",
+        quote(&model.display().to_string()),
+        plan.stop.max_duration.map(|d| d.as_secs()).unwrap_or(1800).max(60),
+        plan.stop.grace.as_secs(),
+        p = plan.api_port().map(|p| p.local).unwrap_or(8000),
+    ));
+    if let Some(d) = &plan.evidence.dir {
+        t.push_str(&format!("dir = {}\n", quote(d)));
+    }
+    for c in cases {
+        t.push_str(&format!(
+            "\n[[eval.case]]\nid = {}\nprompt = {}\nmax_tokens = {}\n",
+            quote(&c.id),
+            quote(&c.prompt),
+            c.max_tokens
+        ));
+        match &c.expect {
+            plan::Expectation::Contains(x) => {
+                t.push_str(&format!("expect_contains = {}\n", quote(x)))
+            }
+            plan::Expectation::Regex(x) => t.push_str(&format!("expect_regex = {}\n", quote(x))),
+        }
+        if let Some(ms) = c.max_latency_ms {
+            t.push_str(&format!("max_latency_ms = {ms}\n"));
+        }
+    }
+    t
 }
 
 /// The budget meter's 80 % warning, from `up` itself (the daemon gives it too, once).
@@ -335,6 +410,8 @@ pub(super) struct Session {
     pub(super) cloud: Option<gpuctl_providers::Cloud>,
     /// Where the host is reached over SSH (provider ssh, or the cloud instance).
     pub(super) target: Option<crate::ssh::SshTarget>,
+    /// No provider the plan allows had capacity (`up --fallback` then runs local_cpu).
+    pub(super) no_capacity: bool,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -737,7 +814,7 @@ impl Session {
         Ok(())
     }
 
-    fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
+    pub(super) fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
         let mut cases = Vec::new();
         if let Some(file) = &self.plan.eval.cases_file {
             let dir = self.plan_dir();
