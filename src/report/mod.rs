@@ -19,7 +19,7 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:980px;color:#222}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:.85em}.bad{color:#b00;font-weight:bold}.ok{color:#070}.note{color:#666}";
+const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:980px;color:#222}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em}.bad{color:#b00;font-weight:bold}.ok{color:#070}.note{color:#666}";
 
 fn page(title: &str, body: &str) -> String {
     format!(
