@@ -63,7 +63,8 @@ pub fn record(
         created_at: imported.started_at,
         deadline,
         stop_cause: "notebook".into(),
-        controller: None,
+        // This process drives the row until it is final: a daemon must not take it over.
+        controller: Some(crate::procs::me(crate::db::ControllerKind::Up)),
         evidence_dir: Some(bundle_dir.display().to_string()),
     })?;
     let now = Utc::now();
