@@ -10,12 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/gpurun
-rm -rf "$W" && mkdir -p "$W/bin" "$W/home" "$OUT"
-for b in gpuctl-agent gpuctl; do xz -dc ".device/bin/$b.xz" > "$W/bin/$b"; done; chmod +x "$W/bin/"*
-# The CUDA libraries the agent links (cuBLAS, cuRAND, the runtime) come with the host's CUDA or PyTorch.
-LIBDIRS=$(find /usr/local/cuda* /usr/lib /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') \
-  \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' -o -name 'libcublasLt.so.13*' \) 2>/dev/null | xargs -rn1 dirname | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:-}"
+. bench/device/unpack.sh
 export GPUCTL_HOME=$W/home PYTHONUNBUFFERED=1
 R=$W/report.md
 say() { echo "$*" | tee -a "$R"; }

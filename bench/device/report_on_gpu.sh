@@ -6,11 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/gpureport
-rm -rf "$W" && mkdir -p "$W/bin" "$W/home" "$OUT"
-for b in gpuctl-agent gpuctl; do xz -dc ".device/bin/$b.xz" > "$W/bin/$b"; done; chmod +x "$W/bin/"*
-LIBDIRS=$(find /usr/local/cuda* /usr/lib /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') \
-  \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' -o -name 'libcublasLt.so.13*' \) 2>/dev/null | xargs -rn1 dirname | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:-}"
+. bench/device/unpack.sh
 export GPUCTL_HOME=$W/home
 python3 bench/device/make_model.py .device/assets "$W/model" | tail -1
 p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::credentials::ApiKey;
 use crate::http::{Answer, Api};
 use crate::provider::{gone, Instance, LaunchSpec, Launched};
-use crate::{BillingGranularity, InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
 
 pub const DEFAULT_BASE: &str = "https://cloud.lambda.ai/api/v1";
 
@@ -90,12 +90,6 @@ impl Lambda {
 impl Provider for Lambda {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Lambda
-    }
-
-    /// Lambda bills on-demand instances in one-minute increments (docs.lambda.ai, public
-    /// cloud billing, read 2026-11-25).
-    fn billing(&self) -> BillingGranularity {
-        BillingGranularity::PerMinute
     }
 
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {

@@ -92,9 +92,6 @@ impl Provider for Cloud {
     fn kind(&self) -> ProviderKind {
         each!(self, c => c.kind())
     }
-    fn billing(&self) -> BillingGranularity {
-        each!(self, c => c.billing())
-    }
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
         each!(self, c => c.price(instance_type).await)
     }
@@ -115,10 +112,20 @@ impl Provider for Cloud {
     }
 }
 
-/// Billing granularity by provider kind (what `local` and `ssh` record: per second).
+/// Billing granularity by provider kind, the one place it is said. Lambda bills on-demand
+/// instances in one-minute increments and RunPod per second (their billing docs, read
+/// 2026-11-25); Vast is assumed per second (not read); `local` and `ssh` record per second.
 pub fn billing_of(kind: ProviderKind) -> BillingGranularity {
     match kind {
         ProviderKind::Lambda => BillingGranularity::PerMinute,
         _ => BillingGranularity::PerSecond,
     }
+}
+
+/// The same, for a provider name as the session database stores it (an unknown name:
+/// per second).
+pub fn billing_of_name(name: &str) -> BillingGranularity {
+    name.parse()
+        .map(billing_of)
+        .unwrap_or(BillingGranularity::PerSecond)
 }

@@ -127,7 +127,9 @@ pub enum ProviderError {
 /// calls `get` afterwards and records the stop only when it says `Gone`.
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
-    fn billing(&self) -> BillingGranularity;
+    fn billing(&self) -> BillingGranularity {
+        crate::billing_of(self.kind())
+    }
     /// The hourly price the provider quotes now for a type (None: it does not say).
     fn price(
         &self,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::credentials::ApiKey;
 use crate::http::{Answer, Api};
 use crate::provider::{gone, Instance, LaunchSpec, Launched};
-use crate::{BillingGranularity, InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
 
 pub const DEFAULT_BASE: &str = "https://api.runpod.io/graphql";
 
@@ -108,11 +108,6 @@ impl Runpod {
 impl Provider for Runpod {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Runpod
-    }
-
-    /// RunPod bills compute and storage per second (docs.runpod.io, billing, read 2026-11-25).
-    fn billing(&self) -> BillingGranularity {
-        BillingGranularity::PerSecond
     }
 
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {

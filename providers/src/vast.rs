@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::credentials::ApiKey;
 use crate::http::{Answer, Api};
 use crate::provider::{gone, Instance, LaunchSpec, Launched};
-use crate::{BillingGranularity, InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
 
 pub const DEFAULT_BASE: &str = "https://console.vast.ai/api/v0";
 
@@ -118,11 +118,6 @@ fn urlencode(s: &str) -> String {
 impl Provider for Vast {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Vast
-    }
-
-    /// Assumed per second; Vast's documentation was not read on this point.
-    fn billing(&self) -> BillingGranularity {
-        BillingGranularity::PerSecond
     }
 
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use gpuctl_providers::{billing_of, ProviderKind};
+use gpuctl_providers::billing_of_name;
 use serde::Serialize;
 
 use crate::session::SessionState;
@@ -92,10 +92,7 @@ impl PlanFiles {
 /// Audit one session as of `now`.
 pub fn audit(raw: Raw, now: DateTime<Utc>, plans: &mut PlanFiles) -> Row {
     let start = raw.launched_at.unwrap_or(raw.created_at);
-    let kind: Option<ProviderKind> = raw.provider.parse().ok();
-    let billing = kind
-        .map(billing_of)
-        .unwrap_or(gpuctl_providers::BillingGranularity::PerSecond);
+    let billing = billing_of_name(&raw.provider);
     let end = raw.ended_at.unwrap_or(now);
     let billed = if raw.launched_at.is_some() {
         billing.billed((end - start).to_std().unwrap_or_default())

@@ -261,11 +261,7 @@ fn cost_chart(s: &SessionRecord) -> String {
         return "<p class=\"note\">nothing was billed (no launch)</p>".into();
     };
     let end = s.ended_at.unwrap_or_else(Utc::now);
-    let billing = s
-        .provider
-        .parse()
-        .map(gpuctl_providers::billing_of)
-        .unwrap_or(gpuctl_providers::BillingGranularity::PerSecond);
+    let billing = gpuctl_providers::billing_of_name(&s.provider);
     let secs = (end - launched).num_milliseconds().max(0) as f64 / 1000.0;
     let steps = 60;
     let cost: Vec<(f64, f64)> = (0..=steps)

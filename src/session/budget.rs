@@ -26,10 +26,8 @@ pub fn meter(s: &SessionRecord, now: DateTime<Utc>) -> Option<(f64, f64)> {
     let price = s.price_usd_per_hour.filter(|p| *p > 0.0)?;
     let max = s.max_total_usd.filter(|m| *m > 0.0)?;
     let launched = s.launched_at?;
-    Some((
-        cost_so_far(price, launched, now, BillingGranularity::PerSecond),
-        max,
-    ))
+    let billing = gpuctl_providers::billing_of_name(&s.provider);
+    Some((cost_so_far(price, launched, now, billing), max))
 }
 
 /// When the cost reaches the warning share of the budget (per-second billing).

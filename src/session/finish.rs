@@ -164,7 +164,7 @@ impl Session {
             session_id: self.id.clone(),
             expected: self.plan.evidence.shutdown_proof.as_str().into(),
             confirmed,
-            provider: self.plan.instance.provider.as_str().into(),
+            provider: kind.as_str().into(),
             stop_reason: ending.reason(),
             deadline: self.deadline,
             stop_started_at: stop_started,
@@ -175,19 +175,19 @@ impl Session {
         let r = self.bundle.write_json("shutdown_proof.json", &proof);
         self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
 
-        let (launched, price) = match self.db.get_session(&self.id) {
-            Ok(s) => (
+        let (launched, price) = match &record {
+            Some(s) => (
                 s.launched_at.unwrap_or(s.created_at),
                 s.price_usd_per_hour.unwrap_or(0.0),
             ),
-            Err(_) => (stop_started, self.plan.declared_price().unwrap_or(0.0)),
+            None => (stop_started, self.plan.declared_price().unwrap_or(0.0)),
         };
         let billing = gpuctl_providers::billing_of(kind);
         let billed = billing.billed((stopped_at - launched).to_std().unwrap_or_default());
         let cost = (price * billed.as_secs_f64() / 3600.0 * 100.0).round() / 100.0;
         let cost_record = CostRecord {
             session_id: self.id.clone(),
-            provider: self.plan.instance.provider.as_str().into(),
+            provider: kind.as_str().into(),
             price_usd_per_hour: price,
             billing_granularity: format!("{billing:?}"),
             launched_at: launched,
@@ -218,7 +218,7 @@ impl Session {
         self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
 
         // The page a reviewer opens: written before the manifest, which covers it.
-        if let Ok(mut record) = self.db.get_session(&self.id) {
+        if let Some(mut record) = record {
             record.state = if confirmed {
                 if evidence_errors.is_empty() && !matches!(ending, Ending::Failed(_)) {
                     SessionState::Stopped

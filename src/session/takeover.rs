@@ -51,17 +51,9 @@ pub async fn stop_recorded(
     } else {
         Ending::Requested(reason.to_string())
     };
-    rep.info(&format!("stopping: {}", ending_text(&ending)));
+    rep.info(&format!("stopping: {}", ending.reason()));
     let exit = session.finish(&mut rep, ending, Instant::now()).await?;
     Ok(Outcome::Stopped(exit))
-}
-
-fn ending_text(e: &Ending) -> String {
-    match e {
-        Ending::Deadline => "deadline reached".into(),
-        Ending::Requested(s) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 /// Rebuild what `finish` needs from the database row.
