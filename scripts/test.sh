@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 scripts/fetch-model.sh
+# The tests run `python3` with the pinned test packages.
+. scripts/lib/test-venv.sh
+export PATH="$GPUCTL_TEST_VENV/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -6,7 +6,26 @@ mod common;
 
 use common::{free_port, model_path, port_refuses, Ctx};
 
+/// llama.cpp's server on the bundled GGUF, as a plan's `command`.
+fn llama_cpp_command() -> String {
+    format!(
+        r#"["python3", "-m", "llama_cpp.server", "--model", "{}", "--model_alias", "{{model}}", "--host", "{{host}}", "--port", "{{port}}", "--n_threads", "2"]"#,
+        model_path().display()
+    )
+}
+
 fn plan(ctx: &Ctx, port: u16, marker: &str, args: &str, if_oom: &str) -> std::path::PathBuf {
+    plan_with(ctx, port, marker, &llama_cpp_command(), args, if_oom)
+}
+
+fn plan_with(
+    ctx: &Ctx,
+    port: u16,
+    marker: &str,
+    command: &str,
+    args: &str,
+    if_oom: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"schema = 1
 [plan]
@@ -16,7 +35,7 @@ route = "local_cpu"
 [model]
 id = "{marker}"
 runtime = "command"
-command = ["python3", "-m", "llama_cpp.server", "--model", "{model}", "--model_alias", "{{model}}", "--host", "{{host}}", "--port", "{{port}}", "--n_threads", "2"]
+command = {command}
 args = {args}
 [instance]
 provider = "local"
@@ -39,10 +58,40 @@ prompt = "What is 2 + 2?"
 expect_regex = "\\d"
 max_tokens = 8
 "#,
-        model = model_path().display(),
         evidence = ctx.path("bundles").display(),
     );
     ctx.write(&format!("{marker}.toml"), text)
+}
+
+/// `up`'s result, or a panic that says why the session failed: the failure `up` recorded
+/// (a supervised server's signal and last output lines) and the end of `agent.log`.
+fn expect_up(run: &common::Run, code: i32) -> serde_json::Value {
+    if run.code == code {
+        return common::result_event(&run.stdout);
+    }
+    let result = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result");
+    let Some(r) = result else {
+        panic!(
+            "up exited {} (expected {code}) without a result:\n{}\n{}",
+            run.code, run.stdout, run.stderr
+        );
+    };
+    let log = r["bundle"]
+        .as_str()
+        .and_then(|b| std::fs::read_to_string(std::path::Path::new(b).join("agent.log")).ok())
+        .unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    panic!(
+        "up exited {} (expected {code}), state {}: {}\n--- agent.log (last lines) ---\n{}",
+        run.code,
+        r["state"],
+        r["failure"].as_str().unwrap_or("no failure recorded"),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// Whether any process still runs with `marker` in its command line.
@@ -65,8 +114,7 @@ fn a_supervised_server_serves_through_the_agent_and_is_stopped() {
     let marker = format!("llama-cpp-{port}");
     let p = plan(&ctx, port, &marker, r#"["--n_ctx", "2048"]"#, "");
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let r = common::result_event(&run.stdout);
+    let r = expect_up(&run, 0);
     assert_eq!(r["state"], "stopped");
     let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
     let log = std::fs::read_to_string(bundle.join("requests.jsonl")).expect("requests.jsonl");
@@ -118,13 +166,12 @@ fn out_of_memory_at_load_is_reported_and_fallback_if_oom_takes_over() {
         &format!(r#"if_oom = {{ model = "{marker}-small", args = ["--n_ctx", "2048"] }}"#),
     );
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = expect_up(&run, 0);
     assert!(
         run.stdout.contains("out of memory at model load"),
         "{}",
         run.stdout
     );
-    let r = common::result_event(&run.stdout);
     let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
     let failed: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(bundle.join("final_record-oom-attempt.json")).expect("oom record"),
@@ -152,8 +199,7 @@ fn out_of_memory_at_load_is_reported_and_fallback_if_oom_takes_over() {
     let marker = format!("llama-oom-nofallback-{port}");
     let p = plan(&ctx, port, &marker, r#"["--n_ctx", "50000000"]"#, "");
     let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    let r = common::result_event(&run.stdout);
+    let r = expect_up(&run, 1);
     assert_eq!(r["state"], "failed");
     assert!(
         r["failure"]
@@ -168,5 +214,61 @@ fn out_of_memory_at_load_is_reported_and_fallback_if_oom_takes_over() {
     )
     .expect("json");
     assert_eq!(proof["confirmed"], true);
+    assert!(!process_with(&marker));
+}
+
+/// An OpenAI-compatible server that answers `/v1/models`, then dies of SIGSEGV on the first
+/// completion request: what a llama.cpp build with the wrong instruction set does.
+const CRASHING_SERVER: &str = r#"import json, os, signal, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        print("llama_decode: about to crash on a multi-token prompt", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn a_server_killed_by_sigsegv_is_named_in_the_failure_and_agent_log() {
+    let ctx = Ctx::new();
+    let port = free_port();
+    let marker = format!("segv-{port}");
+    let script = ctx.write(&format!("{marker}.py"), CRASHING_SERVER);
+    let command = format!(r#"["python3", "{}", "{{port}}"]"#, script.display());
+    let p = plan_with(&ctx, port, &marker, &command, "[]", "");
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
+    let r = expect_up(&run, 1);
+    assert_eq!(r["state"], "failed", "{r}");
+    let failure = r["failure"].as_str().unwrap_or("");
+    assert!(
+        failure.contains("killed by signal 11 (SIGSEGV"),
+        "the failure names the signal: {failure}"
+    );
+    assert!(
+        failure.contains("about to crash"),
+        "the failure carries the server's last lines: {failure}"
+    );
+    let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
+    let agent_log = std::fs::read_to_string(bundle.join("agent.log")).expect("agent.log");
+    assert!(
+        agent_log.contains("SIGSEGV"),
+        "agent.log names the signal:\n{agent_log}"
+    );
+    let proof: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("shutdown_proof.json")).expect("proof"),
+    )
+    .expect("json");
+    assert_eq!(
+        proof["confirmed"], true,
+        "a failed session is still stopped"
+    );
+    assert!(port_refuses(port));
     assert!(!process_with(&marker));
 }

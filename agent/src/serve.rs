@@ -114,6 +114,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         let server = Arc::new(Server::start(&cfg.model, cfg.gpus)?);
         closer.server_pid = Some(server.pid);
+        // Where the controller finds the group if this agent is killed before it stops it.
+        if let Err(e) = std::fs::write(
+            evidence.join(evidence_files::SERVER_PGID),
+            server.pid.to_string(),
+        ) {
+            log!("cannot record the server's process group: {e}");
+        }
         tokio::select! {
             ready = server.wait_ready() => {
                 if let Err(e) = ready {
@@ -139,6 +146,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 .no_proxy()
                 .build()
                 .context("http client")?,
+            server: s.clone(),
         }),
         None => None,
     };
@@ -186,8 +194,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             ending.out_of_memory = s.oom.load(Ordering::SeqCst);
             if reason == StopReason::ServerFailed {
                 ending.failure = Some(format!(
-                    "the model server exited while serving; its output ends with:\n{}",
-                    s.tail()
+                    "while serving, {}",
+                    s.death_report()
+                        .unwrap_or_else(|| "the model server stopped answering".into())
                 ));
             }
         }
@@ -271,7 +280,10 @@ fn spawn_server_watch(server: Arc<Server>, stop: StopTx) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if let Some(status) = server.exited() {
-                log!("the model server exited while serving: {status}");
+                log!(
+                    "the model server died while serving: it {}",
+                    crate::supervise::describe_exit(status)
+                );
                 let _ = stop.send(Some(StopReason::ServerFailed));
                 return;
             }

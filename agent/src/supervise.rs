@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 
 use crate::log;
 
-/// How long the server gets after SIGTERM before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+/// How long the server gets after SIGTERM before SIGKILL (the controller waits longer).
+const TERM_GRACE: Duration = Duration::from_secs(gpuctl_protocol::SERVER_TERM_SECS);
 
 /// Output lines that mean the runtime ran out of memory (PyTorch, vLLM, SGLang, llama.cpp).
 const OOM_PATTERNS: &[&str] = &[
@@ -106,6 +106,28 @@ pub fn server_argv(model: &ModelConfig, port: u16, gpus: u32) -> anyhow::Result<
     Ok(argv)
 }
 
+/// An exit status in words: "exited with status 1", "was killed by signal 11 (SIGSEGV)".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(n) => {
+            let name = Signal::try_from(n)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| "unknown signal".into());
+            let core = if status.core_dumped() {
+                ", core dumped"
+            } else {
+                ""
+            };
+            format!("was killed by signal {n} ({name}{core})")
+        }
+        None => format!("ended: {status}"),
+    }
+}
+
 pub struct Server {
     child: Mutex<Child>,
     pub pid: u32,
@@ -124,6 +146,9 @@ impl Server {
         log!("starting {}", argv.join(" "));
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            // Code the plan names gets no secret of the agent's environment.
+            .env_clear()
+            .envs(gpuctl_protocol::child_env::filtered())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -181,6 +206,23 @@ impl Server {
         self.child.lock().ok()?.try_wait().ok().flatten()
     }
 
+    /// Why the server is gone, when it is: its exit status or signal and the last lines of
+    /// its output. What a user debugging a crashed vLLM needs instead of a bare 502.
+    pub fn death_report(&self) -> Option<String> {
+        let status = self.exited()?;
+        let what = if self.oom.load(Ordering::SeqCst) {
+            format!("ran out of memory and {}", describe_exit(status))
+        } else {
+            describe_exit(status)
+        };
+        Some(format!(
+            "the model server (pid {}, `{}`) {what}; its output ends with:\n{}",
+            self.pid,
+            self.argv[0],
+            self.tail()
+        ))
+    }
+
     pub fn tail(&self) -> String {
         self.last_lines
             .lock()
@@ -205,7 +247,8 @@ impl Server {
                     "exited"
                 };
                 bail!(
-                    "the server {what} before it was ready ({status}); its output ends with:\n{}",
+                    "the server {what} before it was ready: it {}; its output ends with:\n{}",
+                    describe_exit(status),
                     self.tail()
                 );
             }
@@ -221,9 +264,13 @@ impl Server {
     /// SIGTERM to the server's process group, SIGKILL after a grace; returns what happened.
     pub fn stop(&self) -> String {
         let pgid = Pid::from_raw(self.pid as i32);
-        if self.exited().is_some() {
+        if let Some(status) = self.exited() {
             let _ = killpg(pgid, Signal::SIGKILL);
-            return format!("server pid {} had already exited", self.pid);
+            return format!(
+                "server pid {} had already exited: it {}",
+                self.pid,
+                describe_exit(status)
+            );
         }
         let _ = killpg(pgid, Signal::SIGTERM);
         let start = std::time::Instant::now();
@@ -231,8 +278,10 @@ impl Server {
             if let Some(status) = self.exited() {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 return format!(
-                    "server pid {} ({}) stopped: {status}",
-                    self.pid, self.argv[0]
+                    "server pid {} ({}) stopped: it {}",
+                    self.pid,
+                    self.argv[0],
+                    describe_exit(status)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -354,6 +403,18 @@ mod tests {
             "2048",
         ];
         assert_eq!(a, want);
+    }
+
+    #[test]
+    fn exits_in_words() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = std::process::ExitStatus::from_raw;
+        assert_eq!(describe_exit(st(1 << 8)), "exited with status 1");
+        assert_eq!(describe_exit(st(11)), "was killed by signal 11 (SIGSEGV)");
+        assert_eq!(
+            describe_exit(st(11 | 0x80)),
+            "was killed by signal 11 (SIGSEGV, core dumped)"
+        );
     }
 
     #[test]

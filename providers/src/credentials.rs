@@ -23,6 +23,17 @@ impl ApiKey {
         &self.0
     }
 
+    /// The first 16 hex digits of the key's sha256: enough to tell two keys apart, useless
+    /// for recovering either.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.0.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// A key given directly (tests, and the emulator's clients).
     pub fn new(key: impl Into<String>) -> ApiKey {
         ApiKey(key.into())

@@ -28,10 +28,24 @@ pub struct Api {
     calls: Arc<AtomicU64>,
 }
 
+/// The most of one answer that is read: a provider's list of instances is far smaller; an
+/// endless or hostile body is cut off instead of filling memory.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 /// What came back: the status and the JSON body (Null when the body is not JSON).
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// Whether the body parsed as JSON at all (a proxy's HTML error page does not).
+    pub is_json: bool,
+}
+
+impl Answer {
+    /// A JSON object that has `key`, with whatever value (null included): the shape of a
+    /// documented answer, as opposed to an error page or an empty body.
+    pub fn has(&self, key: &str) -> bool {
+        self.is_json && self.body.as_object().is_some_and(|o| o.contains_key(key))
+    }
 }
 
 /// The request timeout: 30 s, or `GPUCTL_API_TIMEOUT_MS` (tests shorten it).
@@ -137,14 +151,10 @@ impl Api {
                 tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
                 continue;
             }
-            let text = resp.text().await.map_err(|e| {
-                if e.is_timeout() {
-                    ProviderError::Timeout
-                } else {
-                    ProviderError::Io(format!("reading the answer: {}", e.without_url()))
-                }
-            })?;
-            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let text = read_capped(resp).await?;
+            let parsed: Option<Value> = serde_json::from_slice(&text).ok();
+            let is_json = parsed.is_some();
+            let body = parsed.unwrap_or(Value::Null);
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(ProviderError::Unauthorized);
             }
@@ -153,7 +163,39 @@ impl Api {
                     "rate limited {MAX_429} times in a row (HTTP 429)"
                 )));
             }
-            return Ok(Answer { status, body });
+            return Ok(Answer {
+                status,
+                body,
+                is_json,
+            });
         }
+    }
+
+    /// A short, stable fingerprint of the key (sha256 prefix): which key launched an
+    /// instance is recorded, never the key itself.
+    pub fn key_fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+}
+
+/// The body, up to `MAX_ANSWER_BYTES`.
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout
+            } else {
+                ProviderError::Io(format!("reading the answer: {}", e.without_url()))
+            }
+        })?;
+        let Some(chunk) = chunk else { return Ok(out) };
+        if out.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(ProviderError::Api(format!(
+                "the answer is larger than {} MiB; refused",
+                MAX_ANSWER_BYTES / (1024 * 1024)
+            )));
+        }
+        out.extend_from_slice(&chunk);
     }
 }

@@ -33,7 +33,16 @@ impl Lambda {
         body: Option<&Value>,
         launch: bool,
     ) -> Result<Value, ProviderError> {
-        let Answer { status, body } = self.api.send(method, path, body, launch).await?;
+        let Answer {
+            status,
+            body,
+            is_json,
+        } = self.api.send(method, path, body, launch).await?;
+        if !is_json {
+            return Err(ProviderError::Api(format!(
+                "HTTP {status}: the answer is not JSON"
+            )));
+        }
         if let Some(err) = body.get("error") {
             let code = err["code"].as_str().unwrap_or_default();
             let message = err["message"].as_str().unwrap_or("no message").to_string();
@@ -46,7 +55,10 @@ impl Lambda {
                     ProviderError::NoCapacity(format!("{message}{suggestion}"))
                 }
                 "global/quota-exceeded" => ProviderError::Quota(format!("{message}{suggestion}")),
-                "global/object-does-not-exist" => ProviderError::NotFound(message),
+                // Not-found only as documented: HTTP 404 with this code.
+                "global/object-does-not-exist" if status == reqwest::StatusCode::NOT_FOUND => {
+                    ProviderError::NotFound(message)
+                }
                 "global/invalid-api-key" => ProviderError::Unauthorized,
                 _ => ProviderError::Api(format!("{code}: {message}{suggestion}")),
             });
@@ -156,13 +168,16 @@ impl Provider for Lambda {
 
     async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
         let data = self.call(Method::GET, "/instances", None, false).await?;
-        Ok(data
-            .as_array()
+        data.as_array()
             .map(|a| a.iter().map(Lambda::instance).collect())
-            .unwrap_or_default())
+            .ok_or_else(|| ProviderError::Api("an answer whose `data` is not a list".into()))
     }
 
     fn calls(&self) -> u64 {
         self.api.calls()
+    }
+
+    fn key_fingerprint(&self) -> String {
+        self.api.key_fingerprint()
     }
 }

@@ -110,6 +110,9 @@ impl Provider for Cloud {
     fn calls(&self) -> u64 {
         each!(self, c => c.calls())
     }
+    fn key_fingerprint(&self) -> String {
+        each!(self, c => c.key_fingerprint())
+    }
 }
 
 /// Billing granularity by provider kind, the one place it is said. Lambda bills on-demand

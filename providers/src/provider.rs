@@ -37,7 +37,9 @@ pub enum InstanceState {
     Stopping,
     /// Stopped but still allocated (a stopped disk may still bill).
     Stopped,
-    /// The provider says it is terminated, or no longer knows it: billing has ended.
+    /// The provider says it is terminated, or gives its documented not-found answer for
+    /// this very endpoint: billing has ended. Nothing else (an error page, a 5xx, an
+    /// answer without the expected shape) is ever read as gone.
     Gone,
     /// Anything else, verbatim.
     Other(String),
@@ -152,6 +154,8 @@ pub trait Provider: Send + Sync {
     fn list(&self) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
     /// API calls made through this client so far.
     fn calls(&self) -> u64;
+    /// Which API key this client uses, as a sha256 prefix (never the key).
+    fn key_fingerprint(&self) -> String;
 }
 
 /// A `Gone` instance (the provider does not know the id any more).

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::credentials::ApiKey;
-use crate::http::{Answer, Api};
+use crate::http::Api;
 use crate::provider::{gone, Instance, LaunchSpec, Launched};
 use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
 
@@ -39,7 +39,16 @@ impl Runpod {
         launch: bool,
     ) -> Result<Value, ProviderError> {
         let body = json!({ "query": query, "variables": variables });
-        let Answer { status, body } = self.api.send(Method::POST, "", Some(&body), launch).await?;
+        let answer = self.api.send(Method::POST, "", Some(&body), launch).await?;
+        let status = answer.status;
+        if !answer.is_json || !answer.body.is_object() {
+            // A proxy's error page or an empty body is no answer at all, whatever its status.
+            return Err(ProviderError::Api(format!(
+                "HTTP {status}: the answer is not a GraphQL response"
+            )));
+        }
+        let has_data = answer.has("data");
+        let body = answer.body;
         if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
             let message = errors
                 .iter()
@@ -67,8 +76,8 @@ impl Runpod {
                 },
             );
         }
-        if !status.is_success() {
-            return Err(ProviderError::Api(format!("HTTP {status}")));
+        if !status.is_success() || !has_data {
+            return Err(ProviderError::Api(format!("HTTP {status} without `data`")));
         }
         Ok(body["data"].clone())
     }
@@ -153,7 +162,9 @@ impl Provider for Runpod {
     }
 
     async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
-        let data = match self
+        // Errors, "not found" among them, are not a read-back: only `pod: null` in a
+        // well-formed answer (the pod is no longer listed) or TERMINATED counts as gone.
+        let data = self
             .graphql(
                 &format!(
                     "query Pod($input: PodFilter) {{ pod(input: $input) {{ {POD_FIELDS} }} }}"
@@ -161,12 +172,10 @@ impl Provider for Runpod {
                 json!({ "input": { "podId": id } }),
                 false,
             )
-            .await
-        {
-            Ok(d) => d,
-            Err(ProviderError::NotFound(_)) => return Ok(gone(id)),
-            Err(e) => return Err(e),
-        };
+            .await?;
+        if !data.as_object().is_some_and(|d| d.contains_key("pod")) {
+            return Err(ProviderError::Api("an answer without `pod`".into()));
+        }
         if data["pod"].is_null() {
             return Ok(gone(id));
         }
@@ -196,13 +205,19 @@ impl Provider for Runpod {
                 false,
             )
             .await?;
-        Ok(data["myself"]["pods"]
+        // An empty list is an answer; a missing one is not (orphans and lost launches are
+        // looked for here: "none" must mean none).
+        data["myself"]["pods"]
             .as_array()
             .map(|a| a.iter().map(Runpod::instance).collect())
-            .unwrap_or_default())
+            .ok_or_else(|| ProviderError::Api("an answer without `myself.pods`".into()))
     }
 
     fn calls(&self) -> u64 {
         self.api.calls()
+    }
+
+    fn key_fingerprint(&self) -> String {
+        self.api.key_fingerprint()
     }
 }

@@ -58,7 +58,7 @@ impl Vast {
             "order": [["dph_total", "asc"]],
         });
         let path = format!("/bundles/?q={}", urlencode(&q.to_string()));
-        let Answer { status, body } = self.call(Method::GET, &path, None, false).await?;
+        let Answer { status, body, .. } = self.call(Method::GET, &path, None, false).await?;
         if !status.is_success() {
             return Err(ProviderError::Api(format!(
                 "HTTP {status}: {}",
@@ -147,7 +147,7 @@ impl Provider for Vast {
             "disk": spec.disk_gb.unwrap_or(40),
             "runtype": "ssh",
         });
-        let Answer { status, body } = self
+        let Answer { status, body, .. } = self
             .call(Method::PUT, &format!("/asks/{offer}/"), Some(&body), true)
             .await?;
         let contract = body["new_contract"]
@@ -179,26 +179,40 @@ impl Provider for Vast {
     }
 
     async fn get(&self, id: &str) -> Result<Instance, ProviderError> {
-        let Answer { status, body } = self
+        let answer = self
             .call(Method::GET, &format!("/instances/{id}/"), None, false)
             .await?;
-        if status == reqwest::StatusCode::NOT_FOUND || body["instances"].is_null() {
-            return Ok(gone(id));
-        }
+        let status = answer.status;
         if !status.is_success() {
             return Err(ProviderError::Api(format!(
                 "HTTP {status}: {}",
-                error_text(&body)
+                error_text(&answer.body)
             )));
         }
-        Ok(Vast::instance(&body["instances"]))
+        // The documented not-found answer of this endpoint (OpenAPI; vast-cli's
+        // show_instance): 200 with `"instances": null`. Anything without the key is no answer.
+        if !answer.has("instances") {
+            return Err(ProviderError::Api(format!(
+                "HTTP {status} without `instances`: not a read-back"
+            )));
+        }
+        if answer.body["instances"].is_null() {
+            return Ok(gone(id));
+        }
+        Ok(Vast::instance(&answer.body["instances"]))
     }
 
     async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
-        let Answer { status, body } = self
+        let Answer { status, body, .. } = self
             .call(Method::DELETE, &format!("/instances/{id}/"), None, false)
             .await?;
-        if body["success"].as_bool() == Some(true) || body["error"] == "no_such_instance" {
+        // 404 is the documented answer for an unknown instance; the read-back decides.
+        let unknown = status == reqwest::StatusCode::NOT_FOUND
+            && matches!(
+                body["error"].as_str(),
+                Some("not_found" | "no_such_instance")
+            );
+        if body["success"].as_bool() == Some(true) || unknown {
             return Ok(());
         }
         Err(ProviderError::Api(format!(
@@ -208,20 +222,25 @@ impl Provider for Vast {
     }
 
     async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
-        let Answer { status, body } = self.call(Method::GET, "/instances/", None, false).await?;
+        let Answer { status, body, .. } =
+            self.call(Method::GET, "/instances/", None, false).await?;
         if !status.is_success() {
             return Err(ProviderError::Api(format!(
                 "HTTP {status}: {}",
                 error_text(&body)
             )));
         }
-        Ok(body["instances"]
+        body["instances"]
             .as_array()
             .map(|a| a.iter().map(Vast::instance).collect())
-            .unwrap_or_default())
+            .ok_or_else(|| ProviderError::Api("an answer without `instances`".into()))
     }
 
     fn calls(&self) -> u64 {
         self.api.calls()
+    }
+
+    fn key_fingerprint(&self) -> String {
+        self.api.key_fingerprint()
     }
 }

@@ -84,6 +84,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO plans (sha256, text) SELECT plan_sha256, plan_text FROM sessions;
     UPDATE sessions SET plan_text = '';
     "#,
+    // 4: which API key launched a cloud instance (a sha256 prefix, never the key): a stop
+    // read back through another key may see "gone" where the instance is only invisible.
+    r#"
+    ALTER TABLE sessions ADD COLUMN provider_key_sha256 TEXT;
+    "#,
 ];
 
 pub fn migrate(db: &mut Db) -> Result<(), DbError> {

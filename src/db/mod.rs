@@ -13,7 +13,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use sessions::{
-    Claim, Controller, ControllerKind, EventRecord, EvidenceRow, NewSession, SeedRow, SessionRecord,
+    Claim, CloudLaunch, Controller, ControllerKind, EventRecord, EvidenceRow, NewSession, SeedRow,
+    SessionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,20 @@ pub enum DbError {
     Ambiguous(String),
 }
 
+impl DbError {
+    /// Another connection holds a lock (SQLITE_BUSY or SQLITE_LOCKED, any extended code).
+    pub fn is_busy(&self) -> bool {
+        let source = match self {
+            DbError::Sql { source, .. } | DbError::Open { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 pub struct Db {
     conn: Connection,
     path: PathBuf,
@@ -52,6 +67,8 @@ pub struct Db {
 
 /// How long a writer waits for another process's lock before giving up with a clear error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening waits out a database that other processes are opening or migrating.
+const OPEN_RETRY: Duration = Duration::from_secs(30);
 
 impl Db {
     /// Open (creating if needed) `sessions.db` in `home`.
@@ -72,9 +89,18 @@ impl Db {
             conn,
             path: path.to_path_buf(),
         };
-        db.configure()?;
-        migrations::migrate(&mut db)?;
-        Ok(db)
+        // Many processes may open a fresh home at once (`up` beside a loop of `ls`): the
+        // switch to WAL and the migrations take locks the busy handler does not always wait
+        // for, so a busy answer here is waited out, bounded, instead of failing the command.
+        let start = std::time::Instant::now();
+        loop {
+            match db.configure().and_then(|_| migrations::migrate(&mut db)) {
+                Err(e) if e.is_busy() && start.elapsed() < OPEN_RETRY => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.map(|_| db),
+            }
+        }
     }
 
     fn configure(&self) -> Result<(), DbError> {

@@ -80,6 +80,8 @@ pub struct SessionRecord {
     /// Deadline to the confirmed stop, where the stop was for the deadline.
     pub stop_lateness_ms: Option<i64>,
     pub budget_warned_at: Option<DateTime<Utc>>,
+    /// The sha256 prefix of the API key that launched the cloud instance (never the key).
+    pub provider_key_sha256: Option<String>,
 }
 
 /// The process that drives a session, identified so that a reused PID is not mistaken for it.
@@ -117,7 +119,7 @@ pub struct EventRecord {
     pub message: String,
 }
 
-const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text), plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at";
+const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text), plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at, provider_key_sha256";
 
 fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
@@ -191,6 +193,7 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
         next_stop_attempt_at: opt_time(row, 36)?,
         stop_lateness_ms: row.get(37)?,
         budget_warned_at: opt_time(row, 38)?,
+        provider_key_sha256: row.get(39)?,
     })
 }
 
@@ -206,7 +209,10 @@ impl Db {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         tx.execute(
             "INSERT OR IGNORE INTO plans (sha256, text) VALUES (?1, ?2)",
             params![s.plan_sha256, s.plan_text],
@@ -244,7 +250,10 @@ impl Db {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let n = tx
             .execute(
                 "UPDATE sessions SET state = ?2, updated_at = ?3 WHERE id = ?1",
@@ -417,7 +426,10 @@ impl Db {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         tx.execute(
             "UPDATE sessions SET state = ?2, ended_at = ?3, cost_usd = ?4, stop_reason = ?5, failure_reason = ?6, updated_at = ?3 WHERE id = ?1",
             params![id, state.as_str(), ts(ended_at), cost_usd, stop_reason, failure_reason],
@@ -437,7 +449,10 @@ impl Db {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         for r in rows {
             tx.execute(
                 "INSERT OR REPLACE INTO evidence (session_id, path, sha256, size, status) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -652,23 +667,13 @@ impl Db {
 }
 
 impl Db {
-    /// A cloud instance exists: which one, where, at what quoted price; billing starts now.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_cloud_launch(
-        &self,
-        id: &str,
-        provider: &str,
-        instance_type: &str,
-        region: Option<&str>,
-        instance_id: &str,
-        price_usd_per_hour: Option<f64>,
-        catalog_price: Option<f64>,
-        at: DateTime<Utc>,
-    ) -> Result<(), DbError> {
+    /// A cloud instance exists: which one, where, at what quoted price, launched with which
+    /// key (its sha256 prefix); billing starts now.
+    pub fn record_cloud_launch(&self, id: &str, l: &CloudLaunch) -> Result<(), DbError> {
         self.conn
             .execute(
-                "UPDATE sessions SET provider = ?2, instance_type = ?3, region = ?4, instance_id = ?5, price_usd_per_hour = coalesce(?6, price_usd_per_hour), catalog_price_usd_per_hour = ?7, launched_at = ?8, updated_at = ?8 WHERE id = ?1",
-                params![id, provider, instance_type, region, instance_id, price_usd_per_hour, catalog_price, ts(at)],
+                "UPDATE sessions SET provider = ?2, instance_type = ?3, region = ?4, instance_id = ?5, price_usd_per_hour = coalesce(?6, price_usd_per_hour), catalog_price_usd_per_hour = ?7, launched_at = ?8, updated_at = ?8, provider_key_sha256 = ?9 WHERE id = ?1",
+                params![id, l.provider, l.instance_type, l.region, l.instance_id, l.price_usd_per_hour, l.catalog_price, ts(l.at), l.key_sha256],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -702,6 +707,19 @@ impl Db {
     }
 }
 
+/// What `record_cloud_launch` writes.
+#[derive(Debug, Clone)]
+pub struct CloudLaunch {
+    pub provider: String,
+    pub instance_type: String,
+    pub region: Option<String>,
+    pub instance_id: String,
+    pub price_usd_per_hour: Option<f64>,
+    pub catalog_price: Option<f64>,
+    pub at: DateTime<Utc>,
+    pub key_sha256: String,
+}
+
 /// A session row as a benchmark seeds it: where it stands, not how it got there.
 #[derive(Debug, Clone)]
 pub struct SeedRow {
@@ -723,7 +741,10 @@ impl Db {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         {
             let mut ins = tx
                 .prepare_cached("INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, evidence_dir, updated_at, instance_id, launched_at, ended_at, cost_usd, stop_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?17, ?22, ?23, ?24, ?25, ?26)")

@@ -37,11 +37,26 @@ impl Bundle {
     }
 
     /// Copy a file in, if it exists. Returns whether it did.
+    /// Copy a regular file into the bundle. A link, a FIFO or a device (which code run by
+    /// the plan could plant where the evidence is) is not followed, opened or copied.
     pub fn copy_in(&self, from: &Path, name: &str) -> anyhow::Result<bool> {
-        if !from.is_file() {
-            return Ok(false);
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::symlink_metadata(from) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => return Ok(false),
         }
-        std::fs::copy(from, self.path(name))
+        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+        let mut src = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(from)
+        {
+            Ok(f) if f.metadata().is_ok_and(|m| m.file_type().is_file()) => f,
+            _ => return Ok(false),
+        };
+        let mut dst = std::fs::File::create(self.path(name))
+            .with_context(|| format!("cannot copy {} into the bundle", from.display()))?;
+        std::io::copy(&mut src, &mut dst)
             .with_context(|| format!("cannot copy {} into the bundle", from.display()))?;
         Ok(true)
     }

@@ -82,6 +82,14 @@ pub fn check_str(name: &str, text: &str, now: DateTime<Utc>) -> Checked {
     }
 }
 
+/// A stored plan read back for a stop: the plan even where today's rules refuse it (a
+/// newer gpuctl may be stricter than the one that launched it). `None` only when it cannot
+/// be read at all. The problems say what today's rules think of it.
+pub fn read_lenient(name: &str, text: &str, now: DateTime<Utc>) -> (Option<Plan>, Vec<Problem>) {
+    let source = Source::new(name, text);
+    validate::check_lenient(&source, now)
+}
+
 /// Read an eval cases file: a TOML file of `[[case]]` tables.
 pub fn read_cases_file(path: &Path) -> Result<Vec<EvalCase>, Vec<Problem>> {
     let source = Source::read(path).map_err(|p| vec![*p])?;

@@ -35,6 +35,26 @@ pub fn check(
     plan_dir: Option<&Path>,
     now: DateTime<Utc>,
 ) -> (Option<Plan>, Vec<Problem>) {
+    let (plan, problems) = check_lenient_in(source, plan_dir, now);
+    let plan = if problems.iter().any(Problem::is_error) {
+        None
+    } else {
+        plan
+    };
+    (plan, problems)
+}
+
+/// Like `check`, but the plan is returned whenever every section could be read, refusals
+/// or not: the stop of a recorded session must not depend on today's rules.
+pub fn check_lenient(source: &Source, now: DateTime<Utc>) -> (Option<Plan>, Vec<Problem>) {
+    check_lenient_in(source, None, now)
+}
+
+fn check_lenient_in(
+    source: &Source,
+    plan_dir: Option<&Path>,
+    now: DateTime<Utc>,
+) -> (Option<Plan>, Vec<Problem>) {
     let mut cx = Ctx::default();
     let plan = match DeTable::parse(&source.text) {
         Ok(doc) => {
@@ -68,11 +88,6 @@ pub fn check(
     for p in &mut problems {
         p.locate(source);
     }
-    let plan = if problems.iter().any(Problem::is_error) {
-        None
-    } else {
-        plan
-    };
     (plan, problems)
 }
 
@@ -243,10 +258,24 @@ fn positive_u32(
     }
 }
 
-fn strings(cx: &mut Ctx, view: &mut TableView, key: &'static str) -> Vec<String> {
-    view.string_array(cx, key)
-        .map(|a| a.value.into_iter().map(|s| s.value).collect())
-        .unwrap_or_default()
+/// A supervised server's extra flags. `--host` and `--port` are refused: the agent puts the
+/// server on 127.0.0.1 and a port of its own, and a later `--host 0.0.0.0` would win
+/// (argparse keeps the last) and serve the unauthenticated inner port to the network.
+fn server_args(cx: &mut Ctx, view: &mut TableView, key: &'static str) -> Vec<String> {
+    let Some(list) = view.string_array(cx, key) else {
+        return Vec::new();
+    };
+    for arg in &list.value {
+        let flag = arg.value.split('=').next().unwrap_or_default();
+        if matches!(flag, "--host" | "--port") {
+            cx.push(
+                Problem::error(view.field(key), arg.span.clone(), format!("sets `{flag}`, which the agent owns"))
+                    .why("the agent starts the server on 127.0.0.1 and a free port, and serves it only through its authenticated API; a `--host` here would expose the server's own, unauthenticated port")
+                    .fix(format!("remove `{}` (and its value) from {key}; to reach the API from elsewhere use access.ports and `gpuctl up --allow-public-ports`", arg.value)),
+            );
+        }
+    }
+    list.value.into_iter().map(|s| s.value).collect()
 }
 
 fn read_plan(
@@ -515,7 +544,7 @@ fn read_model(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<Mo
         )
     });
     let path = optional(cx, &mut t, "path");
-    let args = strings(cx, &mut t, "args");
+    let args = server_args(cx, &mut t, "args");
     let command = t.string_array(cx, "command");
     match (runtime, &path) {
         (Some(Runtime::Candle), None) if t.raw("path").is_none() => missing(cx, &t, "path", "candle serves weights from a file on the host", "add `path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"` (a GGUF file or a safetensors folder)"),
@@ -943,7 +972,7 @@ fn read_fallback(cx: &mut Ctx, mut t: TableView) -> Option<FallbackRead> {
             "the OOM fallback restarts the server with this model",
             "add `model = \"Qwen/Qwen2.5-0.5B-Instruct\"`",
         );
-        let args = strings(cx, &mut oom_view, "args");
+        let args = server_args(cx, &mut oom_view, "args");
         oom_view.finish(cx);
         model.map(|m| OomFallback {
             model: m.value,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chrono::Utc;
 use gpuctl_providers::{
-    instance_name, price_of, Cloud, InstanceState, LaunchSpec, Provider, ProviderError,
+    instance_name, price_of, Cloud, InstanceState, LaunchSpec, Launched, Provider, ProviderError,
     ProviderKind,
 };
 
 use super::up::Session;
+use crate::db::CloudLaunch;
 use crate::evidence::Check;
 use crate::plan::Plan;
 use crate::progress::Reporter;
@@ -88,7 +89,99 @@ fn ssh_key_names(plan: &Plan) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The event kind written just before a launch request is sent.
+pub const LAUNCH_REQUEST: &str = "launch_request";
+/// How long a stop waits for a launch request already sent to answer (beyond the client's
+/// own request timeout, which bounds it too).
+const LAUNCH_SETTLE: Duration = Duration::from_secs(120);
+
+/// Where a launch was asked for: provider, type, region, catalog price.
+type LaunchWhere = (ProviderKind, String, Option<String>, Option<f64>);
+
+/// A launch request in flight, in a task of its own so that nothing cancels it half-way.
+pub struct PendingLaunch {
+    task: tokio::task::JoinHandle<(Cloud, Result<Launched, ProviderError>)>,
+    pub at: LaunchWhere,
+}
+
+impl PendingLaunch {
+    fn start(cloud: Cloud, spec: LaunchSpec, at: LaunchWhere) -> PendingLaunch {
+        let s = spec.clone();
+        let task = tokio::spawn(async move {
+            let r = cloud.launch(&s).await;
+            (cloud, r)
+        });
+        PendingLaunch { task, at }
+    }
+
+    /// The provider's answer. A task that panicked lost its answer: the caller then looks
+    /// for the instance by its tag, with a new client.
+    async fn answer(&mut self) -> anyhow::Result<(Cloud, Result<Launched, ProviderError>)> {
+        match (&mut self.task).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let cloud = Cloud::connect(self.at.0).map_err(|ce| {
+                    anyhow::anyhow!("the launch task failed ({e}), and no new client: {ce}")
+                })?;
+                let lost = ProviderError::Timeout;
+                Ok((cloud, Err(lost)))
+            }
+        }
+    }
+
+    /// The answer, waited for at most `LAUNCH_SETTLE` (the stop's path).
+    pub async fn settle(mut self) -> anyhow::Result<(Cloud, Result<Launched, ProviderError>)> {
+        match tokio::time::timeout(LAUNCH_SETTLE, self.answer()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.task.abort();
+                let cloud = Cloud::connect(self.at.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok((cloud, Err(ProviderError::Timeout)))
+            }
+        }
+    }
+}
+
 impl Session {
+    /// Record a created instance with the key that created it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_launch(
+        &self,
+        cloud: &Cloud,
+        kind: ProviderKind,
+        instance_type: &str,
+        region: Option<&str>,
+        instance_id: &str,
+        price: Option<f64>,
+        catalog: Option<f64>,
+    ) -> anyhow::Result<()> {
+        self.db.record_cloud_launch(
+            &self.id,
+            &CloudLaunch {
+                provider: kind.as_str().into(),
+                instance_type: instance_type.into(),
+                region: region.map(String::from),
+                instance_id: instance_id.into(),
+                price_usd_per_hour: price,
+                catalog_price: catalog,
+                at: Utc::now(),
+                key_sha256: cloud.key_fingerprint(),
+            },
+        )?;
+        self.db.add_event(
+            &self.id,
+            "launch",
+            &format!(
+                "{kind} launched {instance_id} ({instance_type}) at {}",
+                price
+                    .map(|p| format!("${p:.2}/h as quoted"))
+                    .unwrap_or_else(|| "an unquoted price".into())
+            ),
+            Utc::now(),
+        )?;
+        Ok(())
+    }
+
     /// Launch (with fallbacks), wait until it runs, and return where to reach it by SSH.
     pub(super) async fn provision(
         &mut self,
@@ -139,29 +232,33 @@ impl Session {
                         .unwrap_or_default()
                 ),
             );
-            match cloud.launch(&spec).await {
+            // Announced before it is sent (a state change is committed before its side
+            // effect): a stop that finds no instance id looks for this one by its tag.
+            self.db.add_event(
+                &self.id,
+                LAUNCH_REQUEST,
+                &format!("{kind} {t}: requesting {}", spec.name),
+                Utc::now(),
+            )?;
+            let pending = PendingLaunch::start(
+                cloud,
+                spec.clone(),
+                (kind, t.clone(), region.clone(), catalog),
+            );
+            // Never cancelled half-way: if this future is dropped (Ctrl+C, the deadline), the
+            // request goes on in its task and the stop waits for its answer.
+            let (cloud, result) = self.pending_launch.insert(pending).answer().await?;
+            self.pending_launch = None;
+            match result {
                 Ok(l) => {
-                    self.db.record_cloud_launch(
-                        &self.id,
-                        kind.as_str(),
+                    self.record_launch(
+                        &cloud,
+                        kind,
                         &t,
                         region.as_deref(),
                         &l.instance_id,
                         l.usd_per_hour,
                         catalog,
-                        Utc::now(),
-                    )?;
-                    self.db.add_event(
-                        &self.id,
-                        "launch",
-                        &format!(
-                            "{kind} launched {} ({t}) at {}",
-                            l.instance_id,
-                            l.usd_per_hour
-                                .map(|p| format!("${p:.2}/h as quoted"))
-                                .unwrap_or_else(|| "an unquoted price".into())
-                        ),
-                        Utc::now(),
                     )?;
                     rep.done(&format!("instance {}", l.instance_id));
                     launched = Some((cloud, l));
@@ -176,36 +273,36 @@ impl Session {
                     message,
                 }) => {
                     // Recorded so that the stop terminates it: no orphan.
-                    self.db.record_cloud_launch(
-                        &self.id,
-                        kind.as_str(),
+                    self.record_launch(
+                        &cloud,
+                        kind,
                         &t,
                         region.as_deref(),
                         &instance_id,
                         None,
                         catalog,
-                        Utc::now(),
                     )?;
                     self.cloud = Some(cloud);
                     bail!("{kind} refused the launch ({message}) but created instance {instance_id}; it is terminated now");
                 }
                 Err(ProviderError::Timeout) => {
                     // The answer was lost, not necessarily the launch: look for our tag.
-                    let found = cloud
-                        .list()
-                        .await
-                        .ok()
-                        .and_then(|l| l.into_iter().find(|i| i.name == spec.name));
+                    let found = match cloud.list().await {
+                        Ok(l) => l.into_iter().find(|i| i.name == spec.name),
+                        Err(e) => {
+                            self.cloud = Some(cloud);
+                            bail!("the launch on {kind} timed out and its instances cannot be listed ({e}); the stop looks for {} again", spec.name);
+                        }
+                    };
                     if let Some(i) = found {
-                        self.db.record_cloud_launch(
-                            &self.id,
-                            kind.as_str(),
+                        self.record_launch(
+                            &cloud,
+                            kind,
                             &t,
                             region.as_deref(),
                             &i.id,
                             i.usd_per_hour,
                             catalog,
-                            Utc::now(),
                         )?;
                         self.cloud = Some(cloud);
                         bail!("the launch on {kind} timed out, but instance {} ({}) was created; it is terminated now", i.id, spec.name);
@@ -369,4 +466,191 @@ pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, 
         ),
         cloud.calls() - calls_before,
     )
+}
+
+/// What the cloud half of a stop found: its checks, the API calls it made, and when the
+/// provider confirmed (None: nothing confirmed, or nothing to confirm).
+pub struct CloudStop {
+    pub checks: Vec<Check>,
+    pub api_calls: Option<(u64, u64)>,
+    pub confirmed_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl CloudStop {
+    fn one(check: Check) -> CloudStop {
+        CloudStop {
+            checks: vec![check],
+            api_calls: None,
+            confirmed_at: None,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+impl Session {
+    /// The cloud half of the stop: settle a launch still in flight, terminate what the row
+    /// names (or, with no id, whatever carries the session's tag) and confirm it by
+    /// read-back with the key that launched it. Fails closed: "nothing launched" passes
+    /// only when no launch was ever requested, or every provider asked lists none.
+    pub(super) async fn stop_cloud(
+        &mut self,
+        rep: &mut Reporter,
+        record: Option<&crate::db::SessionRecord>,
+    ) -> CloudStop {
+        if let Some(pending) = self.pending_launch.take() {
+            rep.step(
+                "launch",
+                "waiting for the launch request already sent to answer",
+            );
+            if let Err(e) = self.settle_launch(pending).await {
+                rep.warn(&format!("the launch request in flight: {e:#}"));
+            }
+        }
+        // The row as it is now (the launch may just have been recorded); without a row the
+        // plan's candidates are searched by tag.
+        let fresh = self.db.get_session(&self.id).ok();
+        let record = fresh.as_ref().or(record);
+        let instance = record.and_then(|r| r.instance_id.clone());
+        let kind = record
+            .and_then(|r| r.provider.parse::<ProviderKind>().ok())
+            .unwrap_or(self.plan.instance.provider);
+        let Some(id) = instance else {
+            return self.stop_by_tag(rep, record.is_some()).await;
+        };
+        let cloud = match self.cloud.take().filter(|c| c.kind() == kind) {
+            Some(c) => c,
+            None => match Cloud::connect(kind) {
+                Ok(c) => c,
+                Err(e) => {
+                    return CloudStop::one(Check::new(
+                        "provider_terminated",
+                        false,
+                        format!("instance {id}: cannot ask {kind}: {e}"),
+                    ))
+                }
+            },
+        };
+        if let Some(launched_with) = record.and_then(|r| r.provider_key_sha256.clone()) {
+            let now = cloud.key_fingerprint();
+            if now != launched_with {
+                let var = gpuctl_providers::env_var(kind);
+                self.cloud = Some(cloud);
+                return CloudStop::one(Check::new(
+                    "provider_terminated",
+                    false,
+                    format!("instance {id} was launched with another {kind} API key (sha256 {launched_with}) than the one set now ({now}): its read-back could say gone for an instance this key cannot see; set {var} to the launching key and run `gpuctl down {}`", self.id),
+                ));
+            }
+        }
+        rep.step(
+            "terminate",
+            &format!("terminating {id} on {kind} and reading it back"),
+        );
+        let (check, stop_calls) = terminate_and_confirm(&cloud, &id).await;
+        let confirmed_at = check.passed.then(Utc::now);
+        let api_calls = Some((cloud.calls(), stop_calls));
+        self.cloud = Some(cloud);
+        CloudStop {
+            checks: vec![check],
+            api_calls,
+            confirmed_at,
+        }
+    }
+
+    /// Record what a launch in flight created (or said it created).
+    async fn settle_launch(&mut self, pending: PendingLaunch) -> anyhow::Result<()> {
+        let (kind, t, region, catalog) = pending.at.clone();
+        let (cloud, result) = pending.settle().await?;
+        let created = match result {
+            Ok(l) => Some((l.instance_id, l.usd_per_hour)),
+            Err(ProviderError::CreatedAnyway { instance_id, .. }) => Some((instance_id, None)),
+            Err(_) => None,
+        };
+        if let Some((id, price)) = created {
+            self.record_launch(&cloud, kind, &t, region.as_deref(), &id, price, catalog)?;
+        }
+        self.cloud = Some(cloud);
+        Ok(())
+    }
+
+    /// No instance id: the providers a launch was requested from are asked for instances
+    /// tagged with this session, and each one found is terminated and confirmed.
+    async fn stop_by_tag(&mut self, rep: &mut Reporter, row_read: bool) -> CloudStop {
+        let requested: Vec<ProviderKind> = match self.db.events(&self.id) {
+            Ok(events) if row_read => {
+                let mut kinds: Vec<ProviderKind> = events
+                    .iter()
+                    .filter(|e| e.kind == LAUNCH_REQUEST)
+                    .filter_map(|e| {
+                        e.message
+                            .split_whitespace()
+                            .next()?
+                            .trim_end_matches(':')
+                            .parse()
+                            .ok()
+                    })
+                    .collect();
+                kinds.dedup();
+                kinds
+            }
+            // The record cannot be read: every provider the plan could have launched on.
+            _ => {
+                let mut kinds: Vec<ProviderKind> =
+                    candidates(&self.plan).into_iter().map(|c| c.0).collect();
+                kinds.dedup();
+                kinds
+            }
+        };
+        if requested.is_empty() {
+            return CloudStop::one(Check::new(
+                "provider_terminated",
+                true,
+                "no launch was ever requested: no instance exists",
+            ));
+        }
+        let tag = instance_name(&self.id);
+        let mut out = CloudStop {
+            checks: Vec::new(),
+            api_calls: None,
+            confirmed_at: None,
+        };
+        for kind in requested {
+            rep.step("terminate", &format!("looking for {tag} on {kind}"));
+            let cloud = match Cloud::connect(kind) {
+                Ok(c) => c,
+                Err(e) => {
+                    out.checks.push(Check::new("provider_terminated", false, format!("a launch was requested on {kind}, and it cannot be asked whether one exists: {e}")));
+                    continue;
+                }
+            };
+            let found = match cloud.list().await {
+                Ok(l) => l
+                    .into_iter()
+                    .filter(|i| i.name == tag && i.state != InstanceState::Gone)
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    out.checks.push(Check::new("provider_terminated", false, format!("a launch was requested on {kind}, and its instances cannot be listed to find {tag}: {e}; it may bill")));
+                    continue;
+                }
+            };
+            if found.is_empty() {
+                out.checks.push(Check::new(
+                    "provider_terminated",
+                    true,
+                    format!("{kind} lists no instance tagged {tag}: the launch created none"),
+                ));
+            }
+            for i in found {
+                let (check, _) = terminate_and_confirm(&cloud, &i.id).await;
+                out.checks.push(check);
+            }
+        }
+        if out.passed() {
+            out.confirmed_at = Some(Utc::now());
+        }
+        out
+    }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gpuctl_protocol::evidence_files;
-use gpuctl_providers::Provider;
 use serde_json::json;
 
 use super::up::{Ending, Session};
@@ -29,7 +28,72 @@ pub fn retry_backoff(attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(2i64.saturating_pow(attempts.min(9)).min(300))
 }
 
+/// How long the evidence pull may take. Before the deadline: what is left of it (at most
+/// `COLLECT_TIMEOUT`). At or past it, `COLLECT_AFTER_DEADLINE`: enough for the final record
+/// and the log, never the terminate's minutes (the grace-period copy holds the rest).
+fn collect_budget(deadline: chrono::DateTime<Utc>) -> Duration {
+    let left = (deadline - Utc::now()).to_std().unwrap_or_default();
+    left.clamp(COLLECT_AFTER_DEADLINE, COLLECT_TIMEOUT)
+}
+
+/// The pull's floor once the deadline has passed.
+const COLLECT_AFTER_DEADLINE: Duration = Duration::from_secs(10);
+
 impl Session {
+    /// Pull the evidence back within its budget; files that are not regular files (links,
+    /// FIFOs, devices) are refused and named. A host that cannot be reached keeps its
+    /// evidence: that is recorded, not fatal.
+    async fn collect_bounded(&mut self, rep: &mut Reporter, errors: &mut Vec<String>) {
+        let Some((host, _)) = &self.agent else { return };
+        let budget = collect_budget(self.deadline);
+        let pulled = tokio::time::timeout(
+            budget,
+            host.collect(&self.bundle, &self.plan.evidence.copy_back),
+        )
+        .await;
+        match pulled {
+            Ok(Ok(files)) => {
+                let refused: Vec<String> = files
+                    .iter()
+                    .filter(|(_, status)| status.starts_with(super::remote_host::REFUSED))
+                    .map(|(name, status)| format!("{name} ({status})"))
+                    .collect();
+                if !refused.is_empty() {
+                    let msg = format!("evidence files refused, not copied: {}", refused.join(", "));
+                    rep.warn(&msg);
+                    let _ = self
+                        .db
+                        .add_event(&self.id, "evidence_refused", &msg, Utc::now());
+                }
+            }
+            Ok(Err(e)) => {
+                let msg = format!("evidence could not be collected: {e:#}");
+                rep.warn(&msg);
+                errors.push(msg);
+            }
+            Err(_) => rep.warn(&format!(
+                "evidence could not be pulled back within {} s; the stop goes on",
+                budget.as_secs()
+            )),
+        }
+    }
+
+    /// The SSH address the session's host is reached at (the plan's, or the cloud's).
+    fn ssh_address(&self) -> Option<(String, u16)> {
+        if let Some(t) = &self.target {
+            return Some((t.host.clone(), t.port));
+        }
+        if let Some(h) = &self.plan.instance.host {
+            return Some((h.clone(), self.plan.instance.port));
+        }
+        let row = self.db.get_session(&self.id).ok()?;
+        let (h, p) = row
+            .host?
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))?;
+        Some((h, p.parse().ok()?))
+    }
+
     /// Write through `f`; on failure say so and carry on (the stop must not wait on it).
     fn soft(&self, rep: &Reporter, what: &str, r: anyhow::Result<()>, errors: &mut Vec<String>) {
         if let Err(e) = r {
@@ -71,31 +135,33 @@ impl Session {
         let _ = self.db.set_busy_timeout(Duration::from_secs(10));
 
         let t = Instant::now();
-        if let Some((host, _)) = &self.agent {
-            // A host that cannot be reached keeps its evidence; that is recorded, not fatal.
-            match tokio::time::timeout(
-                COLLECT_TIMEOUT,
-                host.collect(&self.bundle, &self.plan.evidence.copy_back),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let msg = format!("evidence could not be collected: {e:#}");
-                    rep.warn(&msg);
-                    evidence_errors.push(msg);
-                }
-                Err(_) => rep.warn(&format!(
-                    "evidence could not be pulled back within {} s",
-                    COLLECT_TIMEOUT.as_secs()
-                )),
-            }
-        }
+        self.collect_bounded(rep, &mut evidence_errors).await;
         // The plan's own stop command comes last: it may take the host down.
         if let (Some((host, _)), crate::plan::OnStop::Command) =
             (&self.agent, self.plan.stop.on_stop)
         {
-            checks.push(host.run_stop_command(&self.plan.stop.stop_command).await);
+            let mut ran = host.run_stop_command(&self.plan.stop.stop_command).await;
+            if self.plan.evidence.shutdown_proof == crate::plan::ShutdownProof::HostUnreachable {
+                if let Some((h, p)) = self.ssh_address() {
+                    let probe = super::remote_host::probe_unreachable(&h, p).await;
+                    // The host going silent is the proof the command did its work.
+                    if probe.passed && !ran.passed {
+                        ran.passed = true;
+                        ran.answer.push_str("; the host then went unreachable");
+                    }
+                    checks.push(ran);
+                    checks.push(probe);
+                } else {
+                    checks.push(ran);
+                    checks.push(Check::new(
+                        "host_unreachable",
+                        false,
+                        "no address recorded to probe",
+                    ));
+                }
+            } else {
+                checks.push(ran);
+            }
         }
         // A cloud stop is confirmed by the provider's own read-back, and only by it.
         let record = self.db.get_session(&self.id).ok();
@@ -105,42 +171,22 @@ impl Session {
             .unwrap_or(self.plan.instance.provider);
         let mut stopped_at = stopped_at;
         let mut api_calls: Option<(u64, u64)> = None;
-        let confirmed = if kind.is_cloud() {
-            let instance = record.as_ref().and_then(|r| r.instance_id.clone());
-            if self.cloud.is_none() && instance.is_some() {
-                match gpuctl_providers::Cloud::connect(kind) {
-                    Ok(c) => self.cloud = Some(c),
-                    Err(e) => checks.push(Check::new(
-                        "provider_terminated",
-                        false,
-                        format!("cannot ask {kind}: {e}"),
-                    )),
-                }
-            }
-            let check = match (&self.cloud, instance) {
-                (Some(cloud), Some(id)) => {
-                    rep.step(
-                        "terminate",
-                        &format!("terminating {id} on {kind} and reading it back"),
-                    );
-                    let (check, stop_calls) = super::cloud::terminate_and_confirm(cloud, &id).await;
-                    api_calls = Some((cloud.calls(), stop_calls));
-                    stopped_at = Utc::now();
-                    check
-                }
-                (_, None) => Check::new("provider_terminated", true, "no instance was launched"),
-                (None, Some(id)) => Check::new(
-                    "provider_terminated",
-                    false,
-                    format!("instance {id}: no API client to terminate it"),
-                ),
-            };
-            let passed = check.passed;
-            checks.push(check);
+        let confirmed = if kind.is_cloud() || self.plan.instance.provider.is_cloud() {
+            let cloud = self.stop_cloud(rep, record.as_ref()).await;
+            let passed = cloud.passed();
+            api_calls = cloud.api_calls;
+            stopped_at = cloud.confirmed_at.unwrap_or_else(Utc::now);
+            checks.extend(cloud.checks);
             passed
         } else {
             checks.iter().all(|c| c.passed)
         };
+        // The row may have learned of an instance just now (a launch that was in flight).
+        let record = self.db.get_session(&self.id).ok().or(record);
+        // Every check that failed is said now, not only in shutdown_proof.json.
+        for c in checks.iter().filter(|c| !c.passed) {
+            rep.warn(&format!("{}: {}", c.check, c.answer));
+        }
         let final_record: Option<serde_json::Value> =
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()
@@ -178,7 +224,9 @@ impl Session {
         let (launched, price) = match &record {
             Some(s) => (
                 s.launched_at.unwrap_or(s.created_at),
-                s.price_usd_per_hour.unwrap_or(0.0),
+                s.price_usd_per_hour
+                    .or(self.plan.budget.hourly_usd)
+                    .unwrap_or(0.0),
             ),
             None => (stop_started, self.plan.declared_price().unwrap_or(0.0)),
         };
@@ -287,6 +335,17 @@ impl Session {
             }
             _ => None,
         };
+        // The agent's own account of a failure (a supervised server's death: its signal and
+        // last lines) belongs in the session's, not only in final_record.json.
+        let agent_failure = proof
+            .agent_final_record
+            .as_ref()
+            .and_then(|r| r["failure"].as_str())
+            .filter(|f| !failure.as_deref().unwrap_or("").contains(f.trim()));
+        if let (Some(f), Some(agent)) = (failure.as_mut(), agent_failure) {
+            f.push_str("; the agent reported: ");
+            f.push_str(agent.trim());
+        }
         if let Some(first) = evidence_errors.first() {
             // The stop stands; the bundle does not hold everything it should.
             let msg = format!("the evidence could not all be written ({first}); free space in {} and see what is missing with `gpuctl evidence {} verify`", self.bundle.dir.display(), self.id);

@@ -11,6 +11,92 @@ use super::remote_host::RemoteAgent;
 use crate::eval::AgentClient;
 use crate::evidence::{Bundle, Check};
 
+/// The GPUs the session was placed on (physical indices), from the agent's config.
+fn placed_gpus(config: &Path) -> Option<Vec<u32>> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let cfg: gpuctl_protocol::AgentConfig = serde_json::from_str(&text).ok()?;
+    let devices = cfg.cuda_visible_devices?;
+    Some(
+        devices
+            .split(',')
+            .filter_map(|d| d.trim().parse().ok())
+            .collect(),
+    )
+}
+
+/// The members of a process group (`/proc/*/stat`, field 5), with their command lines.
+fn group_members(pgid: i32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command may hold spaces and parentheses: fields start after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let group: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            (group == pgid).then(|| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .trim()
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                (pid, cmd)
+            })
+        })
+        .collect()
+}
+
+/// SIGKILL to whatever is left of the supervised server's process group once the agent is
+/// gone (vLLM's engine and workers are other processes of that group). Returns the check
+/// (None when the session had no supervised server) and the PIDs that were in the group.
+async fn stop_server_group(evidence: &Path) -> (Option<Check>, Vec<u32>) {
+    let Some(pgid) = std::fs::read_to_string(evidence.join(evidence_files::SERVER_PGID))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return (None, Vec::new());
+    };
+    let members = group_members(pgid);
+    let pids: Vec<u32> = members.iter().map(|m| m.0).collect();
+    if members.is_empty() {
+        let msg = format!("the server's process group {pgid} has no process left");
+        return (Some(Check::new("server_stopped", true, msg)), pids);
+    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !group_members(pgid).is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = group_members(pgid);
+    let named: Vec<String> = members
+        .iter()
+        .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
+        .collect();
+    let check = Check::new(
+        "server_stopped",
+        left.is_empty(),
+        format!(
+            "SIGKILL to the server's process group {pgid}, which the agent left behind: {}{}",
+            named.join(", "),
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!("; still running: {left:?}")
+            }
+        ),
+    );
+    (Some(check), pids)
+}
+
 pub enum Host {
     Local {
         agent: Box<LocalAgent>,
@@ -86,15 +172,21 @@ impl Host {
     /// Stop the agent and prove it; every check, GPUs included.
     pub async fn stop(&mut self, agent_bin: &Path) -> Vec<Check> {
         match self {
-            Host::Local { agent, .. } => {
+            Host::Local { agent, work } => {
                 let mut checks = agent.stop().await;
+                let evidence = work.join("evidence");
+                // What the agent could not stop (it was killed first): its server's group.
+                let (group_check, group_pids) = stop_server_group(&evidence).await;
+                checks.extend(group_check);
+                let placed = placed_gpus(&work.join("agent.json"));
                 let mut pids = self
                     .final_record()
                     .await
                     .map(|r| r.pids)
                     .unwrap_or_default();
                 pids.push(self.pid());
-                checks.push(gpu_released(agent_bin, &pids).await);
+                pids.extend(group_pids);
+                checks.push(gpu_released(agent_bin, &pids, placed.as_deref()).await);
                 checks
             }
             Host::Remote(r) => r.stop().await,

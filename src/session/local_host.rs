@@ -15,7 +15,7 @@ use crate::eval::AgentClient;
 use crate::evidence::Check;
 
 /// After SIGTERM, how long the agent gets before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(5);
+const TERM_GRACE: Duration = Duration::from_secs(gpuctl_protocol::AGENT_TERM_SECS);
 
 pub struct LocalAgent {
     /// None when the agent was adopted from a controller that is gone (`gpuctl daemon`,
@@ -71,6 +71,9 @@ impl LocalAgent {
         ];
         let child = Command::new(agent)
             .args(&argv[1..])
+            // No cloud key or passphrase reaches the agent, nor the server it starts.
+            .env_clear()
+            .envs(gpuctl_protocol::child_env::filtered())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -270,7 +273,9 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// After the stop: NVML must list no compute process of the session on any GPU. Asked of
 /// the agent binary (`gpu-procs`), which carries the NVML code; polled briefly, since the
 /// driver frees a context a moment after its process exits.
-pub async fn gpu_released(agent_bin: &Path, session_pids: &[u32]) -> Check {
+/// With a placement, every compute process on the placed GPUs counts (a runtime's engine
+/// and tensor-parallel workers are PIDs the session never saw).
+pub async fn gpu_released(agent_bin: &Path, session_pids: &[u32], placed: Option<&[u32]>) -> Check {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let out = Command::new(agent_bin).arg("gpu-procs").output().await;
@@ -296,15 +301,16 @@ pub async fn gpu_released(agent_bin: &Path, session_pids: &[u32]) -> Check {
         let ours: Vec<_> = answer
             .processes
             .iter()
-            .filter(|p| session_pids.contains(&p.pid))
+            .filter(|p| session_pids.contains(&p.pid) || placed.is_some_and(|g| g.contains(&p.gpu)))
             .collect();
         if ours.is_empty() {
             return Check::new(
                 "gpu_released",
                 true,
                 format!(
-                    "NVML lists {} compute process(es) on {gpus} GPU(s), none of the session's (pids {session_pids:?})",
-                    answer.processes.len()
+                    "NVML lists {} compute process(es) on {gpus} GPU(s), none of the session's (pids {session_pids:?}) and none on its GPUs ({})",
+                    answer.processes.len(),
+                    placed.map(|g| format!("{g:?}")).unwrap_or_else(|| "not placed".into())
                 ),
             );
         }

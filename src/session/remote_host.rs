@@ -12,15 +12,80 @@ use tokio::sync::{mpsc, Mutex, RwLock};
 
 use crate::eval::AgentClient;
 use crate::evidence::{sha256_file, Check};
-use crate::ssh::{self, sh_quote, Session, Shared, SshTarget, Tunnel};
+use crate::ssh::{self, sh_quote, Download, Session, Shared, SshTarget, Tunnel};
 
 const EXEC: Duration = Duration::from_secs(30);
 /// How long the stop waits for the host to answer at all.
 const PROBE: Duration = Duration::from_secs(10);
 /// Evidence files larger than this are cut (and recorded as cut).
 pub const COPY_CAP: u64 = 64 * 1024 * 1024;
+/// `host_unreachable` passes only after this long without a TCP answer on the SSH port...
+const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
+/// ...seen within this window after the stop command.
+const UNREACHABLE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The proof of `shutdown_proof = "host_unreachable"`: the host's SSH port gives no TCP
+/// answer (no accept, no refusal: the machine is off) for `UNREACHABLE_FOR` in a row.
+pub async fn probe_unreachable(host: &str, port: u16) -> Check {
+    let start = std::time::Instant::now();
+    let mut silent_since: Option<std::time::Instant> = None;
+    let mut last = String::from("not probed");
+    while start.elapsed() < UNREACHABLE_WINDOW {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await;
+        let silent = match &answer {
+            Ok(Ok(_)) => {
+                last = "accepts connections".into();
+                false
+            }
+            // A refusal is an answer: the machine is up, only sshd is gone.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = "refuses connections (the machine still answers)".into();
+                false
+            }
+            Ok(Err(e)) => {
+                last = format!("no answer ({e})");
+                true
+            }
+            Err(_) => {
+                last = "no answer within 2 s".into();
+                true
+            }
+        };
+        match (silent, silent_since) {
+            (true, Some(t)) if t.elapsed() >= UNREACHABLE_FOR => {
+                return Check::new(
+                    "host_unreachable",
+                    true,
+                    format!(
+                        "{host}:{port} gave no TCP answer for {} s ({last})",
+                        t.elapsed().as_secs()
+                    ),
+                )
+            }
+            (true, None) => silent_since = Some(std::time::Instant::now()),
+            (false, _) => silent_since = None,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Check::new(
+        "host_unreachable",
+        false,
+        format!(
+            "{host}:{port} still answered within {} s of the stop command: {last}",
+            UNREACHABLE_WINDOW.as_secs()
+        ),
+    )
+}
+
+/// The status of a file that was not a regular file on the host, and was not copied.
+pub const REFUSED: &str = "refused";
 /// After SIGTERM, how long the agent gets before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+const TERM_GRACE: Duration = Duration::from_secs(gpuctl_protocol::AGENT_TERM_SECS);
 
 /// A verified, authenticated connection, before anything is deployed.
 #[derive(Clone)]
@@ -367,27 +432,33 @@ impl RemoteAgent {
             format!("{} (host key {})", self.target.addr(), self.fingerprint),
         )];
         let pid = self.pid;
-        let _ = session
-            .exec(&format!("kill -TERM {pid} 2>/dev/null"), EXEC)
-            .await;
+        // The PID is signalled only while its command line still names this session's
+        // directory: a retry days later must not kill whatever process reused the number.
+        let ours = |action: &str| {
+            format!(
+                "if grep -qaF -- {} /proc/{pid}/cmdline 2>/dev/null; then {action}; echo ours; else echo gone; fi",
+                sh_quote(&self.dir)
+            )
+        };
+        let is_ours = |e: &ssh::Exec| e.stdout.trim() == "ours";
+        let mut gone = match session
+            .exec(&ours(&format!("kill -TERM {pid}")), EXEC)
+            .await
+        {
+            Ok(e) => !is_ours(&e),
+            Err(_) => false,
+        };
         let start = std::time::Instant::now();
-        let mut gone = false;
-        while start.elapsed() < TERM_GRACE {
-            match session
-                .exec(&format!("kill -0 {pid} 2>/dev/null"), EXEC)
-                .await
-            {
-                Ok(e) if !e.ok() => {
-                    gone = true;
-                    break;
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        while !gone && start.elapsed() < TERM_GRACE {
+            match session.exec(&ours("true"), EXEC).await {
+                Ok(e) if !is_ours(&e) => gone = true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(_) => break,
             }
         }
         if !gone {
             let _ = session
-                .exec(&format!("kill -KILL {pid} 2>/dev/null"), EXEC)
+                .exec(&ours(&format!("kill -KILL {pid}")), EXEC)
                 .await;
             checks.push(Check::new(
                 "sigkill",
@@ -395,15 +466,15 @@ impl RemoteAgent {
                 format!("the agent ignored SIGTERM for {TERM_GRACE:?}; sent SIGKILL"),
             ));
             gone = session
-                .exec(&format!("sleep 0.2; ! kill -0 {pid} 2>/dev/null"), EXEC)
+                .exec(&format!("sleep 0.2; {}", ours("true")), EXEC)
                 .await
-                .is_ok_and(|e| e.ok());
+                .is_ok_and(|e| !is_ours(&e));
         }
         checks.push(Check::new(
             "process_exited",
             gone,
             if gone {
-                format!("pid {pid} is gone on the host (kill -0 fails)")
+                format!("pid {pid} is gone on the host (no process of that number runs this session's agent)")
             } else {
                 format!("pid {pid} still runs on the host")
             },
@@ -427,12 +498,15 @@ impl RemoteAgent {
             ),
             Err(e) => Check::new("port_closed", false, format!("could not check: {e}")),
         });
+        let (group_check, group_pids) = self.stop_server_group(&session).await;
+        checks.extend(group_check);
         let mut pids = self
             .read_final_record()
             .await
             .map(|r| r.pids)
             .unwrap_or_default();
         pids.push(pid);
+        pids.extend(group_pids);
         checks.push(
             match session
                 .exec(&format!("{} gpu-procs", sh_quote(&self.bin)), EXEC)
@@ -477,6 +551,43 @@ impl RemoteAgent {
         checks
     }
 
+    /// SIGKILL to what is left of the supervised server's process group on the host (the
+    /// agent was killed before it could stop it). Returns the check, when there was a
+    /// server, and the PIDs that were in the group.
+    async fn stop_server_group(&self, session: &Session) -> (Option<Check>, Vec<u32>) {
+        let file = format!("{}/evidence/{}", self.dir, evidence_files::SERVER_PGID);
+        let script = format!(
+            "pg=$(cat {} 2>/dev/null) || exit 0; case \"$pg\" in ''|*[!0-9]*|0|1) exit 0;; esac; echo \"group $pg\"; for p in $(pgrep -g \"$pg\"); do printf 'pid %s %s\\n' \"$p\" \"$(tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null)\"; done; kill -KILL -- -\"$pg\" 2>/dev/null; sleep 0.5; if pgrep -g \"$pg\" >/dev/null; then echo left; fi",
+            sh_quote(&file)
+        );
+        let out = match session.exec(&script, EXEC).await {
+            Ok(o) => o.stdout,
+            Err(e) => {
+                let msg = format!("could not stop the server's process group: {e}");
+                return (Some(Check::new("server_stopped", false, msg)), Vec::new());
+            }
+        };
+        let Some(group) = out.lines().find_map(|l| l.strip_prefix("group ")) else {
+            return (None, Vec::new());
+        };
+        let members: Vec<&str> = out.lines().filter(|l| l.starts_with("pid ")).collect();
+        let pids = members
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        let left = out.lines().any(|l| l == "left");
+        let msg = if members.is_empty() {
+            format!("the server's process group {group} has no process left")
+        } else {
+            format!(
+                "SIGKILL to the server's process group {group}, which the agent left behind: {}{}",
+                members.join("; "),
+                if left { "; some still run" } else { "" }
+            )
+        };
+        (Some(Check::new("server_stopped", !left, msg)), pids)
+    }
+
     /// The plan's `stop_command` (on_stop = "command"), run on the host; its answer is recorded.
     /// A command that powers the host off may cut the connection: that is not a failure.
     pub async fn run_stop_command(&self, argv: &[String]) -> Check {
@@ -515,10 +626,15 @@ impl RemoteAgent {
                         out.stderr.trim()
                     ),
                 ),
+                // A broken connection proves nothing by itself: with shutdown_proof =
+                // "host_unreachable" the probe that follows decides.
                 Err(e) => Check::new(
                     "stop_command",
-                    true,
-                    format!("`{}` ran; the connection ended ({e})", argv.join(" ")),
+                    false,
+                    format!(
+                        "`{}`: the connection ended before it answered ({e})",
+                        argv.join(" ")
+                    ),
                 ),
             },
         }
@@ -568,9 +684,10 @@ impl RemoteAgent {
                 .download(&sftp, &remote, &dest.join(&name), COPY_CAP)
                 .await?
             {
-                None => "missing".to_string(),
-                Some((_, false)) => "present".to_string(),
-                Some((n, true)) => format!("cut at {n} bytes"),
+                Download::Missing => "missing".to_string(),
+                Download::Refused(what) => format!("{REFUSED}: {what}"),
+                Download::Copied { cut: false, .. } => "present".to_string(),
+                Download::Copied { bytes, cut: true } => format!("cut at {bytes} bytes"),
             };
             out.push((name, status));
         }

@@ -58,10 +58,18 @@ pub async fn stop_recorded(
 
 /// Rebuild what `finish` needs from the database row.
 async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<Session> {
-    let checked = crate::plan::check_str(&record.plan_name, &record.plan_text, record.created_at);
-    let plan = checked.plan.with_context(|| {
+    // Read as recorded, not as today's rules would have it: a stricter gpuctl must still
+    // stop what an older one started.
+    let (plan, problems) =
+        crate::plan::read_lenient(&record.plan_name, &record.plan_text, record.created_at);
+    let plan = plan.with_context(|| {
+        let first = problems
+            .iter()
+            .find(|p| p.is_error())
+            .map(|p| p.message.clone())
+            .unwrap_or_default();
         format!(
-            "the plan recorded with session {} no longer reads as a valid plan",
+            "the plan recorded with session {} cannot be read at all ({first})",
             record.id
         )
     })?;
@@ -70,7 +78,21 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         .as_ref()
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join("evidence").join(&record.id));
-    let bundle = Bundle::create(bundle_dir)?;
+    // An evidence folder that cannot be made (an unmounted disk) must not hold the stop:
+    // the bundle goes under GPUCTL_HOME instead, and says so.
+    let bundle = match Bundle::create(bundle_dir.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            let fallback = home.join("evidence").join(&record.id);
+            eprintln!(
+                "warning: cannot create {} ({e:#}); the evidence of {} goes to {}",
+                bundle_dir.display(),
+                record.id,
+                fallback.display()
+            );
+            Bundle::create(fallback)?
+        }
+    };
     let handle = record
         .handle
         .as_deref()
@@ -136,6 +158,7 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         cloud,
         target: None,
         no_capacity: false,
+        pending_launch: None,
         db,
         id: record.id.clone(),
         plan,

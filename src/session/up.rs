@@ -142,22 +142,35 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    // Clouds: the catalog price until the provider quotes one at launch.
-    let price = plan.declared_price().or(catalog_price).unwrap_or(0.0);
+    // Clouds: the catalog price until the provider quotes one at launch. A price nobody
+    // knows is never 0 (that would disable the budget stop): the hourly budget stands in.
+    let price = match plan.declared_price().or(catalog_price) {
+        Some(p) => p,
+        None => {
+            let assumed = plan.budget.hourly_usd.unwrap_or(0.0);
+            rep.warn(&format!(
+                "no price is known for {} on {} (not in the catalog, none in the plan): budget.hourly_usd ${assumed:.2}/h is used as its price until the provider quotes one",
+                plan.instance.instance_type.as_deref().unwrap_or("this instance"),
+                plan.instance.provider
+            ));
+            assumed
+        }
+    };
     let (deadline, cause) = plan
         .effective_stop(now, Some(price))
         .context("the plan has no hard stop")?;
-    let bundle_dir = match &plan.evidence.dir {
+    // Recorded absolute: a daemon in another working directory finds the same folder.
+    let bundle_dir = absolute(&match &plan.evidence.dir {
         Some(d) => PathBuf::from(d).join(&id),
         None => home.join("evidence").join(&id),
-    };
+    });
     let git = plan::provenance(&opts.plan_path);
     db.insert_session(&NewSession {
         id: id.clone(),
         plan_name: plan.name.clone(),
         plan_sha256: sha256_hex(source.text.as_bytes()),
         plan_text: source.text.clone(),
-        plan_path: Some(opts.plan_path.display().to_string()),
+        plan_path: Some(absolute(&opts.plan_path).display().to_string()),
         plan_git_commit: git.as_ref().map(|g| g.commit.clone()),
         plan_git_dirty: git.as_ref().map(|g| g.dirty),
         owner: plan.owner.clone(),
@@ -210,6 +223,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         cloud: None,
         target: None,
         no_capacity: false,
+        pending_launch: None,
     };
 
     let started = Instant::now();
@@ -412,6 +426,8 @@ pub(super) struct Session {
     pub(super) target: Option<crate::ssh::SshTarget>,
     /// No provider the plan allows had capacity (`up --fallback` then runs local_cpu).
     pub(super) no_capacity: bool,
+    /// A launch request sent and not yet answered: the stop waits for it, never drops it.
+    pub(super) pending_launch: Option<super::cloud::PendingLaunch>,
 }
 
 fn random_token() -> anyhow::Result<String> {

@@ -9,7 +9,7 @@ mod tunnel;
 
 pub use connect::{connect, SshTarget};
 pub use hostkey::{fingerprint, HostKeyVerdict};
-pub use remote::{sh_quote, Exec, Session};
+pub use remote::{sh_quote, Download, Exec, Session};
 pub use tunnel::{live, Shared, Tunnel};
 
 use std::time::Duration;

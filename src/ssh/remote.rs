@@ -167,21 +167,38 @@ impl Session {
         Ok(())
     }
 
-    /// Download `remote` to `local`, at most `cap` bytes. `Ok(None)` when it does not exist;
-    /// `Ok(Some((size, truncated)))` otherwise.
+    /// Download `remote` to `local`, at most `cap` bytes, if it is a regular file: a link
+    /// (planted by code on the host, pointing at a key or /etc/shadow), a FIFO (which would
+    /// hold the stop) or a device is refused without being opened.
     pub async fn download(
         &self,
         sftp: &SftpSession,
         remote: &str,
         local: &Path,
         cap: u64,
-    ) -> Result<Option<(u64, bool)>, SshError> {
-        if !sftp
-            .try_exists(remote.to_string())
-            .await
-            .map_err(sftp_err)?
-        {
-            return Ok(None);
+    ) -> Result<Download, SshError> {
+        let attrs = match sftp.symlink_metadata(remote.to_string()).await {
+            Ok(a) => a,
+            Err(russh_sftp::client::error::Error::Status(st))
+                if st.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>
+            {
+                return Ok(Download::Missing)
+            }
+            Err(e) => return Err(sftp_err(e)),
+        };
+        const S_IFMT: u32 = 0o170000;
+        let kind = attrs.permissions.unwrap_or(0) & S_IFMT;
+        let what = match kind {
+            0o100000 => None,
+            0o120000 => Some("a symbolic link"),
+            0o010000 => Some("a FIFO"),
+            0o040000 => Some("a directory"),
+            0o140000 => Some("a socket"),
+            0o020000 | 0o060000 => Some("a device"),
+            _ => Some("not a regular file"),
+        };
+        if let Some(what) = what {
+            return Ok(Download::Refused(what));
         }
         let mut src = sftp.open(remote.to_string()).await.map_err(sftp_err)?;
         let mut dst = tokio::fs::File::create(local)
@@ -203,13 +220,19 @@ impl Session {
                 .map_err(|e| SshError::Protocol(e.to_string()))?;
             total += keep as u64;
             if total >= cap {
-                return Ok(Some((total, true)));
+                return Ok(Download::Copied {
+                    bytes: total,
+                    cut: true,
+                });
             }
         }
         dst.flush()
             .await
             .map_err(|e| SshError::Protocol(e.to_string()))?;
-        Ok(Some((total, false)))
+        Ok(Download::Copied {
+            bytes: total,
+            cut: false,
+        })
     }
 
     pub async fn close(&self) {
@@ -221,6 +244,18 @@ impl Session {
 }
 
 /// Quote a string for a POSIX shell.
+/// What a download did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Download {
+    Missing,
+    /// Not a regular file: what it is instead.
+    Refused(&'static str),
+    Copied {
+        bytes: u64,
+        cut: bool,
+    },
+}
+
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }

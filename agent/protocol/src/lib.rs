@@ -154,8 +154,86 @@ pub enum StopReason {
     ServerFailed,
 }
 
+/// How long the agent gives a supervised server after SIGTERM before SIGKILL.
+pub const SERVER_TERM_SECS: u64 = 10;
+/// How long the controller gives the agent after SIGTERM before SIGKILL: longer than the
+/// agent's own wait for its server, so the agent is never killed half-way through it.
+pub const AGENT_TERM_SECS: u64 = SERVER_TERM_SECS + 15;
+const _: () = assert!(AGENT_TERM_SECS > SERVER_TERM_SECS + 5);
+
+/// The environment a child process (the agent, a supervised server) is started with: the
+/// parent's, cleared down to what running a model needs. Cloud API keys, the key
+/// passphrase and anything named like a secret never reach code the plan runs.
+pub mod child_env {
+    /// Variables passed on by exact name.
+    const NAMES: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "HF_TOKEN",
+    ];
+    /// Variables passed on by prefix: locale, CUDA and NVIDIA, Python, the model caches and
+    /// runtimes, the thread pools, gpuctl's own switches.
+    const PREFIXES: &[&str] = &[
+        "LC_",
+        "XDG_",
+        "CUDA_",
+        "NVIDIA_",
+        "NCCL_",
+        "PYTHON",
+        "CONDA_",
+        "HF_",
+        "HUGGINGFACE_",
+        "TRANSFORMERS_",
+        "TORCH",
+        "VLLM_",
+        "SGLANG_",
+        "OMP_",
+        "MKL_",
+        "OPENBLAS_",
+        "RAYON_",
+        "CANDLE_",
+        "GPUCTL_",
+    ];
+    /// Never passed on, whatever the prefix says.
+    fn secret(name: &str) -> bool {
+        let upper = name.to_ascii_uppercase();
+        upper.ends_with("_API_KEY")
+            || upper == "GPUCTL_KEY_PASSPHRASE"
+            || upper.contains("SECRET")
+            || upper.contains("PASSWORD")
+            || upper.contains("PASSPHRASE")
+            || upper == "VLLM_API_KEY"
+    }
+
+    pub fn allowed(name: &str) -> bool {
+        !secret(name) && (NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
+    }
+
+    /// This process's environment, filtered for a child.
+    pub fn filtered() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        std::env::vars_os()
+            .filter(|(k, _)| k.to_str().is_some_and(allowed))
+            .collect()
+    }
+}
+
 /// The evidence files the agent produces, by their names in the bundle.
 pub mod evidence_files {
+    /// The supervised server's process group, beside the evidence (not copied back): the
+    /// controller kills what is left of the group when the agent could not.
+    pub const SERVER_PGID: &str = "server.pgid";
     pub const ENVIRONMENT_REPORT: &str = "environment_report.txt";
     pub const REQUESTS: &str = "requests.jsonl";
     pub const GPU_METRICS: &str = "gpu_metrics.csv";
@@ -165,6 +243,34 @@ pub mod evidence_files {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn child_env_keeps_what_runs_a_model_and_drops_secrets() {
+        use super::child_env::allowed;
+        for keep in [
+            "PATH",
+            "HOME",
+            "CUDA_VISIBLE_DEVICES",
+            "HF_HOME",
+            "HF_TOKEN",
+            "LC_ALL",
+        ] {
+            assert!(allowed(keep), "{keep}");
+        }
+        for drop in [
+            "LAMBDA_API_KEY",
+            "RUNPOD_API_KEY",
+            "VAST_API_KEY",
+            "GPUCTL_KEY_PASSPHRASE",
+            "OPENAI_API_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "PGPASSWORD",
+            "SSH_AUTH_SOCK",
+            "GPUCTL_LAMBDA_API_KEY",
+        ] {
+            assert!(!allowed(drop), "{drop}");
+        }
+    }
+
     use super::*;
 
     #[test]

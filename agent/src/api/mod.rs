@@ -29,6 +29,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct Upstream {
     pub base: String,
     pub client: reqwest::Client,
+    /// The process behind `base`, so a failed request can say why the server is gone.
+    pub server: Arc<crate::supervise::Server>,
 }
 
 pub struct AppState {

@@ -1,6 +1,6 @@
 //! Forwarding to a supervised server: same routes, same token check, same request log.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_TYPE;
@@ -15,17 +15,40 @@ use super::{ApiError, Shared, Upstream};
 pub async fn models(up: &Upstream) -> Response {
     match up.client.get(format!("{}/v1/models", up.base)).send().await {
         Ok(resp) => relay_whole(resp).await,
-        Err(e) => bad_gateway(e),
+        Err(e) => bad_gateway(&unreachable_reason(up, &e).await),
     }
 }
 
-fn bad_gateway(e: reqwest::Error) -> Response {
+/// How long a failed request waits to see whether the server died, to say so.
+const DEATH_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the server did not answer: its death (status, signal, last lines) when it died,
+/// else the transport error. A connection reset usually comes just before the exit.
+async fn unreachable_reason(up: &Upstream, e: &reqwest::Error) -> String {
+    let until = Instant::now() + DEATH_WAIT;
+    loop {
+        if up.server.exited().is_some() {
+            // Let the output readers take in the last lines first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(report) = up.server.death_report() {
+                crate::log!("a request failed: {report}");
+                return report;
+            }
+        }
+        if Instant::now() >= until {
+            return format!("the model server did not answer: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bad_gateway(message: &str) -> Response {
     ApiError {
         status: StatusCode::BAD_GATEWAY,
         kind: "server_error",
         code: Some("upstream_unavailable"),
         param: None,
-        message: format!("the model server did not answer: {e}"),
+        message: message.to_string(),
     }
     .into_response()
 }
@@ -101,9 +124,10 @@ pub async fn forward(
     {
         Ok(r) => r,
         Err(e) => {
+            let reason = unreachable_reason(up, &e).await;
             outcome.status = 502;
-            outcome.error = Some(e.to_string());
-            return bad_gateway(e);
+            outcome.error = Some(reason.clone());
+            return bad_gateway(&reason);
         }
     };
     outcome.status = resp.status().as_u16();

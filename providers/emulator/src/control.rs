@@ -15,6 +15,14 @@ pub async fn add_fault(Axum(s): Axum<Shared>, Json(f): Json<Fault>) -> Json<Valu
     Json(json!({ "ok": true }))
 }
 
+/// Forget every fault not yet consumed.
+pub async fn clear_faults(Axum(s): Axum<Shared>) -> Json<Value> {
+    if let Ok(mut st) = s.lock() {
+        st.faults.clear();
+    }
+    Json(json!({ "ok": true }))
+}
+
 #[derive(Deserialize)]
 pub struct Capacity {
     provider: Cloud,

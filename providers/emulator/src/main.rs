@@ -10,6 +10,7 @@ mod lambda;
 mod runpod;
 mod state;
 mod vast;
+mod wire;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,13 +111,20 @@ async fn main() -> anyhow::Result<()> {
         .route("/vast/api/v0/instances/", get(vast::list))
         .route("/vast/api/v0/instances/{id}/", get(vast::get_one))
         .route("/vast/api/v0/instances/{id}/", delete(vast::destroy))
-        .route("/_emulator/faults", post(control::add_fault))
+        .route(
+            "/_emulator/faults",
+            post(control::add_fault).delete(control::clear_faults),
+        )
         .route("/_emulator/capacity", post(control::capacity))
         .route("/_emulator/revoke", post(control::revoke))
         .route(
             "/_emulator/instances",
             get(control::instances).post(control::bulk_create),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            wire::faults,
+        ))
         .with_state(shared);
     // Loopback only: this is a test tool.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;

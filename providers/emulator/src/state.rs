@@ -21,7 +21,8 @@ pub struct Fault {
     pub provider: Cloud,
     /// launch | terminate | get | list | any
     pub op: String,
-    /// http500 | timeout | capacity | created_then_timeout | never_complete | success_false_created
+    /// http500 | timeout | capacity | created_then_timeout | never_complete |
+    /// success_false_created; on the wire (any op): html | non_json | empty_json
     pub mode: String,
     pub times: u32,
 }
@@ -97,12 +98,26 @@ impl State {
         }
     }
 
-    /// Take one matching fault, if any.
+    /// Take one matching fault, if any (wire faults are taken before, by `wire_fault`).
     pub fn fault(&mut self, cloud: Cloud, op: &str) -> Option<String> {
-        let f = self
-            .faults
-            .iter_mut()
-            .find(|f| f.provider == cloud && (f.op == op || f.op == "any") && f.times > 0)?;
+        let f = self.faults.iter_mut().find(|f| {
+            f.provider == cloud
+                && (f.op == op || f.op == "any")
+                && f.times > 0
+                && !crate::wire::MODES.contains(&f.mode.as_str())
+        })?;
+        f.times -= 1;
+        Some(f.mode.clone())
+    }
+
+    /// Take one matching wire fault (an answer that is not the provider's), if any.
+    pub fn wire_fault(&mut self, cloud: Cloud, op: &str) -> Option<String> {
+        let f = self.faults.iter_mut().find(|f| {
+            f.provider == cloud
+                && (f.op == op || f.op == "any")
+                && f.times > 0
+                && crate::wire::MODES.contains(&f.mode.as_str())
+        })?;
         f.times -= 1;
         Some(f.mode.clone())
     }
