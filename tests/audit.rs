@@ -135,11 +135,10 @@ fn audit_totals_match_the_costs_computed_here_to_the_cent_and_survive_deleted_bu
     );
     // One more whose terminate never completes: unconfirmed, listed first, flagged.
     emu.fault("vast", "terminate", "never_complete", 10);
-    let r = gpuctl(
-        &ctx,
-        &emu,
-        &["up", "--json", plans[0].to_str().expect("path")],
-    );
+    // A plan of its own: ports chosen now, not reused from a session long over (another test
+    // may hold them by now).
+    let again = cloud_plan(&ctx, &sshd, "vast", "RTX 3090", None, "vast-audit");
+    let r = gpuctl(&ctx, &emu, &["up", "--json", again.to_str().expect("path")]);
     assert_eq!(r.code, 4, "{}", r.stderr);
     let unconfirmed = common::result_event(&r.stdout)["session_id"]
         .as_str()

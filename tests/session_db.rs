@@ -243,3 +243,42 @@ fn git_provenance_of_a_plan() {
     std::fs::write(&plan, "schema = 1\n# changed\n").expect("write");
     assert!(gpuctl::plan::provenance(&plan).expect("provenance").dirty);
 }
+
+#[test]
+fn up_on_a_fresh_home_survives_ls_and_status_polled_from_other_processes() {
+    let ctx = common::Ctx::new();
+    let port = common::free_port();
+    let plan = common::local_plan(&ctx, port, "after_eval = true");
+    let mut up = ctx.command();
+    up.args(["up", "--json"]).arg(&plan);
+    let up = up.stdout(std::process::Stdio::piped()).spawn().expect("up");
+    // Three pollers open the same fresh home while `up` creates and migrates it.
+    let pollers: Vec<_> = (0..3)
+        .map(|i| {
+            let cmd = if i == 2 { "status" } else { "ls" };
+            let home = ctx.home();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                for _ in 0..40 {
+                    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpuctl"))
+                        .env("GPUCTL_HOME", &home)
+                        .args([cmd, "--json"])
+                        .output()
+                        .expect("poll");
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    if err.contains("locked") || err.contains("busy") {
+                        failures.push(err.into_owned());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let out = up.wait_with_output().expect("up");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for p in pollers {
+        let failures = p.join().expect("poller");
+        assert!(failures.is_empty(), "a poller hit a lock: {failures:?}");
+    }
+}

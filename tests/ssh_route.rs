@@ -644,3 +644,87 @@ fn on_stop_command_runs_on_the_host_after_the_evidence_and_is_recorded() {
         "evidence is pulled before the stop command"
     );
 }
+
+#[test]
+fn a_symlink_and_a_fifo_planted_in_the_remote_evidence_are_refused_not_followed() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let plan = ssh_plan(
+        &ctx,
+        &sshd,
+        free_port(),
+        free_port(),
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    // Serve until stopped, and ask for two extra files that code on the host will plant.
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("after_eval = true", "after_eval = false")
+        .replace(
+            "copy_back = [",
+            "copy_back = [\"planted-secret.txt\", \"planted-pipe\", ",
+        );
+    let plan = ctx.write("ssh-planted.toml", text);
+    let mut up = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(&plan)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    let start = std::time::Instant::now();
+    let id = loop {
+        let ls = ctx.run(["ls", "--json"]).json();
+        if ls[0]["state"] == "serving" {
+            break ls[0]["id"].as_str().expect("id").to_string();
+        }
+        assert!(start.elapsed().as_secs() < 90, "not serving: {ls}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let evidence = sshd
+        .remote_home()
+        .join(".gpuctl/sessions")
+        .join(&id)
+        .join("evidence");
+    let secret = ctx.write("secret-outside.txt", "a private key, say");
+    std::os::unix::fs::symlink(&secret, evidence.join("planted-secret.txt")).expect("symlink");
+    nix::unistd::mkfifo(
+        &evidence.join("planted-pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    let down = ctx.run(["down", &id, "--json"]);
+    assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
+    let _ = up.wait();
+    assert!(
+        start.elapsed().as_secs() < 100,
+        "the FIFO did not hold the stop"
+    );
+    let status = ctx.run(["status", &id, "--json"]).json();
+    let bundle = std::path::PathBuf::from(
+        status["session"]["evidence_dir"]
+            .as_str()
+            .expect("evidence dir"),
+    );
+    for planted in ["planted-secret.txt", "planted-pipe"] {
+        assert!(
+            std::fs::symlink_metadata(bundle.join(planted)).is_err(),
+            "{planted} reached the bundle"
+        );
+    }
+    let refused = status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["kind"] == "evidence_refused")
+        .unwrap_or_else(|| panic!("no evidence_refused event: {status:#}"));
+    let msg = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("planted-secret.txt (refused: a symbolic link)"),
+        "{msg}"
+    );
+    assert!(msg.contains("planted-pipe (refused: a FIFO)"), "{msg}");
+    assert_eq!(status["session"]["state"], "stopped", "{status:#}");
+}

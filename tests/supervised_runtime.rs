@@ -272,3 +272,61 @@ fn a_server_killed_by_sigsegv_is_named_in_the_failure_and_agent_log() {
     assert!(port_refuses(port));
     assert!(!process_with(&marker));
 }
+
+/// An OpenAI-compatible server that takes 20 s to exit after SIGTERM, with a worker in its
+/// process group that ignores SIGTERM altogether (vLLM's engine core is such another PID).
+const SLOW_SERVER: &str = r#"import json, signal, subprocess, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+marker = sys.argv[2]
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)", marker + "-worker"])
+signal.signal(signal.SIGTERM, lambda *a: time.sleep(20))
+class H(BaseHTTPRequestHandler):
+    def send(self, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.send({"object": "list", "data": [{"id": "m", "object": "model"}]})
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send({"id": "c", "object": "chat.completion", "model": "m",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn a_server_slow_to_exit_and_its_workers_leave_nothing_behind() {
+    let ctx = Ctx::new();
+    let port = free_port();
+    let marker = format!("slow-exit-{port}");
+    let script = ctx.write(&format!("{marker}.py"), SLOW_SERVER);
+    let command = format!(
+        r#"["python3", "{}", "{{port}}", "{marker}"]"#,
+        script.display()
+    );
+    let p = plan_with(&ctx, port, &marker, &command, "[]", "");
+    let run = ctx.run(["up".as_ref(), "--json".as_ref(), p.as_os_str()]);
+    let r = expect_up(&run, 0);
+    assert_eq!(r["state"], "stopped");
+    assert!(
+        !process_with(&marker),
+        "a process of the server's group outlived the session"
+    );
+    let bundle = std::path::PathBuf::from(r["bundle"].as_str().expect("bundle"));
+    let proof: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("shutdown_proof.json")).expect("proof"),
+    )
+    .expect("json");
+    assert_eq!(proof["confirmed"], true, "{proof:#}");
+    let stopped = proof["agent_final_record"]["stopped"].to_string();
+    assert!(
+        stopped.contains("ignored SIGTERM; killed"),
+        "the proof names what was killed: {stopped}"
+    );
+}

@@ -43,8 +43,15 @@ pub fn is_oom_line(line: &str) -> bool {
 }
 
 /// The exact argv for a runtime. The plan's args come after gpuctl's own (for `command`,
-/// after the command), so `fallback.if_oom` can change them for every runtime.
-pub fn server_argv(model: &ModelConfig, port: u16, gpus: u32) -> anyhow::Result<Vec<String>> {
+/// after the command), so `fallback.if_oom` can change them for every runtime; `plan check`
+/// refuses `--host` and `--port` among them. SGLang takes the inner API key on its command
+/// line (vLLM reads it from `VLLM_API_KEY`, kept out of argv).
+pub fn server_argv(
+    model: &ModelConfig,
+    port: u16,
+    gpus: u32,
+    api_key: &str,
+) -> anyhow::Result<Vec<String>> {
     let port_s = port.to_string();
     let mut argv: Vec<String> = match model.runtime {
         Runtime::Vllm => [
@@ -102,8 +109,19 @@ pub fn server_argv(model: &ModelConfig, port: u16, gpus: u32) -> anyhow::Result<
         };
         argv.extend([flag.to_string(), gpus.to_string()]);
     }
+    if model.runtime == Runtime::Sglang {
+        argv.extend(["--api-key".to_string(), api_key.to_string()]);
+    }
     argv.extend(model.args.iter().cloned());
     Ok(argv)
+}
+
+/// A fresh key for the server's own port: vLLM and SGLang then refuse any request that does
+/// not come through the agent, even from another process on 127.0.0.1.
+fn inner_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// An exit status in words: "exited with status 1", "was killed by signal 11 (SIGSEGV)".
@@ -131,6 +149,8 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
 pub struct Server {
     child: Mutex<Child>,
     pub pid: u32,
+    /// The bearer key the server's own port wants (vLLM, SGLang; harmless to others).
+    pub key: String,
     pub port: u16,
     pub argv: Vec<String>,
     pub oom: Arc<AtomicBool>,
@@ -142,13 +162,18 @@ impl Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let argv = server_argv(model, port, gpus)?;
-        log!("starting {}", argv.join(" "));
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
+        let key = inner_key().context("making the server's API key")?;
+        let argv = server_argv(model, port, gpus, &key)?;
+        log!("starting {}", argv.join(" ").replace(&key, "<inner key>"));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             // Code the plan names gets no secret of the agent's environment.
             .env_clear()
-            .envs(gpuctl_protocol::child_env::filtered())
+            .envs(gpuctl_protocol::child_env::filtered());
+        if model.runtime == Runtime::Vllm {
+            cmd.env("VLLM_API_KEY", &key);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -195,6 +220,7 @@ impl Server {
         Ok(Server {
             child: Mutex::new(child),
             pid,
+            key,
             port,
             argv,
             oom,
@@ -252,7 +278,7 @@ impl Server {
                     self.tail()
                 );
             }
-            if let Ok(resp) = client.get(&url).send().await {
+            if let Ok(resp) = client.get(&url).bearer_auth(&self.key).send().await {
                 if resp.status().is_success() {
                     return Ok(());
                 }
@@ -316,7 +342,7 @@ mod tests {
         port: u16,
         gpus: u32,
     ) -> Vec<String> {
-        server_argv(&model(runtime, args, command), port, gpus).expect("argv")
+        server_argv(&model(runtime, args, command), port, gpus, "k").expect("argv")
     }
 
     #[test]
@@ -368,10 +394,17 @@ mod tests {
             9002,
             1,
         );
-        assert_eq!(a, [&base[..], &["--mem-fraction-static", "0.8"]].concat());
+        assert_eq!(
+            a,
+            [
+                &base[..],
+                &["--api-key", "k", "--mem-fraction-static", "0.8"]
+            ]
+            .concat()
+        );
         assert_eq!(
             argv(Runtime::Sglang, &[], &[], 9002, 4),
-            [&base[..], &["--tp-size", "4"]].concat()
+            [&base[..], &["--tp-size", "4", "--api-key", "k"]].concat()
         );
     }
 

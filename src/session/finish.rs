@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use gpuctl_protocol::evidence_files;
 use serde_json::json;
 
@@ -38,6 +38,42 @@ fn collect_budget(deadline: chrono::DateTime<Utc>) -> Duration {
 
 /// The pull's floor once the deadline has passed.
 const COLLECT_AFTER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the stop has established so far; each step adds its part.
+struct StopRun {
+    ending: Ending,
+    stop_started: DateTime<Utc>,
+    /// When serving stopped; for a cloud, when the provider confirmed (or gave up).
+    stopped_at: DateTime<Utc>,
+    checks: Vec<Check>,
+    confirmed: bool,
+    kind: gpuctl_providers::ProviderKind,
+    api_calls: Option<(u64, u64)>,
+    record: Option<crate::db::SessionRecord>,
+    lateness_ms: Option<i64>,
+    db_errors: Vec<String>,
+    evidence_errors: Vec<String>,
+}
+
+/// What the bundle and the accounting came to.
+struct Outcome {
+    cost: f64,
+    failure: Option<String>,
+    rows: Vec<EvidenceRow>,
+    missing: Vec<String>,
+    timings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The session's final row.
+struct End {
+    state: SessionState,
+    stopped_at: DateTime<Utc>,
+    cost: f64,
+    reason: String,
+    failure: Option<String>,
+    message: String,
+    lateness_ms: Option<i64>,
+}
 
 impl Session {
     /// Pull the evidence back within its budget; files that are not regular files (links,
@@ -103,27 +139,76 @@ impl Session {
         }
     }
 
-    /// Collect, stop, prove, account. Runs whatever happened before.
+    /// The stop, whatever happened before: stop serving -> collect (bounded) -> the plan's
+    /// stop command -> terminate and confirm by read-back -> prove -> account -> record.
+    /// Each step adds its record to `StopRun`; none can undo an earlier one.
     pub(super) async fn finish(
         &mut self,
         rep: &mut Reporter,
         ending: Ending,
         started: Instant,
     ) -> anyhow::Result<Exit> {
+        let mut run = self.begin_stop(rep, ending);
+        self.stop_serving(&mut run).await;
+        let t = Instant::now();
+        self.collect_bounded(rep, &mut run.evidence_errors).await;
+        self.plan_stop_command(&mut run).await;
+        self.terminate(rep, &mut run).await;
+        for c in run.checks.iter().filter(|c| !c.passed) {
+            // Every check that failed is said now, not only in shutdown_proof.json.
+            rep.warn(&format!("{}: {}", c.check, c.answer));
+        }
+        let final_record = self.write_proof(rep, &mut run);
+        let cost = self.account(rep, &mut run);
+        self.time("collect_evidence", t);
+        let timings = self.write_timings(rep, &mut run, started);
+        self.write_page(rep, &mut run, cost);
+        let (rows, missing) = self.manifest(rep, &mut run);
+        let _ = std::fs::remove_file(self.work.join("token"));
+        let failure = self.failure_of(&run, final_record.as_ref());
+        let outcome = Outcome {
+            cost,
+            failure,
+            rows,
+            missing,
+            timings,
+        };
+        self.record_and_report(rep, run, outcome).await
+    }
+
+    /// The session enters its stop; the database is asked briefly (a locked one delays the
+    /// record, never the stop).
+    fn begin_stop(&mut self, rep: &mut Reporter, ending: Ending) -> StopRun {
         if let Ending::Failed(msg) = &ending {
             rep.warn(&format!("the session failed: {msg}"));
         }
-        let mut db_errors = Vec::new();
-        let mut evidence_errors = Vec::new();
+        let mut run = StopRun {
+            stop_started: Utc::now(),
+            stopped_at: Utc::now(),
+            checks: Vec::new(),
+            confirmed: false,
+            kind: self.plan.instance.provider,
+            api_calls: None,
+            record: None,
+            lateness_ms: None,
+            db_errors: Vec::new(),
+            evidence_errors: Vec::new(),
+            ending,
+        };
         let _ = self.db.set_busy_timeout(Duration::from_millis(500));
+        let reason = run.ending.reason();
         let r = self
             .transition(SessionState::Collecting, "collecting evidence")
-            .and_then(|_| self.transition(SessionState::Stopping, &ending.reason()));
-        self.soft(rep, "the session database", r, &mut db_errors);
+            .and_then(|_| self.transition(SessionState::Stopping, &reason));
+        self.soft(rep, "the session database", r, &mut run.db_errors);
         rep.step("stop", "stopping the agent and proving it");
-        let stop_started = Utc::now();
+        run
+    }
+
+    /// Stop the agent (and what it serves with) and prove it on its host.
+    async fn stop_serving(&mut self, run: &mut StopRun) {
         let t = Instant::now();
-        let mut checks: Vec<Check> = match self.agent.as_mut() {
+        run.checks = match self.agent.as_mut() {
             Some((host, _)) => host.stop(&self.agent_bin).await,
             None => match self.stop_blocker.clone() {
                 Some(blocker) => vec![blocker],
@@ -131,62 +216,59 @@ impl Session {
             },
         };
         self.time("stop_and_prove", t);
-        let stopped_at = Utc::now();
+        run.stopped_at = Utc::now();
         let _ = self.db.set_busy_timeout(Duration::from_secs(10));
+    }
 
-        let t = Instant::now();
-        self.collect_bounded(rep, &mut evidence_errors).await;
-        // The plan's own stop command comes last: it may take the host down.
-        if let (Some((host, _)), crate::plan::OnStop::Command) =
-            (&self.agent, self.plan.stop.on_stop)
-        {
-            let mut ran = host.run_stop_command(&self.plan.stop.stop_command).await;
-            if self.plan.evidence.shutdown_proof == crate::plan::ShutdownProof::HostUnreachable {
-                if let Some((h, p)) = self.ssh_address() {
-                    let probe = super::remote_host::probe_unreachable(&h, p).await;
-                    // The host going silent is the proof the command did its work.
-                    if probe.passed && !ran.passed {
-                        ran.passed = true;
-                        ran.answer.push_str("; the host then went unreachable");
-                    }
-                    checks.push(ran);
-                    checks.push(probe);
-                } else {
-                    checks.push(ran);
-                    checks.push(Check::new(
-                        "host_unreachable",
-                        false,
-                        "no address recorded to probe",
-                    ));
-                }
-            } else {
-                checks.push(ran);
-            }
+    /// The plan's own stop command comes after the evidence: it may take the host down.
+    /// With `shutdown_proof = "host_unreachable"` the host's silence is what proves it.
+    async fn plan_stop_command(&mut self, run: &mut StopRun) {
+        let (Some((host, _)), crate::plan::OnStop::Command) = (&self.agent, self.plan.stop.on_stop)
+        else {
+            return;
+        };
+        let mut ran = host.run_stop_command(&self.plan.stop.stop_command).await;
+        if self.plan.evidence.shutdown_proof != crate::plan::ShutdownProof::HostUnreachable {
+            run.checks.push(ran);
+            return;
         }
-        // A cloud stop is confirmed by the provider's own read-back, and only by it.
+        let probe = match self.ssh_address() {
+            Some((h, p)) => super::remote_host::probe_unreachable(&h, p).await,
+            None => Check::new("host_unreachable", false, "no address recorded to probe"),
+        };
+        if probe.passed && !ran.passed {
+            ran.passed = true;
+            ran.answer.push_str("; the host then went unreachable");
+        }
+        run.checks.push(ran);
+        run.checks.push(probe);
+    }
+
+    /// A cloud stop is confirmed by the provider's own read-back, and only by it; other
+    /// stops by their checks on the host.
+    async fn terminate(&mut self, rep: &mut Reporter, run: &mut StopRun) {
         let record = self.db.get_session(&self.id).ok();
-        let kind: gpuctl_providers::ProviderKind = record
+        run.kind = record
             .as_ref()
             .and_then(|r| r.provider.parse().ok())
             .unwrap_or(self.plan.instance.provider);
-        let mut stopped_at = stopped_at;
-        let mut api_calls: Option<(u64, u64)> = None;
-        let confirmed = if kind.is_cloud() || self.plan.instance.provider.is_cloud() {
+        run.confirmed = if run.kind.is_cloud() || self.plan.instance.provider.is_cloud() {
             let cloud = self.stop_cloud(rep, record.as_ref()).await;
+            run.api_calls = cloud.api_calls;
+            run.stopped_at = cloud.confirmed_at.unwrap_or_else(Utc::now);
             let passed = cloud.passed();
-            api_calls = cloud.api_calls;
-            stopped_at = cloud.confirmed_at.unwrap_or_else(Utc::now);
-            checks.extend(cloud.checks);
+            run.checks.extend(cloud.checks);
             passed
         } else {
-            checks.iter().all(|c| c.passed)
+            run.checks.iter().all(|c| c.passed)
         };
         // The row may have learned of an instance just now (a launch that was in flight).
-        let record = self.db.get_session(&self.id).ok().or(record);
-        // Every check that failed is said now, not only in shutdown_proof.json.
-        for c in checks.iter().filter(|c| !c.passed) {
-            rep.warn(&format!("{}: {}", c.check, c.answer));
-        }
+        run.record = self.db.get_session(&self.id).ok().or(record);
+    }
+
+    /// `shutdown_proof.json`: every check, and the agent's own final record. Returns the
+    /// final record, which later steps read.
+    fn write_proof(&mut self, rep: &mut Reporter, run: &mut StopRun) -> Option<serde_json::Value> {
         let final_record: Option<serde_json::Value> =
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()
@@ -199,60 +281,81 @@ impl Session {
             .and_then(|r| r["stopped_at"].as_str())
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc));
-        let lateness_ms = match (&ending, agent_stop) {
-            (_, Some(t)) => Some((t.min(stopped_at) - self.deadline).num_milliseconds()),
-            (Ending::Deadline | Ending::AgentExited(_), None) if stopped_at >= self.deadline => {
-                Some((stopped_at - self.deadline).num_milliseconds())
+        run.lateness_ms = match (&run.ending, agent_stop) {
+            (_, Some(t)) => Some((t.min(run.stopped_at) - self.deadline).num_milliseconds()),
+            (Ending::Deadline | Ending::AgentExited(_), None)
+                if run.stopped_at >= self.deadline =>
+            {
+                Some((run.stopped_at - self.deadline).num_milliseconds())
             }
             _ => None,
         };
         let proof = ShutdownProofRecord {
             session_id: self.id.clone(),
             expected: self.plan.evidence.shutdown_proof.as_str().into(),
-            confirmed,
-            provider: kind.as_str().into(),
-            stop_reason: ending.reason(),
+            confirmed: run.confirmed,
+            provider: run.kind.as_str().into(),
+            stop_reason: run.ending.reason(),
             deadline: self.deadline,
-            stop_started_at: stop_started,
-            stop_confirmed_at: confirmed.then_some(stopped_at),
-            checks,
-            agent_final_record: final_record,
+            stop_started_at: run.stop_started,
+            stop_confirmed_at: run.confirmed.then_some(run.stopped_at),
+            checks: run.checks.clone(),
+            agent_final_record: final_record.clone(),
         };
         let r = self.bundle.write_json("shutdown_proof.json", &proof);
-        self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
+        self.soft(rep, "the evidence bundle", r, &mut run.evidence_errors);
+        final_record
+    }
 
-        let (launched, price) = match &record {
+    /// `cost.json`: billed time at the provider's granularity times the price known. A
+    /// price nobody quoted is the hourly budget, never 0.
+    fn account(&mut self, rep: &mut Reporter, run: &mut StopRun) -> f64 {
+        let (launched, price) = match &run.record {
             Some(s) => (
                 s.launched_at.unwrap_or(s.created_at),
                 s.price_usd_per_hour
                     .or(self.plan.budget.hourly_usd)
                     .unwrap_or(0.0),
             ),
-            None => (stop_started, self.plan.declared_price().unwrap_or(0.0)),
+            None => (
+                run.stop_started,
+                self.plan
+                    .declared_price()
+                    .or(self.plan.budget.hourly_usd)
+                    .unwrap_or(0.0),
+            ),
         };
-        let billing = gpuctl_providers::billing_of(kind);
-        let billed = billing.billed((stopped_at - launched).to_std().unwrap_or_default());
+        let billing = gpuctl_providers::billing_of(run.kind);
+        let billed = billing.billed((run.stopped_at - launched).to_std().unwrap_or_default());
         let cost = (price * billed.as_secs_f64() / 3600.0 * 100.0).round() / 100.0;
+        let budget = &self.plan.budget;
         let cost_record = CostRecord {
             session_id: self.id.clone(),
-            provider: kind.as_str().into(),
+            provider: run.kind.as_str().into(),
             price_usd_per_hour: price,
             billing_granularity: format!("{billing:?}"),
             launched_at: launched,
-            stopped_at,
+            stopped_at: run.stopped_at,
             billed_seconds: billed.as_secs(),
             cost_usd: cost,
-            hourly_budget_usd: self.plan.budget.hourly_usd,
-            max_total_usd: self.plan.budget.max_total_usd,
-            percent_of_budget: self
-                .plan
-                .budget
+            hourly_budget_usd: budget.hourly_usd,
+            max_total_usd: budget.max_total_usd,
+            percent_of_budget: budget
                 .max_total_usd
                 .map(|m| (cost / m * 1000.0).round() / 10.0),
         };
         let r = self.bundle.write_json("cost.json", &cost_record);
-        self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
-        self.time("collect_evidence", t);
+        self.soft(rep, "the evidence bundle", r, &mut run.evidence_errors);
+        cost
+    }
+
+    /// `timings.json`: every step's milliseconds and the total.
+    fn write_timings(
+        &mut self,
+        rep: &mut Reporter,
+        run: &mut StopRun,
+        started: Instant,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let total_ms = started.elapsed().as_millis() as u64;
         let timings: serde_json::Map<String, serde_json::Value> = self
             .timings
@@ -263,41 +366,52 @@ impl Session {
             "timings.json",
             &json!({ "session_id": self.id, "total_ms": total_ms, "steps_ms": timings }),
         );
-        self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
+        self.soft(rep, "the evidence bundle", r, &mut run.evidence_errors);
+        timings
+    }
 
-        // The page a reviewer opens: written before the manifest, which covers it.
-        if let Some(mut record) = record {
-            record.state = if confirmed {
-                if evidence_errors.is_empty() && !matches!(ending, Ending::Failed(_)) {
-                    SessionState::Stopped
-                } else {
-                    SessionState::Failed
-                }
-            } else {
-                SessionState::StopUnconfirmed
-            };
-            record.ended_at = Some(stopped_at);
-            record.cost_usd = Some(cost);
-            let events = self.db.events(&self.id).unwrap_or_default();
-            let page = crate::report::session_page(&self.bundle.dir, &record, &events);
-            let r = self.bundle.write("report.html", page);
-            self.soft(rep, "the evidence bundle", r, &mut evidence_errors);
-        }
+    /// The page a reviewer opens: written before the manifest, which covers it.
+    fn write_page(&mut self, rep: &mut Reporter, run: &mut StopRun, cost: f64) {
+        let Some(mut record) = run.record.clone() else {
+            return;
+        };
+        record.state = if !run.confirmed {
+            SessionState::StopUnconfirmed
+        } else if run.evidence_errors.is_empty() && !matches!(run.ending, Ending::Failed(_)) {
+            SessionState::Stopped
+        } else {
+            SessionState::Failed
+        };
+        record.ended_at = Some(run.stopped_at);
+        record.cost_usd = Some(cost);
+        let events = self.db.events(&self.id).unwrap_or_default();
+        let page = crate::report::session_page(&self.bundle.dir, &record, &events);
+        let r = self.bundle.write("report.html", page);
+        self.soft(rep, "the evidence bundle", r, &mut run.evidence_errors);
+    }
 
-        // What the plan asked for, present or missing.
+    /// `MANIFEST.sha256`, and what the plan asked for: present or missing.
+    fn manifest(
+        &mut self,
+        rep: &mut Reporter,
+        run: &mut StopRun,
+    ) -> (Vec<EvidenceRow>, Vec<String>) {
         let mut rows: Vec<EvidenceRow> = Vec::new();
         match self.bundle.write_manifest() {
             Ok(manifest) => {
-                for (path, sha, size) in &manifest {
-                    rows.push(EvidenceRow {
-                        path: path.clone(),
-                        sha256: Some(sha.clone()),
-                        size: Some(*size),
-                        status: "present".into(),
-                    });
-                }
+                rows.extend(manifest.into_iter().map(|(path, sha, size)| EvidenceRow {
+                    path,
+                    sha256: Some(sha),
+                    size: Some(size),
+                    status: "present".into(),
+                }))
             }
-            Err(e) => self.soft(rep, "the evidence manifest", Err(e), &mut evidence_errors),
+            Err(e) => self.soft(
+                rep,
+                "the evidence manifest",
+                Err(e),
+                &mut run.evidence_errors,
+            ),
         }
         let missing: Vec<String> = self
             .plan
@@ -318,35 +432,32 @@ impl Session {
                 "the plan asked for {m}, but the session did not produce it"
             ));
         }
-        let _ = std::fs::remove_file(self.work.join("token"));
+        (rows, missing)
+    }
 
-        let mut failure = match &ending {
+    /// Why the session failed, if it did: its own failure, the agent's account of it (a
+    /// supervised server's signal and last lines), and evidence that could not be written.
+    fn failure_of(
+        &self,
+        run: &StopRun,
+        final_record: Option<&serde_json::Value>,
+    ) -> Option<String> {
+        let agent_reason = final_record.and_then(|r| r["reason"].as_str());
+        let mut failure = match &run.ending {
             Ending::Failed(msg) => Some(msg.clone()),
-            Ending::AgentExited(s)
-                if !matches!(
-                    proof
-                        .agent_final_record
-                        .as_ref()
-                        .and_then(|r| r["reason"].as_str()),
-                    Some("deadline")
-                ) =>
-            {
+            Ending::AgentExited(s) if agent_reason != Some("deadline") => {
                 Some(format!("the agent exited before the deadline: {s}"))
             }
             _ => None,
         };
-        // The agent's own account of a failure (a supervised server's death: its signal and
-        // last lines) belongs in the session's, not only in final_record.json.
-        let agent_failure = proof
-            .agent_final_record
-            .as_ref()
+        let agent_failure = final_record
             .and_then(|r| r["failure"].as_str())
             .filter(|f| !failure.as_deref().unwrap_or("").contains(f.trim()));
         if let (Some(f), Some(agent)) = (failure.as_mut(), agent_failure) {
             f.push_str("; the agent reported: ");
             f.push_str(agent.trim());
         }
-        if let Some(first) = evidence_errors.first() {
+        if let Some(first) = run.evidence_errors.first() {
             // The stop stands; the bundle does not hold everything it should.
             let msg = format!("the evidence could not all be written ({first}); free space in {} and see what is missing with `gpuctl evidence {} verify`", self.bundle.dir.display(), self.id);
             failure = Some(match failure {
@@ -354,7 +465,18 @@ impl Session {
                 None => msg,
             });
         }
-        let (state, exit) = match (confirmed, &failure) {
+        failure
+    }
+
+    /// The final state in the database (retried while it is locked), the result line, and
+    /// the exit status: 4 whenever the stop is not confirmed.
+    async fn record_and_report(
+        &mut self,
+        rep: &mut Reporter,
+        mut run: StopRun,
+        outcome: Outcome,
+    ) -> anyhow::Result<Exit> {
+        let (state, exit) = match (run.confirmed, &outcome.failure) {
             (false, _) => (SessionState::StopUnconfirmed, Exit::StopUnconfirmed),
             (true, Some(_)) => (SessionState::Failed, Exit::Failed),
             (true, None) => (SessionState::Stopped, Exit::Done),
@@ -368,39 +490,36 @@ impl Session {
                 self.plan.evidence.shutdown_proof.as_str()
             ),
         };
-        let message = match lateness_ms {
+        let message = match run.lateness_ms {
             Some(ms) => format!("{message}; {ms} ms after the deadline"),
             None => message,
         };
-        let recorded = self
-            .record_end(
-                rep,
-                state,
-                stopped_at,
-                cost,
-                &ending.reason(),
-                failure.as_deref(),
-                &message,
-                &rows,
-                lateness_ms,
-            )
-            .await;
+        let end = End {
+            state,
+            stopped_at: run.stopped_at,
+            cost: outcome.cost,
+            reason: run.ending.reason(),
+            failure: outcome.failure.clone(),
+            message: message.clone(),
+            lateness_ms: run.lateness_ms,
+        };
+        let recorded = self.record_end(rep, &end, &outcome.rows).await;
         if let Err(e) = &recorded {
-            db_errors.push(format!("{e:#}"));
+            run.db_errors.push(format!("{e:#}"));
         }
         rep.done(&message);
         rep.result(json!({
             "session_id": self.id,
             "state": state.as_str(),
             "bundle": self.bundle.dir.display().to_string(),
-            "stop_reason": ending.reason(),
-            "failure": failure,
-            "cost_usd": cost,
-            "missing_evidence": missing,
-            "lateness_ms": lateness_ms,
-            "provider_api_calls": api_calls.map(|(all, stop)| json!({ "session": all, "stop": stop })),
-            "database_errors": db_errors,
-            "timings_ms": timings,
+            "stop_reason": end.reason,
+            "failure": outcome.failure,
+            "cost_usd": outcome.cost,
+            "missing_evidence": outcome.missing,
+            "lateness_ms": run.lateness_ms,
+            "provider_api_calls": run.api_calls.map(|(all, stop)| json!({ "session": all, "stop": stop })),
+            "database_errors": run.db_errors,
+            "timings_ms": outcome.timings,
         }));
         if !rep.is_json() {
             println!("{}", self.bundle.dir.display());
@@ -412,7 +531,7 @@ impl Session {
             );
         }
         if recorded.is_err() {
-            eprintln!("error: the agent is stopped (see shutdown_proof.json), but the session database could not record it: {}; `gpuctl daemon` or `gpuctl down {}` will record it once the database can be written", db_errors.last().map(String::as_str).unwrap_or_default(), self.id);
+            eprintln!("error: the agent is stopped (see shutdown_proof.json), but the session database could not record it: {}; `gpuctl daemon` or `gpuctl down {}` will record it once the database can be written", run.db_errors.last().map(String::as_str).unwrap_or_default(), self.id);
             return Ok(if exit == Exit::StopUnconfirmed {
                 exit
             } else {
@@ -423,28 +542,21 @@ impl Session {
     }
 
     /// The final record, retried while another process holds the database locked.
-    #[allow(clippy::too_many_arguments)]
     async fn record_end(
         &mut self,
         rep: &Reporter,
-        state: SessionState,
-        stopped_at: chrono::DateTime<Utc>,
-        cost: f64,
-        reason: &str,
-        failure: Option<&str>,
-        message: &str,
+        end: &End,
         rows: &[EvidenceRow],
-        lateness_ms: Option<i64>,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut warned = false;
         loop {
             let r: anyhow::Result<()> = (|| {
                 self.db.record_evidence(&self.id, rows)?;
-                if let Some(ms) = lateness_ms {
+                if let Some(ms) = end.lateness_ms {
                     self.db.record_lateness(&self.id, ms)?;
                 }
-                if state == SessionState::StopUnconfirmed {
+                if end.state == SessionState::StopUnconfirmed {
                     let attempts = self
                         .db
                         .get_session(&self.id)
@@ -459,12 +571,12 @@ impl Session {
                 }
                 self.db.record_end(
                     &self.id,
-                    state,
-                    stopped_at,
-                    Some(cost),
-                    reason,
-                    failure,
-                    message,
+                    end.state,
+                    end.stopped_at,
+                    Some(end.cost),
+                    &end.reason,
+                    end.failure.as_deref(),
+                    &end.message,
                 )?;
                 Ok(())
             })();

@@ -13,7 +13,11 @@ use super::openai::Outcome;
 use super::{ApiError, Shared, Upstream};
 
 pub async fn models(up: &Upstream) -> Response {
-    match up.client.get(format!("{}/v1/models", up.base)).send().await {
+    let req = up
+        .client
+        .get(format!("{}/v1/models", up.base))
+        .bearer_auth(&up.server.key);
+    match req.send().await {
         Ok(resp) => relay_whole(resp).await,
         Err(e) => bad_gateway(&unreachable_reason(up, &e).await),
     }
@@ -117,6 +121,7 @@ pub async fn forward(
     let resp = match up
         .client
         .post(format!("{}{route}", up.base))
+        .bearer_auth(&up.server.key)
         .header(CONTENT_TYPE, "application/json")
         .body(body)
         .send()
