@@ -309,3 +309,95 @@ shutdown_proof = "process_exited"
     assert!(all.contains("model.args"), "{all}");
     assert!(all.contains("--host"), "{all}");
 }
+
+/// SIGINT and SIGKILL to `up` at each step of a cloud session; after SIGKILL, `gpuctl down`
+/// does what the daemon would. After each, against the emulator's ledger: no session is
+/// `stopped` while its instance bills, and once the stop has run nothing bills at all
+/// unless its session says `stop_unconfirmed`.
+#[test]
+fn kill_matrix_every_step_of_a_cloud_session() {
+    use std::io::BufRead;
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let emu = Emulator::start(sshd.port, &[]);
+    let steps = [
+        "launch",
+        "boot",
+        "connect",
+        "deploy",
+        "load",
+        "first_run",
+        "eval",
+        "serve",
+        "stop",
+        "terminate",
+    ];
+    for step in steps {
+        for signal in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGKILL,
+        ] {
+            let c = Cloud {
+                stop: "after_eval = false",
+                ..after_eval("vast", "RTX 3090", None)
+            };
+            let p = plan(&ctx, &sshd, &c, free_port());
+            let mut cmd = command(&ctx, &emu);
+            cmd.args(["up", "--json"])
+                .arg(&p)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut up = Kill(cmd.spawn().expect("up"));
+            let pid = nix::unistd::Pid::from_raw(up.0.id() as i32);
+            let stdout = up.0.stdout.take().expect("stdout");
+            let mut id = String::new();
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let mut signalled = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["event"] == "session" {
+                    id = v["session_id"].as_str().unwrap_or_default().to_string();
+                }
+                if v["event"] == "step" && v["step"] == step {
+                    let _ = nix::sys::signal::kill(pid, signal);
+                    signalled = true;
+                    break;
+                }
+                if v["event"] == "step"
+                    && v["step"] == "serve"
+                    && (step == "stop" || step == "terminate")
+                {
+                    // Serving: ask for the stop, then signal during it.
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+            }
+            // Drain what is left so `up` never blocks on a full pipe.
+            let drain = std::thread::spawn(move || lines.count());
+            let _ = up.0.wait();
+            let _ = drain.join();
+            assert!(signalled, "{step}: the step never came");
+            assert!(!id.is_empty(), "{step}: no session id");
+            assert_no_stopped_session_bills(&ctx, &emu);
+            // The daemon's part after SIGKILL (or a second look after SIGINT).
+            let mut down = command(&ctx, &emu);
+            down.args(["down", &id, "--json"]);
+            let d = run(down);
+            assert!(
+                d.code == 0 || d.code == 4,
+                "{step} {signal}: down {}\n{}",
+                d.stdout,
+                d.stderr
+            );
+            assert_no_stopped_session_bills(&ctx, &emu);
+            let state = ctx.run(["status", &id, "--json"]).json()["session"]["state"].clone();
+            if state != "stop_unconfirmed" {
+                assert!(
+                    billing(&emu).is_empty(),
+                    "{step} {signal}: session {id} is {state} and something bills: {:?}",
+                    emu.instances()
+                );
+            }
+        }
+    }
+}

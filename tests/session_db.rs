@@ -191,8 +191,8 @@ fn migrations_are_versioned_and_a_newer_database_is_refused() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(
-        version, 3,
-        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once"
+        version, 4,
+        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once; v4 the launching key's fingerprint"
     );
     let handle: Option<String> = conn
         .query_row("SELECT handle FROM sessions LIMIT 1", [], |r| r.get(0))

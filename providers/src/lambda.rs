@@ -84,7 +84,7 @@ impl Lambda {
             .filter(|ip| !ip.is_empty())
             .map(|ip| SshTarget {
                 host: ip.to_string(),
-                port: v["ssh_port"].as_u64().map(|p| p as u16).unwrap_or(22),
+                port: crate::port_of(&v["ssh_port"]).unwrap_or(22),
                 user: "ubuntu".into(),
             });
         Instance {

@@ -115,6 +115,13 @@ impl Provider for Cloud {
     }
 }
 
+/// A TCP port from a provider's answer: 1-65535, or nothing (never a wrapped number).
+pub(crate) fn port_of(v: &serde_json::Value) -> Option<u16> {
+    v.as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+}
+
 /// Billing granularity by provider kind, the one place it is said. Lambda bills on-demand
 /// instances in one-minute increments and RunPod per second (their billing docs, read
 /// 2026-11-25); Vast is assumed per second (not read); `local` and `ssh` record per second.

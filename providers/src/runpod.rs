@@ -100,7 +100,7 @@ impl Runpod {
             .and_then(|p| {
                 Some(SshTarget {
                     host: p["ip"].as_str()?.to_string(),
-                    port: p["publicPort"].as_u64()? as u16,
+                    port: crate::port_of(&p["publicPort"])?,
                     user: "root".into(),
                 })
             });

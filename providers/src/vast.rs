@@ -89,7 +89,7 @@ impl Vast {
             .and_then(|h| {
                 Some(SshTarget {
                     host: h.to_string(),
-                    port: v["ssh_port"].as_u64()? as u16,
+                    port: crate::port_of(&v["ssh_port"])?,
                     user: "root".into(),
                 })
             });

@@ -80,7 +80,7 @@ impl Session {
     /// FIFOs, devices) are refused and named. A host that cannot be reached keeps its
     /// evidence: that is recorded, not fatal.
     async fn collect_bounded(&mut self, rep: &mut Reporter, errors: &mut Vec<String>) {
-        let Some((host, _)) = &self.agent else { return };
+        let Some(host) = &self.host else { return };
         let budget = collect_budget(self.deadline);
         let pulled = tokio::time::timeout(
             budget,
@@ -208,8 +208,8 @@ impl Session {
     /// Stop the agent (and what it serves with) and prove it on its host.
     async fn stop_serving(&mut self, run: &mut StopRun) {
         let t = Instant::now();
-        run.checks = match self.agent.as_mut() {
-            Some((host, _)) => host.stop(&self.agent_bin).await,
+        run.checks = match self.host.as_mut() {
+            Some(host) => host.stop(&self.agent_bin).await,
             None => match self.stop_blocker.clone() {
                 Some(blocker) => vec![blocker],
                 None => vec![Check::new("process_exited", true, "no agent was started")],
@@ -223,7 +223,7 @@ impl Session {
     /// The plan's own stop command comes after the evidence: it may take the host down.
     /// With `shutdown_proof = "host_unreachable"` the host's silence is what proves it.
     async fn plan_stop_command(&mut self, run: &mut StopRun) {
-        let (Some((host, _)), crate::plan::OnStop::Command) = (&self.agent, self.plan.stop.on_stop)
+        let (Some(host), crate::plan::OnStop::Command) = (&self.host, self.plan.stop.on_stop)
         else {
             return;
         };

@@ -432,11 +432,12 @@ impl RemoteAgent {
             format!("{} (host key {})", self.target.addr(), self.fingerprint),
         )];
         let pid = self.pid;
-        // The PID is signalled only while its command line still names this session's
-        // directory: a retry days later must not kill whatever process reused the number.
+        // The PID is signalled only while it is still this session's agent (started in the
+        // session's folder, `serve` in its command line): a retry days later must not kill
+        // whatever process reused the number.
         let ours = |action: &str| {
             format!(
-                "if grep -qaF -- {} /proc/{pid}/cmdline 2>/dev/null; then {action}; echo ours; else echo gone; fi",
+                "if [ \"$(readlink /proc/{pid}/cwd 2>/dev/null)\" = \"$(cd {} 2>/dev/null && pwd -P)\" ] && grep -qaF serve /proc/{pid}/cmdline 2>/dev/null; then {action}; echo ours; else echo gone; fi",
                 sh_quote(&self.dir)
             )
         };

@@ -11,7 +11,6 @@ use anyhow::Context;
 use super::handle::AgentHandle;
 use super::up::{Ending, Session};
 use crate::db::{Claim, Controller, Db, SessionRecord};
-use crate::eval::AgentClient;
 use crate::evidence::{Bundle, Check};
 use crate::exit::Exit;
 use crate::progress::Reporter;
@@ -93,11 +92,21 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
             Bundle::create(fallback)?
         }
     };
-    let handle = record
-        .handle
-        .as_deref()
-        .map(AgentHandle::from_json)
-        .transpose()?;
+    // A handle that cannot be read must not keep a cloud instance billing: the stop goes on
+    // without the agent, and says so.
+    let mut stop_blocker = None;
+    let handle = match record.handle.as_deref().map(AgentHandle::from_json) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            stop_blocker = Some(Check::new(
+                "host_reachable",
+                false,
+                format!("the recorded agent handle cannot be read: {e:#}"),
+            ));
+            None
+        }
+    };
     let agent_bin = match &handle {
         Some(AgentHandle::Local { agent_bin, .. }) => agent_bin.clone(),
         _ => super::find_agent(None).unwrap_or_else(|_| PathBuf::from("gpuctl-agent")),
@@ -106,20 +115,10 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         .as_ref()
         .and_then(|h| h.work().map(Path::to_path_buf))
         .unwrap_or_else(|| home.join("run").join(&record.id));
-    let mut stop_blocker = None;
-    let agent = match &handle {
+    let host = match &handle {
         None => None,
         Some(h) => match tokio::time::timeout(Duration::from_secs(30), h.reattach()).await {
-            Ok(Ok(host)) => {
-                // The client is never used for a stop; it only completes the pair.
-                let client = AgentClient::new(
-                    "http://127.0.0.1:9",
-                    "",
-                    &plan.model.id,
-                    Duration::from_secs(5),
-                )?;
-                Some((host, client))
-            }
+            Ok(Ok(host)) => Some(host),
             Ok(Err(e)) => {
                 stop_blocker = Some(Check::new(
                     "host_reachable",
@@ -165,7 +164,8 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         bundle,
         work,
         deadline: record.deadline,
-        agent,
+        host,
+        client: None,
         connected: None,
         accept_new_host_key: false,
         agent_bin,

@@ -212,7 +212,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         bundle,
         work,
         deadline,
-        agent: None,
+        host: None,
+        client: None,
         agent_bin,
         timings: Vec::new(),
         served: None,
@@ -408,7 +409,10 @@ pub(super) struct Session {
     pub(super) bundle: Bundle,
     pub(super) work: PathBuf,
     pub(super) deadline: DateTime<Utc>,
-    pub(super) agent: Option<(Host, AgentClient)>,
+    /// Where the agent runs, once started (or reattached by a takeover).
+    pub(super) host: Option<Host>,
+    /// The agent's API, once `up` started it (a takeover needs none: it only stops).
+    pub(super) client: Option<AgentClient>,
     /// The SSH connection (provider ssh), made in the connecting state.
     pub(super) connected: Option<Connected>,
     pub(super) accept_new_host_key: bool,
@@ -539,12 +543,15 @@ impl Session {
                 ),
             );
             let t_load = Instant::now();
-            let (agent, client) = self.agent.as_mut().context("agent")?;
+            let (agent, client) = (
+                self.host.as_mut().context("agent")?,
+                self.client.as_ref().context("agent client")?,
+            );
             let Err(e) = agent.wait_healthy(client).await else {
                 break t_load;
             };
-            let record = match &self.agent {
-                Some((host, _)) => host.final_record().await,
+            let record = match &self.host {
+                Some(host) => host.final_record().await,
                 None => None,
             };
             let oom = record.as_ref().is_some_and(|r| r.out_of_memory);
@@ -607,7 +614,7 @@ impl Session {
             let t = Instant::now();
             let mut results: Vec<CaseResult> = Vec::new();
             for case in &cases {
-                let (_, client) = self.agent.as_ref().context("agent")?;
+                let client = self.client.as_ref().context("agent client")?;
                 let r = eval::run_case(client, case).await;
                 rep.info(&format!(
                     "{} {}: {} ({} ms)",
@@ -646,7 +653,7 @@ impl Session {
             self.deadline - chrono::Duration::from_std(self.plan.stop.grace).unwrap_or_default();
         let wait = (grace_at - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
-            let (host, _) = self.agent.as_mut().context("agent")?;
+            let host = self.host.as_mut().context("agent")?;
             let mut report = |event: &str| rep.info(event);
             tokio::select! {
                 status = host.wait_exit(&mut report) => return Ok(Ending::AgentExited(status)),
@@ -659,7 +666,7 @@ impl Session {
                 "grace period: evidence collected before the stop",
                 Utc::now(),
             )?;
-            if let Some((host, _)) = &self.agent {
+            if let Some(host) = &self.host {
                 if let Ok(Err(e)) = tokio::time::timeout(
                     self.plan.stop.grace,
                     host.collect_snapshot(&self.bundle, &self.plan.evidence.copy_back),
@@ -670,7 +677,7 @@ impl Session {
                 }
             }
         }
-        let (host, _) = self.agent.as_mut().context("agent")?;
+        let host = self.host.as_mut().context("agent")?;
         let status = host.wait_exit(&mut |event| rep.info(event)).await;
         Ok(Ending::AgentExited(status))
     }
@@ -826,7 +833,8 @@ impl Session {
             REQUEST_TIMEOUT,
         )?;
         self.time("controller_start_agent", t);
-        self.agent = Some((host, client));
+        self.host = Some(host);
+        self.client = Some(client);
         Ok(())
     }
 
@@ -868,7 +876,10 @@ impl Session {
             .served
             .clone()
             .unwrap_or_else(|| self.plan.model.clone());
-        let (agent, client) = self.agent.as_ref().context("agent")?;
+        let (agent, client) = (
+            self.host.as_ref().context("agent")?,
+            self.client.as_ref().context("agent client")?,
+        );
         let t = Instant::now();
         let answer = client.chat(FIRST_RUN_PROMPT, FIRST_RUN_TOKENS, 0.0).await?;
         let ms = t.elapsed().as_millis() as u64;
