@@ -146,6 +146,63 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// How long a listener of another process may hold the inner port before the start fails.
+const FOREIGN_LISTENER: Duration = Duration::from_secs(30);
+
+/// Who listens on 127.0.0.1:port.
+enum Listener {
+    None,
+    Ours,
+    Foreign,
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port` (/proc/net/tcp, state 0A).
+fn listening_inode(port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+            .then(|| cols.get(9).map(|i| i.to_string()))
+            .flatten()
+    })
+}
+
+/// Whether a process of the group `pgid` holds the socket `inode`.
+fn group_holds(pgid: u32, inode: &str) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = &st[st.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .any(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.filter_map(|f| std::fs::read_link(f.ok()?.path()).ok())
+                        .any(|l| l.to_string_lossy() == wanted)
+                })
+                .unwrap_or(false)
+        })
+}
+
+fn listener_owner(port: u16, pgid: u32) -> Listener {
+    match listening_inode(port) {
+        None => Listener::None,
+        Some(inode) if group_holds(pgid, &inode) => Listener::Ours,
+        Some(_) => Listener::Foreign,
+    }
+}
+
 pub struct Server {
     child: Mutex<Child>,
     pub pid: u32,
@@ -263,6 +320,7 @@ impl Server {
             .timeout(Duration::from_secs(5))
             .build()?;
         let url = format!("http://127.0.0.1:{}/v1/models", self.port);
+        let mut foreign_since: Option<std::time::Instant> = None;
         loop {
             if let Some(status) = self.exited() {
                 // Give the output readers a moment to see the last lines.
@@ -278,10 +336,27 @@ impl Server {
                     self.tail()
                 );
             }
-            if let Ok(resp) = client.get(&url).bearer_auth(&self.key).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
+            // The port was free when it was picked; another process could have taken it
+            // since. Only a listener of the server's own process group is asked (and trusted).
+            match listener_owner(self.port, self.pid) {
+                Listener::Ours => {
+                    foreign_since = None;
+                    if let Ok(resp) = client.get(&url).bearer_auth(&self.key).send().await {
+                        if resp.status().is_success() {
+                            return Ok(());
+                        }
+                    }
                 }
+                Listener::Foreign => {
+                    let since = *foreign_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > FOREIGN_LISTENER {
+                        bail!(
+                            "127.0.0.1:{} is held by a process outside the server's process group; the server never got its port (start the session again: a new port is picked)",
+                            self.port
+                        );
+                    }
+                }
+                Listener::None => foreign_since = None,
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -436,6 +511,20 @@ mod tests {
             "2048",
         ];
         assert_eq!(a, want);
+    }
+
+    #[test]
+    fn the_inner_ports_listener_is_told_apart_by_process_group() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let inode = listening_inode(port).expect("listed in /proc/net/tcp");
+        let me = nix::unistd::getpgrp().as_raw() as u32;
+        assert!(group_holds(me, &inode), "this process group holds it");
+        assert!(matches!(listener_owner(port, me), Listener::Ours));
+        // Any other group (pid 1's, here) does not.
+        assert!(matches!(listener_owner(port, 1), Listener::Foreign));
+        drop(l);
+        assert!(matches!(listener_owner(port, me), Listener::None));
     }
 
     #[test]

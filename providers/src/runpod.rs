@@ -146,7 +146,7 @@ impl Provider for Runpod {
         });
         let data = self
             .graphql(
-                &format!("mutation Deploy($input: PodFindAndDeployOnDemandInput) {{ podFindAndDeployOnDemand(input: $input) {{ {POD_FIELDS} }} }}"),
+                &format!("mutation Deploy($input: PodFindAndDeployOnDemandInput!) {{ podFindAndDeployOnDemand(input: $input) {{ {POD_FIELDS} }} }}"),
                 json!({ "input": input }),
                 true,
             )
@@ -185,7 +185,7 @@ impl Provider for Runpod {
     async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
         match self
             .graphql(
-                "mutation Terminate($input: PodTerminateInput) { podTerminate(input: $input) }",
+                "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }",
                 json!({ "input": { "podId": id } }),
                 false,
             )

@@ -38,10 +38,24 @@ fn pod(st: &State, i: &Inst) -> Value {
     json!({ "id": i.id, "name": i.name, "desiredStatus": status, "costPerHr": i.usd_per_hour, "runtime": runtime })
 }
 
-pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Reply {
-    let query = body["query"].as_str().unwrap_or_default().to_string();
-    let vars = &body["variables"];
-    let op = if query.contains("podFindAndDeployOnDemand") {
+/// A `$input` variable declared nullable where the argument is non-null: GraphQL's
+/// "Variable used in position expecting type X!" error.
+fn nullable_input(query: &str, op: &str) -> Option<String> {
+    let ty = match op {
+        "launch" => "PodFindAndDeployOnDemandInput",
+        "terminate" => "PodTerminateInput",
+        _ => return None,
+    };
+    let declared = query.split("$input:").nth(1)?.trim_start();
+    let nullable = declared.starts_with(ty) && !declared[ty.len()..].starts_with('!');
+    nullable.then(|| {
+        format!("Variable \"$input\" of type \"{ty}\" used in position expecting type \"{ty}!\".")
+    })
+}
+
+/// Which operation a GraphQL document is, in the fault table's words.
+pub fn op_of(query: &str) -> Option<&'static str> {
+    Some(if query.contains("podFindAndDeployOnDemand") {
         "launch"
     } else if query.contains("podTerminate") {
         "terminate"
@@ -52,8 +66,21 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
     } else if query.contains("pod(") {
         "get"
     } else {
+        return None;
+    })
+}
+
+pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Reply {
+    let query = body["query"].as_str().unwrap_or_default().to_string();
+    let vars = &body["variables"];
+    let Some(op) = op_of(&query) else {
         return gql_error("Cannot query this field in the emulator");
     };
+    // The schema's arguments are non-null (runpod.graphql, from RunPod's own clients): a
+    // variable declared nullable in that position is a validation error, as on RunPod.
+    if let Some(e) = nullable_input(&query, op) {
+        return gql_error(&e);
+    }
     let fault = {
         let Ok(mut st) = s.lock() else {
             return gql_error("lock");

@@ -52,18 +52,7 @@ fn classify(method: &Method, path: &str, body: &str) -> Option<(Cloud, &'static 
         ));
     }
     if path == "/runpod/graphql" {
-        let op = if body.contains("podFindAndDeployOnDemand") {
-            "launch"
-        } else if body.contains("podTerminate") {
-            "terminate"
-        } else if body.contains("myself") {
-            "list"
-        } else if body.contains("pod(") {
-            "get"
-        } else {
-            "other"
-        };
-        return Some((Cloud::Runpod, op));
+        return Some((Cloud::Runpod, crate::runpod::op_of(body).unwrap_or("other")));
     }
     None
 }
