@@ -404,27 +404,29 @@ pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, 
     let calls_before = cloud.calls();
     let mut last = String::from("no answer yet");
     let mut terminate_accepted = false;
+    let mut last_terminate: Option<String> = None;
     let mut attempt = 0u32;
     let window = confirm_window();
     while start.elapsed() < window {
+        let mut refused = false;
         if !terminate_accepted {
             match cloud.terminate(instance_id).await {
                 Ok(()) => terminate_accepted = true,
                 Err(e) => {
                     last = format!("terminate: {e}");
+                    last_terminate = Some(last.clone());
                     if matches!(
                         e,
                         ProviderError::Unauthorized | ProviderError::Credentials(_)
                     ) {
                         break;
                     }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(8))))
-                        .await;
-                    continue;
+                    refused = true;
                 }
             }
         }
+        // The read-back decides, whatever the terminate answered: an instance already gone
+        // (an earlier attempt, the agent's own terminate) makes every terminate fail.
         match cloud.get(instance_id).await {
             Ok(i) if i.state == InstanceState::Gone => {
                 let calls = cloud.calls() - calls_before;
@@ -453,15 +455,25 @@ pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, 
         if start.elapsed().as_secs() % 20 == 19 {
             terminate_accepted = false;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let pause = if refused {
+            attempt += 1;
+            Duration::from_millis(500 * u64::from(attempt.min(8)))
+        } else {
+            Duration::from_millis(250)
+        };
+        tokio::time::sleep(pause).await;
     }
     (
         Check::new(
             "provider_terminated",
             false,
             format!(
-                "{} has not confirmed that instance {instance_id} is gone ({last}); it may still bill",
-                cloud.kind()
+                "{} has not confirmed that instance {instance_id} is gone ({last}{}); it may still bill",
+                cloud.kind(),
+                last_terminate
+                    .filter(|t| *t != last)
+                    .map(|t| format!("; last {t}"))
+                    .unwrap_or_default()
             ),
         ),
         cloud.calls() - calls_before,
