@@ -37,8 +37,8 @@ if [ "$(cat "$GPUCTL_TEST_VENV/.gpuctl-stamp" 2>/dev/null)" != "$stamp" ]; then
        --no-input --constraint scripts/test-constraints.txt)
   # Build tools first, pinned, so llama-cpp-python builds without an unpinned isolated env.
   "${pip[@]}" scikit-build-core cmake ninja setuptools wheel
-  # Built here with these flags, never taken from pip's wheel cache: a cached wheel may be
-  # a -march=native build from elsewhere (the one that crashed CI on an AMX machine).
+  # Built here with these flags, never taken from pip's wheel cache: a cached wheel may be a
+  # build tuned to another CPU (the kind that crashed CI on an AMX machine).
   CMAKE_ARGS="$GPUCTL_LLAMA_CMAKE_ARGS" "${pip[@]}" --no-build-isolation --no-cache-dir \
     "$(grep -m1 '^llama-cpp-python' scripts/test-requirements.txt)"
   "${pip[@]}" --requirement scripts/test-requirements.txt

@@ -3,24 +3,51 @@
 
 use crate::db::{Controller, ControllerKind};
 
+/// The fields of /proc/PID/stat from field 3 (state) on. The command name (field 2) may
+/// hold spaces and parentheses, so parsing starts after the last ')'.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
 /// Start time of `pid` in clock ticks since boot (/proc/PID/stat, field 22).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3 (state); field 22 is the 20th from there.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 /// Whether a process is a zombie or gone (a zombie has exited; only its parent's wait is missing).
 pub fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|s| s == "Z" || s == "X"),
-    }
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// The live members of process group `pgid` (/proc/PID/stat, field 5), each with its
+/// command line.
+pub fn group_members(pgid: i32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|f| {
+                f.first().is_some_and(|s| s != "Z" && s != "X")
+                    && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+            })
+        })
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            (pid, cmd)
+        })
+        .collect()
 }
 
 /// This process, as the controller of a session.

@@ -23,11 +23,15 @@ fn command(ctx: &Ctx, emu: &Emulator) -> Command {
 }
 
 fn run(mut cmd: Command) -> Run {
-    let out = cmd.output().expect("gpuctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::from(cmd.output().expect("gpuctl"))
+}
+
+/// Until the emulator has created an instance (a launch request has reached it).
+fn wait_for_launch(emu: &Emulator) {
+    let start = Instant::now();
+    while emu.instances().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no launch");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -164,11 +168,7 @@ fn ctrl_c_while_the_launch_request_is_in_flight_still_terminates_what_it_created
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("up");
     let pid = child.id();
-    let start = Instant::now();
-    while emu.instances().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no launch");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_launch(&emu);
     // Ctrl+C while the launch request has not answered.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -212,11 +212,7 @@ fn up_killed_during_the_launch_request_is_finished_by_down_from_the_tag() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut up = Kill(cmd.spawn().expect("up"));
-    let start = Instant::now();
-    while emu.instances().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no launch");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_launch(&emu);
     // SIGKILL: nothing of `up` runs any more; the row has no instance id.
     let _ = up.0.kill();
     let _ = up.0.wait();

@@ -36,9 +36,9 @@ impl Bundle {
         self.write(name, serde_json::to_string_pretty(value)? + "\n")
     }
 
-    /// Copy a file in, if it exists. Returns whether it did.
     /// Copy a regular file into the bundle. A link, a FIFO or a device (which code run by
     /// the plan could plant where the evidence is) is not followed, opened or copied.
+    /// Returns whether it copied.
     pub fn copy_in(&self, from: &Path, name: &str) -> anyhow::Result<bool> {
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::symlink_metadata(from) {

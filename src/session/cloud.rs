@@ -95,20 +95,46 @@ pub const LAUNCH_REQUEST: &str = "launch_request";
 /// own request timeout, which bounds it too).
 const LAUNCH_SETTLE: Duration = Duration::from_secs(120);
 
-/// Where a launch was asked for: provider, type, region, catalog price.
-type LaunchWhere = (ProviderKind, String, Option<String>, Option<f64>);
+/// Where a launch was asked for.
+#[derive(Debug, Clone)]
+pub struct LaunchAt {
+    pub kind: ProviderKind,
+    pub instance_type: String,
+    pub region: Option<String>,
+    /// The catalog's price for it, recorded beside the provider's quote.
+    pub catalog: Option<f64>,
+}
+
+/// The `launch_request` event's message; `requested_kind` reads the provider back.
+fn launch_request_message(at: &LaunchAt, name: &str) -> String {
+    format!("{} {}: requesting {name}", at.kind, at.instance_type)
+}
+
+fn requested_kind(message: &str) -> Option<ProviderKind> {
+    message.split_whitespace().next()?.parse().ok()
+}
+
+/// Each provider once, in first-seen order.
+fn distinct(kinds: impl IntoIterator<Item = ProviderKind>) -> Vec<ProviderKind> {
+    let mut out: Vec<ProviderKind> = Vec::new();
+    for k in kinds {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
 
 /// A launch request in flight, in a task of its own so that nothing cancels it half-way.
 pub struct PendingLaunch {
     task: tokio::task::JoinHandle<(Cloud, Result<Launched, ProviderError>)>,
-    pub at: LaunchWhere,
+    pub at: LaunchAt,
 }
 
 impl PendingLaunch {
-    fn start(cloud: Cloud, spec: LaunchSpec, at: LaunchWhere) -> PendingLaunch {
-        let s = spec.clone();
+    fn start(cloud: Cloud, spec: LaunchSpec, at: LaunchAt) -> PendingLaunch {
         let task = tokio::spawn(async move {
-            let r = cloud.launch(&s).await;
+            let r = cloud.launch(&spec).await;
             (cloud, r)
         });
         PendingLaunch { task, at }
@@ -120,7 +146,7 @@ impl PendingLaunch {
         match (&mut self.task).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                let cloud = Cloud::connect(self.at.0).map_err(|ce| {
+                let cloud = Cloud::connect(self.at.kind).map_err(|ce| {
                     anyhow::anyhow!("the launch task failed ({e}), and no new client: {ce}")
                 })?;
                 let lost = ProviderError::Timeout;
@@ -135,7 +161,7 @@ impl PendingLaunch {
             Ok(r) => r,
             Err(_) => {
                 self.task.abort();
-                let cloud = Cloud::connect(self.at.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let cloud = Cloud::connect(self.at.kind).map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok((cloud, Err(ProviderError::Timeout)))
             }
         }
@@ -144,26 +170,22 @@ impl PendingLaunch {
 
 impl Session {
     /// Record a created instance with the key that created it.
-    #[allow(clippy::too_many_arguments)]
     fn record_launch(
         &self,
         cloud: &Cloud,
-        kind: ProviderKind,
-        instance_type: &str,
-        region: Option<&str>,
+        at: &LaunchAt,
         instance_id: &str,
         price: Option<f64>,
-        catalog: Option<f64>,
     ) -> anyhow::Result<()> {
         self.db.record_cloud_launch(
             &self.id,
             &CloudLaunch {
-                provider: kind.as_str().into(),
-                instance_type: instance_type.into(),
-                region: region.map(String::from),
+                provider: at.kind.as_str().into(),
+                instance_type: at.instance_type.clone(),
+                region: at.region.clone(),
                 instance_id: instance_id.into(),
                 price_usd_per_hour: price,
-                catalog_price: catalog,
+                catalog_price: at.catalog,
                 at: Utc::now(),
                 key_sha256: cloud.key_fingerprint(),
             },
@@ -172,7 +194,9 @@ impl Session {
             &self.id,
             "launch",
             &format!(
-                "{kind} launched {instance_id} ({instance_type}) at {}",
+                "{} launched {instance_id} ({}) at {}",
+                at.kind,
+                at.instance_type,
                 price
                     .map(|p| format!("${p:.2}/h as quoted"))
                     .unwrap_or_else(|| "an unquoted price".into())
@@ -234,32 +258,26 @@ impl Session {
             );
             // Announced before it is sent (a state change is committed before its side
             // effect): a stop that finds no instance id looks for this one by its tag.
+            let at = LaunchAt {
+                kind,
+                instance_type: t.clone(),
+                region: region.clone(),
+                catalog,
+            };
             self.db.add_event(
                 &self.id,
                 LAUNCH_REQUEST,
-                &format!("{kind} {t}: requesting {}", spec.name),
+                &launch_request_message(&at, &spec.name),
                 Utc::now(),
             )?;
-            let pending = PendingLaunch::start(
-                cloud,
-                spec.clone(),
-                (kind, t.clone(), region.clone(), catalog),
-            );
+            let pending = PendingLaunch::start(cloud, spec.clone(), at.clone());
             // Never cancelled half-way: if this future is dropped (Ctrl+C, the deadline), the
             // request goes on in its task and the stop waits for its answer.
             let (cloud, result) = self.pending_launch.insert(pending).answer().await?;
             self.pending_launch = None;
             match result {
                 Ok(l) => {
-                    self.record_launch(
-                        &cloud,
-                        kind,
-                        &t,
-                        region.as_deref(),
-                        &l.instance_id,
-                        l.usd_per_hour,
-                        catalog,
-                    )?;
+                    self.record_launch(&cloud, &at, &l.instance_id, l.usd_per_hour)?;
                     rep.done(&format!("instance {}", l.instance_id));
                     launched = Some((cloud, l));
                     break;
@@ -273,15 +291,7 @@ impl Session {
                     message,
                 }) => {
                     // Recorded so that the stop terminates it: no orphan.
-                    self.record_launch(
-                        &cloud,
-                        kind,
-                        &t,
-                        region.as_deref(),
-                        &instance_id,
-                        None,
-                        catalog,
-                    )?;
+                    self.record_launch(&cloud, &at, &instance_id, None)?;
                     self.cloud = Some(cloud);
                     bail!("{kind} refused the launch ({message}) but created instance {instance_id}; it is terminated now");
                 }
@@ -295,15 +305,7 @@ impl Session {
                         }
                     };
                     if let Some(i) = found {
-                        self.record_launch(
-                            &cloud,
-                            kind,
-                            &t,
-                            region.as_deref(),
-                            &i.id,
-                            i.usd_per_hour,
-                            catalog,
-                        )?;
+                        self.record_launch(&cloud, &at, &i.id, i.usd_per_hour)?;
                         self.cloud = Some(cloud);
                         bail!("the launch on {kind} timed out, but instance {} ({}) was created; it is terminated now", i.id, spec.name);
                     }
@@ -507,11 +509,7 @@ impl Session {
     /// names (or, with no id, whatever carries the session's tag) and confirm it by
     /// read-back with the key that launched it. Fails closed: "nothing launched" passes
     /// only when no launch was ever requested, or every provider asked lists none.
-    pub(super) async fn stop_cloud(
-        &mut self,
-        rep: &mut Reporter,
-        record: Option<&crate::db::SessionRecord>,
-    ) -> CloudStop {
+    pub(super) async fn stop_cloud(&mut self, rep: &mut Reporter) -> CloudStop {
         if let Some(pending) = self.pending_launch.take() {
             rep.step(
                 "launch",
@@ -523,8 +521,8 @@ impl Session {
         }
         // The row as it is now (the launch may just have been recorded); without a row the
         // plan's candidates are searched by tag.
-        let fresh = self.db.get_session(&self.id).ok();
-        let record = fresh.as_ref().or(record);
+        let row = self.db.get_session(&self.id).ok();
+        let record = row.as_ref();
         let instance = record.and_then(|r| r.instance_id.clone());
         let kind = record
             .and_then(|r| r.provider.parse::<ProviderKind>().ok())
@@ -574,7 +572,7 @@ impl Session {
 
     /// Record what a launch in flight created (or said it created).
     async fn settle_launch(&mut self, pending: PendingLaunch) -> anyhow::Result<()> {
-        let (kind, t, region, catalog) = pending.at.clone();
+        let at = pending.at.clone();
         let (cloud, result) = pending.settle().await?;
         let created = match result {
             Ok(l) => Some((l.instance_id, l.usd_per_hour)),
@@ -582,7 +580,7 @@ impl Session {
             Err(_) => None,
         };
         if let Some((id, price)) = created {
-            self.record_launch(&cloud, kind, &t, region.as_deref(), &id, price, catalog)?;
+            self.record_launch(&cloud, &at, &id, price)?;
         }
         self.cloud = Some(cloud);
         Ok(())
@@ -591,30 +589,15 @@ impl Session {
     /// No instance id: the providers a launch was requested from are asked for instances
     /// tagged with this session, and each one found is terminated and confirmed.
     async fn stop_by_tag(&mut self, rep: &mut Reporter, row_read: bool) -> CloudStop {
-        let requested: Vec<ProviderKind> = match self.db.events(&self.id) {
-            Ok(events) if row_read => {
-                let mut kinds: Vec<ProviderKind> = events
+        let requested = match self.db.events(&self.id) {
+            Ok(events) if row_read => distinct(
+                events
                     .iter()
                     .filter(|e| e.kind == LAUNCH_REQUEST)
-                    .filter_map(|e| {
-                        e.message
-                            .split_whitespace()
-                            .next()?
-                            .trim_end_matches(':')
-                            .parse()
-                            .ok()
-                    })
-                    .collect();
-                kinds.dedup();
-                kinds
-            }
+                    .filter_map(|e| requested_kind(&e.message)),
+            ),
             // The record cannot be read: every provider the plan could have launched on.
-            _ => {
-                let mut kinds: Vec<ProviderKind> =
-                    candidates(&self.plan).into_iter().map(|c| c.0).collect();
-                kinds.dedup();
-                kinds
-            }
+            _ => distinct(candidates(&self.plan).into_iter().map(|c| c.0)),
         };
         if requested.is_empty() {
             return CloudStop::one(Check::new(

@@ -247,13 +247,8 @@ impl Session {
     /// A cloud stop is confirmed by the provider's own read-back, and only by it; other
     /// stops by their checks on the host.
     async fn terminate(&mut self, rep: &mut Reporter, run: &mut StopRun) {
-        let record = self.db.get_session(&self.id).ok();
-        run.kind = record
-            .as_ref()
-            .and_then(|r| r.provider.parse().ok())
-            .unwrap_or(self.plan.instance.provider);
-        run.confirmed = if run.kind.is_cloud() || self.plan.instance.provider.is_cloud() {
-            let cloud = self.stop_cloud(rep, record.as_ref()).await;
+        run.confirmed = if self.plan.instance.provider.is_cloud() {
+            let cloud = self.stop_cloud(rep).await;
             run.api_calls = cloud.api_calls;
             run.stopped_at = cloud.confirmed_at.unwrap_or_else(Utc::now);
             let passed = cloud.passed();
@@ -262,8 +257,14 @@ impl Session {
         } else {
             run.checks.iter().all(|c| c.passed)
         };
-        // The row may have learned of an instance just now (a launch that was in flight).
-        run.record = self.db.get_session(&self.id).ok().or(record);
+        // Read after the stop: the row may have learned of an instance just now (a launch
+        // that was in flight), and of the provider a fallback launched on.
+        run.record = self.db.get_session(&self.id).ok();
+        run.kind = run
+            .record
+            .as_ref()
+            .and_then(|r| r.provider.parse().ok())
+            .unwrap_or(self.plan.instance.provider);
     }
 
     /// `shutdown_proof.json`: every check, and the agent's own final record. Returns the

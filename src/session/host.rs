@@ -24,33 +24,6 @@ fn placed_gpus(config: &Path) -> Option<Vec<u32>> {
     )
 }
 
-/// The members of a process group (`/proc/*/stat`, field 5), with their command lines.
-fn group_members(pgid: i32) -> Vec<(u32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command may hold spaces and parentheses: fields start after the last ')'.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let group: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
-            (group == pgid).then(|| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| {
-                        String::from_utf8_lossy(&c)
-                            .replace('\0', " ")
-                            .trim()
-                            .to_string()
-                    })
-                    .unwrap_or_default();
-                (pid, cmd)
-            })
-        })
-        .collect()
-}
-
 /// SIGKILL to whatever is left of the supervised server's process group once the agent is
 /// gone (vLLM's engine and workers are other processes of that group). Returns the check
 /// (None when the session had no supervised server) and the PIDs that were in the group.
@@ -62,7 +35,7 @@ async fn stop_server_group(evidence: &Path) -> (Option<Check>, Vec<u32>) {
     else {
         return (None, Vec::new());
     };
-    let members = group_members(pgid);
+    let members = crate::procs::group_members(pgid);
     let pids: Vec<u32> = members.iter().map(|m| m.0).collect();
     if members.is_empty() {
         let msg = format!("the server's process group {pgid} has no process left");
@@ -73,10 +46,10 @@ async fn stop_server_group(evidence: &Path) -> (Option<Check>, Vec<u32>) {
         nix::sys::signal::Signal::SIGKILL,
     );
     let until = std::time::Instant::now() + Duration::from_secs(5);
-    while !group_members(pgid).is_empty() && std::time::Instant::now() < until {
+    while !crate::procs::group_members(pgid).is_empty() && std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = group_members(pgid);
+    let left = crate::procs::group_members(pgid);
     let named: Vec<String> = members
         .iter()
         .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))

@@ -190,12 +190,7 @@ pub fn gpuctl(ctx: &Ctx, emu: &Emulator, args: &[&str]) -> Run {
     let mut cmd = ctx.command();
     emu.env(&mut cmd);
     cmd.env("GPUCTL_STOP_CONFIRM_WINDOW", "6s");
-    let out = cmd.args(args).output().expect("gpuctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(cmd.args(args).output().expect("gpuctl"))
 }
 
 pub fn after_eval<'a>(

@@ -210,11 +210,9 @@ pub mod child_env {
     fn secret(name: &str) -> bool {
         let upper = name.to_ascii_uppercase();
         upper.ends_with("_API_KEY")
-            || upper == "GPUCTL_KEY_PASSPHRASE"
             || upper.contains("SECRET")
             || upper.contains("PASSWORD")
             || upper.contains("PASSPHRASE")
-            || upper == "VLLM_API_KEY"
     }
 
     pub fn allowed(name: &str) -> bool {
