@@ -1,14 +1,18 @@
-//! The HTTP side shared by the cloud clients: rustls, a timeout on every request, a pace
-//! that keeps under the provider's documented rate limits, 429 answered by waiting, and a
-//! count of the calls made (reported per session).
+//! The HTTP side shared by the cloud clients: rustls, a timeout on every request, paces
+//! that keep under the provider's documented rate limits, 429 answered by backing off, and
+//! a count of the calls made (reported per session).
+//!
+//! Paces are kept per process, per API base and per endpoint, not per client: a fallback
+//! or a daemon that builds a new client for the same provider still waits its turn (a
+//! fresh client per fallback once sent a Lambda request 9 ms after the last, and got 429).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use crate::credentials::ApiKey;
 use crate::ProviderError;
@@ -16,15 +20,33 @@ use crate::ProviderError;
 /// How many times a 429 is waited out before it is an error.
 const MAX_429: u32 = 5;
 
+/// A documented minimum interval between two requests of one kind ("any request",
+/// "a launch", one endpoint), for one API base.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub name: &'static str,
+    pub every: Duration,
+}
+
+impl Pace {
+    pub const fn new(name: &'static str, millis: u64) -> Pace {
+        Pace {
+            name,
+            every: Duration::from_millis(millis),
+        }
+    }
+}
+
+/// When each (base, pace) may next be used: a request reserves its slot under the lock and
+/// sleeps outside it, so concurrent requests queue instead of bursting.
+static NEXT_SLOT: LazyLock<Mutex<HashMap<(String, &'static str), Instant>>> =
+    LazyLock::new(Default::default);
+
 #[derive(Clone)]
 pub struct Api {
     client: reqwest::Client,
     pub base: String,
     key: ApiKey,
-    /// Minimum time between two requests, and between two launches.
-    pace: Duration,
-    launch_pace: Duration,
-    last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
     calls: Arc<AtomicU64>,
 }
 
@@ -58,12 +80,7 @@ fn timeout() -> Duration {
 }
 
 impl Api {
-    pub fn new(
-        base: &str,
-        key: ApiKey,
-        pace: Duration,
-        launch_pace: Duration,
-    ) -> Result<Api, ProviderError> {
+    pub fn new(base: &str, key: ApiKey) -> Result<Api, ProviderError> {
         // ring, the provider russh already uses: no second crypto library.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -76,9 +93,6 @@ impl Api {
             client,
             base: base.trim_end_matches('/').to_string(),
             key,
-            pace,
-            launch_pace,
-            last: Arc::new(Mutex::new((None, None))),
             calls: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -88,40 +102,35 @@ impl Api {
         self.calls.load(Ordering::Relaxed)
     }
 
-    async fn wait_turn(&self, launch: bool) {
-        let mut last = self.last.lock().await;
-        let now = Instant::now();
-        let mut wait = last
-            .0
-            .map(|t| self.pace.saturating_sub(now - t))
-            .unwrap_or_default();
-        if launch {
-            let w = last
-                .1
-                .map(|t| self.launch_pace.saturating_sub(now - t))
-                .unwrap_or_default();
-            wait = wait.max(w);
-        }
-        tokio::time::sleep(wait).await;
-        let t = Instant::now();
-        last.0 = Some(t);
-        if launch {
-            last.1 = Some(t);
-        }
+    /// Wait until every pace in `paces` allows one more request, and take that slot.
+    async fn wait_turn(&self, paces: &[Pace]) {
+        let start = {
+            let mut next = NEXT_SLOT.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = paces
+                .iter()
+                .filter_map(|p| next.get(&(self.base.clone(), p.name)))
+                .fold(now, |a, b| a.max(*b));
+            for p in paces {
+                next.insert((self.base.clone(), p.name), start + p.every);
+            }
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
     }
 
-    /// One request (with its 429 retries). `launch` paces it as a launch.
+    /// One request to `path` under the API base (with its 429 retries), paced by `paces`.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
-        launch: bool,
+        paces: &[Pace],
     ) -> Result<Answer, ProviderError> {
         let url = format!("{}{path}", self.base);
         let mut throttled = 0;
         loop {
-            self.wait_turn(launch).await;
+            self.wait_turn(paces).await;
             self.calls.fetch_add(1, Ordering::Relaxed);
             let mut req = self
                 .client

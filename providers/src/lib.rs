@@ -16,10 +16,10 @@ mod vast;
 pub use catalog::{catalog, price_of, Price};
 pub use credentials::{api_key, credentials_file, env_var, ApiKey};
 pub use kind::{ProviderKind, UnknownProvider};
-pub use lambda::Lambda;
+pub use lambda::{ssh_key_name_for, Lambda};
 pub use provider::{
     gone, instance_name, session_of, BillingGranularity, Instance, InstanceState, LaunchSpec,
-    Launched, Provider, ProviderError, SshTarget,
+    Launched, Offer, Provider, ProviderError, SshTarget,
 };
 pub use runpod::Runpod;
 pub use vast::Vast;
@@ -94,6 +94,9 @@ impl Provider for Cloud {
     }
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
         each!(self, c => c.price(instance_type).await)
+    }
+    async fn live_offers(&self, t: &str, gpus: u32) -> Result<Vec<Offer>, ProviderError> {
+        each!(self, c => c.live_offers(t, gpus).await)
     }
     async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
         each!(self, c => c.launch(spec).await)

@@ -37,6 +37,9 @@ pub enum InstanceState {
     Stopping,
     /// Stopped but still allocated (a stopped disk may still bill).
     Stopped,
+    /// It will never serve (Vast `exited`/`offline`/`unknown` while meant to run, Lambda
+    /// `unhealthy`) but may still bill: terminate it, and try the next candidate.
+    Failed(String),
     /// The provider says it is terminated, or gives its documented not-found answer for
     /// this very endpoint: billing has ended. Nothing else (an error page, a 5xx, an
     /// answer without the expected shape) is ever read as gone.
@@ -62,12 +65,29 @@ pub struct LaunchSpec {
     pub name: String,
     pub gpus: u32,
     pub disk_gb: Option<u32>,
-    /// Lambda: the registered SSH key names the instance accepts.
-    pub ssh_key_names: Vec<String>,
+    /// The plan's SSH public key (one OpenSSH line, never the private key): registered
+    /// with Lambda, passed to RunPod as `PUBLIC_KEY`.
+    pub ssh_public_key: Option<String>,
+    /// Lambda: use this already registered key name instead of registering the public key.
+    pub ssh_key_name: Option<String>,
     /// RunPod and Vast: the container image.
     pub image: Option<String>,
     /// Vast: the most the offer may cost per hour.
     pub max_usd_per_hour: Option<f64>,
+}
+
+/// What a provider offers right now for one instance type (`gpuctl offers`, and the
+/// budget gate of `up`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Offer {
+    pub instance_type: String,
+    /// Where (a region, a Vast offer's location); None when the provider does not say.
+    pub region: Option<String>,
+    pub gpus: u32,
+    pub vram_gib: Option<u32>,
+    pub usd_per_hour: f64,
+    /// Whether it can be launched now (Lambda: a region with capacity; RunPod: stock).
+    pub available: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +157,12 @@ pub trait Provider: Send + Sync {
         &self,
         instance_type: &str,
     ) -> impl Future<Output = Result<Option<f64>, ProviderError>> + Send;
+    /// Live offers for a type with `gpus` GPUs, cheapest first (empty: none now).
+    fn live_offers(
+        &self,
+        instance_type: &str,
+        gpus: u32,
+    ) -> impl Future<Output = Result<Vec<Offer>, ProviderError>> + Send;
     fn launch(
         &self,
         spec: &LaunchSpec,

@@ -2,19 +2,21 @@
 //! SDK and dstack use). Errors come back as HTTP 200 with an `errors` array, so every
 //! answer is checked for one. A stopped pod still bills its volume: gpuctl terminates.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::credentials::ApiKey;
-use crate::http::Api;
-use crate::provider::{gone, Instance, LaunchSpec, Launched};
+use crate::http::{Api, Pace};
+use crate::provider::{gone, Instance, LaunchSpec, Launched, Offer};
 use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
 
 pub const DEFAULT_BASE: &str = "https://api.runpod.io/graphql";
 
 const POD_FIELDS: &str = "id name desiredStatus costPerHr runtime { ports { ip isIpPublic privatePort publicPort type } }";
+
+/// RunPod documents no rate limit for its GraphQL API: a gentle pace of our own.
+const ANY: Pace = Pace::new("any", 200);
+const LAUNCH: Pace = Pace::new("launch", 1000);
 
 pub struct Runpod {
     api: Api,
@@ -23,12 +25,7 @@ pub struct Runpod {
 impl Runpod {
     pub fn new(base: &str, key: ApiKey) -> Result<Runpod, ProviderError> {
         Ok(Runpod {
-            api: Api::new(
-                base,
-                key,
-                Duration::from_millis(200),
-                Duration::from_secs(1),
-            )?,
+            api: Api::new(base, key)?,
         })
     }
 
@@ -39,7 +36,8 @@ impl Runpod {
         launch: bool,
     ) -> Result<Value, ProviderError> {
         let body = json!({ "query": query, "variables": variables });
-        let answer = self.api.send(Method::POST, "", Some(&body), launch).await?;
+        let paces: &[Pace] = if launch { &[ANY, LAUNCH] } else { &[ANY] };
+        let answer = self.api.send(Method::POST, "", Some(&body), paces).await?;
         let status = answer.status;
         if !answer.is_json || !answer.body.is_object() {
             // A proxy's error page or an empty body is no answer at all, whatever its status.
@@ -120,18 +118,66 @@ impl Provider for Runpod {
     }
 
     async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
+        Ok(self
+            .live_offers(instance_type, 1)
+            .await?
+            .first()
+            .map(|o| o.usd_per_hour))
+    }
+
+    async fn live_offers(
+        &self,
+        instance_type: &str,
+        gpus: u32,
+    ) -> Result<Vec<Offer>, ProviderError> {
+        // runpod-python's queries/gpus.py asks `gpuTypes(input: {id: ...})` for these fields.
         let data = self
             .graphql(
-                "query GpuType($id: String) { gpuTypes(input: { id: $id }) { id displayName securePrice communityPrice } }",
-                json!({ "id": instance_type }),
+                "query GpuTypes($input: GpuTypeFilter) { gpuTypes(input: $input) { id displayName memoryInGb secureCloud communityCloud securePrice communityPrice } }",
+                json!({ "input": { "id": instance_type } }),
                 false,
             )
             .await?;
-        Ok(data["gpuTypes"][0]["securePrice"].as_f64())
+        let gpus = gpus.max(1);
+        let mut out: Vec<Offer> = data["gpuTypes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["id"].as_str() == Some(instance_type))
+            .flat_map(|g| {
+                // RunPod prices per GPU, in its secure and its community cloud.
+                [
+                    ("SECURE", "securePrice", "secureCloud"),
+                    ("COMMUNITY", "communityPrice", "communityCloud"),
+                ]
+                .into_iter()
+                .filter_map(|(cloud, price, offered)| {
+                    let p = g[price].as_f64().filter(|p| *p > 0.0)?;
+                    Some(Offer {
+                        instance_type: instance_type.to_string(),
+                        region: Some(cloud.to_string()),
+                        gpus,
+                        vram_gib: g["memoryInGb"].as_u64().map(|m| m as u32),
+                        usd_per_hour: p * f64::from(gpus),
+                        available: g[offered].as_bool().unwrap_or(false),
+                    })
+                })
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| a.usd_per_hour.total_cmp(&b.usd_per_hour));
+        Ok(out)
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
-        let input = json!({
+        // RunPod's images put `PUBLIC_KEY` into root's authorized_keys at start (RunPod's
+        // docs, "Use SSH"; runpod-python passes env as [{key, value}]).
+        let env: Vec<Value> = spec
+            .ssh_public_key
+            .iter()
+            .map(|k| json!({ "key": "PUBLIC_KEY", "value": k.trim() }))
+            .collect();
+        let mut input = json!({
             "name": spec.name,
             "imageName": spec.image.clone().unwrap_or_else(|| "runpod/base:0.6.2-cuda12.2.0".into()),
             "gpuTypeId": spec.instance_type,
@@ -142,8 +188,12 @@ impl Provider for Runpod {
             "ports": "22/tcp",
             "startSsh": true,
             "supportPublicIp": true,
-            "dataCenterId": spec.region,
+            "env": env,
         });
+        // An absent data center is left out (any), never sent as null.
+        if let Some(r) = &spec.region {
+            input["dataCenterId"] = json!(r);
+        }
         let data = self
             .graphql(
                 &format!("mutation Deploy($input: PodFindAndDeployOnDemandInput!) {{ podFindAndDeployOnDemand(input: $input) {{ {POD_FIELDS} }} }}"),

@@ -75,18 +75,23 @@ pub fn precheck(plan: &Plan) -> Result<Option<f64>, String> {
         .map(|p| p.usd_per_hour))
 }
 
-/// The SSH key names Lambda should put on the instance: `GPUCTL_LAMBDA_SSH_KEY_NAME`, else
-/// the identity file's name (the name it was registered under, by convention).
-fn ssh_key_names(plan: &Plan) -> Vec<String> {
-    if let Ok(n) = std::env::var("GPUCTL_LAMBDA_SSH_KEY_NAME") {
-        return vec![n];
-    }
-    plan.access
-        .identity_file
-        .as_deref()
-        .and_then(|p| std::path::Path::new(p).file_stem())
-        .map(|s| vec![s.to_string_lossy().into_owned()])
-        .unwrap_or_default()
+/// A key name already registered with Lambda, when the user names one
+/// (`GPUCTL_LAMBDA_SSH_KEY_NAME`); otherwise the plan's public key is registered.
+fn lambda_key_name() -> Option<String> {
+    std::env::var("GPUCTL_LAMBDA_SSH_KEY_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+}
+
+/// The public half of the plan's identity file, given to the provider (Lambda registers
+/// it; RunPod's image installs it from `PUBLIC_KEY`). None with ssh-agent only.
+fn plan_public_key(plan: &Plan) -> anyhow::Result<Option<String>> {
+    let Some(path) = plan.access.identity_file.as_deref() else {
+        return Ok(None);
+    };
+    Ok(Some(crate::ssh::public_key_line(std::path::Path::new(
+        path,
+    ))?))
 }
 
 /// The event kind written just before a launch request is sent.
@@ -214,6 +219,8 @@ impl Session {
         let hourly = self.plan.budget.hourly_usd;
         let mut tried = Vec::new();
         let mut launched = None;
+        let public_key = plan_public_key(&self.plan)?;
+        let mut boot_target = None;
         for (kind, t, region) in candidates(&self.plan) {
             if !tried.is_empty() {
                 let msg = format!(
@@ -242,7 +249,8 @@ impl Session {
                 name: instance_name(&self.id),
                 gpus: self.plan.instance.gpus,
                 disk_gb: self.plan.instance.disk_gb,
-                ssh_key_names: ssh_key_names(&self.plan),
+                ssh_public_key: public_key.clone(),
+                ssh_key_name: lambda_key_name(),
                 image: None,
                 max_usd_per_hour: hourly,
             };
@@ -279,8 +287,24 @@ impl Session {
                 Ok(l) => {
                     self.record_launch(&cloud, &at, &l.instance_id, l.usd_per_hour)?;
                     rep.done(&format!("instance {}", l.instance_id));
-                    launched = Some((cloud, l));
-                    break;
+                    let boot = match self.boot(rep, &cloud, &l).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.cloud = Some(cloud);
+                            return Err(e);
+                        }
+                    };
+                    match boot {
+                        Boot::Ready(ssh) => {
+                            boot_target = Some(ssh);
+                            launched = Some(cloud);
+                            break;
+                        }
+                        Boot::Failed(why) => {
+                            self.give_up_on(rep, cloud, &l.instance_id, &why).await?;
+                            tried.push(format!("{kind} {t}: instance {} {why}", l.instance_id));
+                        }
+                    }
                 }
                 Err(ProviderError::NoCapacity(m)) => {
                     rep.done("no capacity");
@@ -317,7 +341,7 @@ impl Session {
                 Err(e) => bail!("{kind} refused the launch of {t}: {e}"),
             }
         }
-        let Some((cloud, l)) = launched else {
+        let Some(cloud) = launched else {
             let next = self
                 .plan
                 .fallback
@@ -330,10 +354,64 @@ impl Session {
                 tried.join("; ")
             );
         };
-        // The price the provider quotes is the one billed: a higher one may bring the stop earlier.
+        self.cloud = Some(cloud);
+        let ssh = boot_target.ok_or_else(|| anyhow::anyhow!("the provider gave no SSH address"))?;
+        self.db
+            .record_host(&self.id, &format!("{}:{}", ssh.host, ssh.port))?;
+        rep.done(&format!("reachable at {}:{}", ssh.host, ssh.port));
+        Ok(crate::ssh::SshTarget {
+            host: ssh.host,
+            port: ssh.port,
+            user: self.plan.instance.user.clone().unwrap_or(ssh.user),
+            identity_file: self.plan.access.identity_file.as_ref().map(PathBuf::from),
+            pinned: self.plan.instance.host_key.clone(),
+            // A new instance has a new host key: trusted on first use, for this session only,
+            // and pinned in the session's record from then on.
+            known_hosts: self.work.join("known_hosts"),
+            accept_new: true,
+        })
+    }
+
+    /// An instance that will never run: terminate it, and go on to the next candidate only
+    /// once the provider confirms it gone (else the stop keeps trying, as for any instance).
+    async fn give_up_on(
+        &mut self,
+        rep: &mut Reporter,
+        cloud: Cloud,
+        id: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        rep.warn(&format!(
+            "instance {id} is {why}: it will not run; terminating it"
+        ));
+        let (check, _) = terminate_and_confirm(&cloud, id).await;
+        self.db.add_event(
+            &self.id,
+            "launch_failed",
+            &format!("instance {id} was {why}: {}", check.answer),
+            Utc::now(),
+        )?;
+        if !check.passed {
+            self.cloud = Some(cloud);
+            bail!(
+                "instance {id} was {why}, and its terminate is not confirmed: {}",
+                check.answer
+            );
+        }
+        Ok(())
+    }
+
+    /// After a launch: the quoted price against the budget (it may bring the stop earlier),
+    /// then the wait until the instance runs with an SSH address.
+    async fn boot(
+        &mut self,
+        rep: &mut Reporter,
+        cloud: &Cloud,
+        l: &Launched,
+    ) -> anyhow::Result<Boot> {
+        let hourly = self.plan.budget.hourly_usd;
         if let (Some(p), Some(h)) = (l.usd_per_hour, hourly) {
             if p > h {
-                self.cloud = Some(cloud);
                 bail!("the provider quoted ${p:.2}/h at launch, above budget.hourly_usd ${h:.2}; the instance is terminated now");
             }
         }
@@ -353,16 +431,21 @@ impl Session {
         }
         rep.step("boot", &format!("waiting for {} to boot", l.instance_id));
         let boot_started = Instant::now();
-        let target = loop {
-            let i = cloud.get(&l.instance_id).await;
-            match i {
-                Ok(i) if i.state == InstanceState::Running && i.ssh.is_some() => {
-                    break i.ssh;
+        loop {
+            match cloud.get(&l.instance_id).await {
+                Ok(i) if i.state == InstanceState::Running => {
+                    if let Some(ssh) = i.ssh {
+                        self.time("cloud_boot_wait", boot_started);
+                        return Ok(Boot::Ready(ssh));
+                    }
                 }
                 Ok(i) if i.state == InstanceState::Gone => {
-                    self.cloud = Some(cloud);
                     bail!("instance {} disappeared while booting", l.instance_id);
                 }
+                Ok(gpuctl_providers::Instance {
+                    state: InstanceState::Failed(why),
+                    ..
+                }) => return Ok(Boot::Failed(why)),
                 Ok(_) | Err(ProviderError::Timeout) => {}
                 Err(e) => rep.warn(&format!("reading the instance back: {e}")),
             }
@@ -370,34 +453,21 @@ impl Session {
                 > self.deadline
                     - chrono::Duration::from_std(self.plan.stop.grace).unwrap_or_default()
             {
-                self.cloud = Some(cloud);
                 bail!(
                     "instance {} did not boot before the deadline",
                     l.instance_id
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        self.cloud = Some(cloud);
-        self.time("cloud_boot_wait", boot_started);
-        let Some(ssh) = target else {
-            bail!("the provider gave no SSH address");
-        };
-        self.db
-            .record_host(&self.id, &format!("{}:{}", ssh.host, ssh.port))?;
-        rep.done(&format!("reachable at {}:{}", ssh.host, ssh.port));
-        Ok(crate::ssh::SshTarget {
-            host: ssh.host,
-            port: ssh.port,
-            user: self.plan.instance.user.clone().unwrap_or(ssh.user),
-            identity_file: self.plan.access.identity_file.as_ref().map(PathBuf::from),
-            pinned: self.plan.instance.host_key.clone(),
-            // A new instance has a new host key: trusted on first use, for this session only,
-            // and pinned in the session's record from then on.
-            known_hosts: self.work.join("known_hosts"),
-            accept_new: true,
-        })
+        }
     }
+}
+
+/// How a launched instance's boot ended.
+enum Boot {
+    Ready(gpuctl_providers::SshTarget),
+    /// It will never run (the provider's word for it): terminate it and try the next.
+    Failed(String),
 }
 
 /// Terminate and read back until the provider says the instance is gone (bounded).
@@ -446,7 +516,10 @@ pub async fn terminate_and_confirm(cloud: &Cloud, instance_id: &str) -> (Check, 
             }
             Ok(i) => {
                 // A terminate answered but not acted on (a wrong answer): ask again.
-                if matches!(i.state, InstanceState::Running | InstanceState::Booting) {
+                if matches!(
+                    i.state,
+                    InstanceState::Running | InstanceState::Booting | InstanceState::Failed(_)
+                ) {
                     terminate_accepted = false;
                 }
                 last = format!("the provider still reports {:?}", i.state)

@@ -89,6 +89,16 @@ fn load_key(path: &Path) -> Result<russh::keys::PrivateKey, SshError> {
     }
 }
 
+/// The public half of an identity file, as one OpenSSH line (what a provider is given so
+/// that the instance accepts the key; the private key never leaves this machine).
+pub fn public_key_line(path: &Path) -> Result<String, SshError> {
+    let key = load_key(path)?;
+    key.public_key().to_openssh().map_err(|e| SshError::Key {
+        path: path.display().to_string(),
+        reason: format!("cannot write its public key ({e})"),
+    })
+}
+
 /// Connect, verify the host key, authenticate. Nothing is sent to a host whose key is refused.
 pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
     let addr = target.addr();

@@ -7,7 +7,7 @@ mod hostkey;
 mod remote;
 mod tunnel;
 
-pub use connect::{connect, SshTarget};
+pub use connect::{connect, public_key_line, SshTarget};
 pub use hostkey::{fingerprint, HostKeyVerdict};
 pub use remote::{sh_quote, Download, Exec, Session};
 pub use tunnel::{live, Shared, Tunnel};

@@ -16,6 +16,12 @@ pub async fn add_fault(Axum(s): Axum<Shared>, Json(f): Json<Fault>) -> Json<Valu
 }
 
 /// Forget every fault not yet consumed.
+/// Every contract violation seen so far (a test of gpuctl asserts there are none).
+pub async fn violations(Axum(s): Axum<Shared>) -> Json<Value> {
+    let list = s.lock().map(|st| st.violations.clone()).unwrap_or_default();
+    Json(json!({ "violations": list }))
+}
+
 pub async fn clear_faults(Axum(s): Axum<Shared>) -> Json<Value> {
     if let Ok(mut st) = s.lock() {
         st.faults.clear();
@@ -78,6 +84,7 @@ pub async fn instances(Axum(s): Axum<Shared>) -> Json<Value> {
                 "phase": format!("{phase:?}").to_lowercase(),
                 "billing": phase != Phase::Terminated,
                 "billed_seconds": st.billed(i),
+                "public_key": i.public_key,
             })
         })
         .collect();

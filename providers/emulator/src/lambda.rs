@@ -1,6 +1,10 @@
-//! Lambda Cloud API v1, as documented: `{"data": ...}` or `{"error": {code, message,
-//! suggestion}}`; about 1 request/s and one launch per 10 s (429 beyond); booting -> active;
-//! terminating -> terminated (terminated instances stay listed).
+//! Lambda Cloud API v1, as Lambda's OpenAPI description (v1.10.0) has it: `{"data": ...}`
+//! or `{"error": {code, message, suggestion}}`; one request per second, one launch per
+//! 12 s (429 beyond); Bearer or Basic auth; booting -> active -> terminating ->
+//! terminated (terminated instances stay listed), and `unhealthy`/`preempted` (a launch
+//! fault `boots_to_<state>`). A launch must name a region and exactly one SSH key
+//! registered through `/ssh-keys` (the `LaunchRequest` schema: region_name,
+//! instance_type_name and ssh_key_names are required).
 
 use std::time::Instant;
 
@@ -9,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::state::{price, Cloud, Inst, Phase, State, TYPES};
+use crate::state::{price, Cloud, Inst, Phase, SshKey, State, TYPES};
 use crate::{authorized, hang, Shared};
 
 type Reply = (StatusCode, Json<Value>);
@@ -57,10 +61,13 @@ fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>
 }
 
 fn instance(st: &State, i: &Inst) -> Value {
+    let fate = i.fate.as_deref().unwrap_or("unhealthy");
     let status = match st.phase(i) {
         Phase::Booting => "booting",
         Phase::Running => "active",
+        Phase::Failed => fate,
         Phase::Terminating => "terminating",
+        Phase::Terminated if i.terminate_at.is_none() => fate,
         Phase::Terminated => "terminated",
     };
     let running = st.phase(i) == Phase::Running;
@@ -74,7 +81,7 @@ fn instance(st: &State, i: &Inst) -> Value {
         "ssh_port": st.ssh_port,
         "region": { "name": i.region, "description": i.region },
         "instance_type": { "name": i.instance_type, "price_cents_per_hour": (i.usd_per_hour * 100.0).round() },
-        "ssh_key_names": [],
+        "ssh_key_names": st.lambda_keys.iter().filter(|k| Some(&k.public_key) == i.public_key.as_ref()).map(|k| k.name.clone()).collect::<Vec<_>>(),
         "file_system_names": [],
     })
 }
@@ -116,6 +123,10 @@ pub async fn launch(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<
             Ok(f) => f,
             Err(r) => return r,
         };
+        if let Err(problem) = launch_problem(&st, &body) {
+            st.violation(format!("lambda: launch: {problem}"));
+            return error(400, "global/invalid-parameters", &problem);
+        }
         let t = body["instance_type_name"]
             .as_str()
             .unwrap_or_default()
@@ -142,12 +153,116 @@ pub async fn launch(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<
         let name = body["name"].as_str().unwrap_or_default().to_string();
         let region = body["region_name"].as_str().map(String::from);
         let id = st.create(Cloud::Lambda, &name, &t, region);
+        let key = body["ssh_key_names"][0].as_str().and_then(|n| {
+            st.lambda_keys
+                .iter()
+                .find(|k| k.name == n)
+                .map(|k| k.public_key.clone())
+        });
+        if let Some(i) = st.instances.get_mut(&id) {
+            i.public_key = key;
+            i.fate = State::fate_of(fault.as_deref());
+        }
         (fault, id)
     };
     if matches!(fault.as_deref(), Some("created_then_timeout" | "timeout")) {
         hang().await;
     }
     data(json!({ "instance_ids": [created] }))
+}
+
+/// Regions the emulated Lambda offers.
+const REGIONS: &[&str] = &["us-east-1", "us-west-1"];
+
+/// What is wrong with a launch body (LaunchRequest), if anything.
+fn launch_problem(st: &State, body: &Value) -> Result<(), String> {
+    let Some(region) = body["region_name"].as_str() else {
+        return Err("region_name is required and must be a string".into());
+    };
+    if !REGIONS.contains(&region) {
+        return Err(format!("Invalid region name {region}"));
+    }
+    if !body["instance_type_name"].is_string() {
+        return Err("instance_type_name is required and must be a string".into());
+    }
+    let names = body["ssh_key_names"].as_array();
+    let Some([name]) = names.map(|n| n.as_slice()) else {
+        return Err("ssh_key_names: exactly one SSH key must be specified".into());
+    };
+    let known = name
+        .as_str()
+        .is_some_and(|n| st.lambda_keys.iter().any(|k| k.name == n));
+    if !known {
+        return Err(format!("SSH key {name} does not exist"));
+    }
+    if body.get("quantity").is_some_and(|q| q.as_u64() != Some(1)) {
+        return Err("quantity must be 1".into());
+    }
+    Ok(())
+}
+
+/// `GET /ssh-keys`: the keys registered with the account.
+pub async fn ssh_keys(Axum(s): Axum<Shared>, headers: HeaderMap) -> Reply {
+    let Ok(mut st) = s.lock() else {
+        return error(500, "global/internal", "lock");
+    };
+    if let Err(r) = admit(&mut st, &headers, "ssh_keys") {
+        return r;
+    }
+    data(json!(st.lambda_keys))
+}
+
+/// `POST /ssh-keys`: register a public key under a name (AddSSHKeyRequest). Lambda can
+/// also generate a pair when no key is given; gpuctl never asks for that (its private
+/// key would travel over the API).
+pub async fn add_ssh_key(
+    Axum(s): Axum<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Reply {
+    let Ok(mut st) = s.lock() else {
+        return error(500, "global/internal", "lock");
+    };
+    if let Err(r) = admit(&mut st, &headers, "ssh_keys") {
+        return r;
+    }
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    let Some(public_key) = body["public_key"].as_str().map(String::from) else {
+        st.violation("lambda: POST /ssh-keys without public_key would make Lambda generate (and send) a private key".into());
+        return error(
+            400,
+            "global/invalid-parameters",
+            "public_key is required by this emulator",
+        );
+    };
+    if name.is_empty() || name.len() > 64 || public_key.len() > 4096 {
+        st.violation(format!(
+            "lambda: POST /ssh-keys: bad name or key ({name:?})"
+        ));
+        return error(
+            400,
+            "global/invalid-parameters",
+            "name must be 1-64 characters, public_key at most 4096",
+        );
+    }
+    if public_key.contains("PRIVATE KEY") {
+        st.violation("lambda: a private key was sent to /ssh-keys".into());
+        return error(400, "global/invalid-parameters", "Invalid public key");
+    }
+    if st.lambda_keys.iter().any(|k| k.name == name) {
+        return error(
+            400,
+            "global/invalid-parameters",
+            "An SSH key with this name already exists",
+        );
+    }
+    let key = SshKey {
+        id: format!("{:032x}", st.lambda_keys.len() + 1),
+        name,
+        public_key,
+    };
+    st.lambda_keys.push(key.clone());
+    data(json!(key))
 }
 
 pub async fn terminate(

@@ -6,6 +6,7 @@
 //! session runs end to end. Tests steer it through `/_emulator/*`.
 
 mod control;
+mod graphql;
 mod lambda;
 mod runpod;
 mod state;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use clap::Parser;
 
@@ -47,19 +48,36 @@ struct Args {
     /// The API key every request must carry (Bearer)
     #[arg(long, default_value = "emulator-key")]
     key: String,
-    /// Lambda's limits (documented: about 1 request/s, one launch per 10 s)
+    /// Lambda's limits (documented: one request/s, one launch per 12 s)
     #[arg(long, default_value_t = 1000)]
     lambda_pace_ms: u64,
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 12_000)]
     lambda_launch_pace_ms: u64,
+    /// Vast's per-endpoint minimum intervals (on: as the backend documents them)
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    vast_rate_limits: String,
+    /// Write every request received to this file, one JSON line each (method, path,
+    /// query, body; never the headers, where the key is)
+    #[arg(long)]
+    request_log: Option<std::path::PathBuf>,
 }
 
-/// Whether the request carries the key and the key is not revoked.
+/// Whether the request carries the key and the key is not revoked. All three take
+/// `Authorization: Bearer <key>`; Lambda also takes Basic with the key as the user
+/// (its OpenAPI securitySchemes), which is checked by decoding nothing: the raw form
+/// `Basic <key>` it documents too.
 pub fn authorized(st: &State, cloud: Cloud, headers: &HeaderMap) -> bool {
-    let given = headers
+    let header = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let given = header
+        .strip_prefix("Bearer ")
+        .or_else(|| {
+            (cloud == Cloud::Lambda)
+                .then(|| header.strip_prefix("Basic "))
+                .flatten()
+        })
         .unwrap_or_default();
     given == st.key && !st.revoked.contains(&cloud)
 }
@@ -76,6 +94,11 @@ pub fn status(code: u16) -> StatusCode {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = runpod::SCHEMA.set(graphql::Schema::load()?);
+    let request_log = match &args.request_log {
+        Some(p) => Some(std::fs::File::create(p)?),
+        None => None,
+    };
     let shared: Shared = Arc::new(Mutex::new(State {
         boot: Duration::from_millis(args.boot_ms),
         terminate: Duration::from_millis(args.terminate_ms),
@@ -92,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
         lambda_last: None,
         lambda_last_launch: None,
         requests: 0,
+        lambda_keys: Vec::new(),
+        vast_limits: args.vast_rate_limits == "on",
+        vast_last: Default::default(),
+        violations: Vec::new(),
+        request_log,
     }));
     let app = Router::new()
         .route("/lambda/api/v1/instance-types", get(lambda::instance_types))
@@ -105,12 +133,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/lambda/api/v1/instances", get(lambda::list))
         .route("/lambda/api/v1/instances/{id}", get(lambda::get_one))
+        .route(
+            "/lambda/api/v1/ssh-keys",
+            get(lambda::ssh_keys).post(lambda::add_ssh_key),
+        )
         .route("/runpod/graphql", post(runpod::graphql))
-        .route("/vast/api/v0/bundles/", get(vast::bundles))
+        .route(
+            "/vast/api/v0/bundles/",
+            post(vast::search).get(vast::search_by_get),
+        )
         .route("/vast/api/v0/asks/{offer}/", put(vast::create))
-        .route("/vast/api/v0/instances/", get(vast::list))
-        .route("/vast/api/v0/instances/{id}/", get(vast::get_one))
-        .route("/vast/api/v0/instances/{id}/", delete(vast::destroy))
+        .route("/vast/api/v0/instances/", get(vast::list_v0))
+        .route("/vast/api/v1/instances/", get(vast::list_v1))
+        .route(
+            "/vast/api/v0/instances/{id}/",
+            get(vast::get_one).delete(vast::destroy),
+        )
+        .route("/_emulator/violations", get(control::violations))
         .route(
             "/_emulator/faults",
             post(control::add_fault).delete(control::clear_faults),
@@ -124,6 +163,10 @@ async fn main() -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             wire::faults,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            wire::log,
         ))
         .with_state(shared);
     // Loopback only: this is a test tool.

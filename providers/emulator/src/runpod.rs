@@ -27,7 +27,7 @@ fn pod(st: &State, i: &Inst) -> Value {
     let phase = st.phase(i);
     let status = match phase {
         Phase::Booting | Phase::Running => "RUNNING",
-        Phase::Terminating => "EXITED",
+        Phase::Terminating | Phase::Failed => "EXITED",
         Phase::Terminated => "TERMINATED",
     };
     let runtime = if phase == Phase::Running {
@@ -38,49 +38,81 @@ fn pod(st: &State, i: &Inst) -> Value {
     json!({ "id": i.id, "name": i.name, "desiredStatus": status, "costPerHr": i.usd_per_hour, "runtime": runtime })
 }
 
-/// A `$input` variable declared nullable where the argument is non-null: GraphQL's
-/// "Variable used in position expecting type X!" error.
-fn nullable_input(query: &str, op: &str) -> Option<String> {
-    let ty = match op {
-        "launch" => "PodFindAndDeployOnDemandInput",
-        "terminate" => "PodTerminateInput",
+/// The schema every document is validated against (loaded once, at start).
+pub static SCHEMA: std::sync::OnceLock<crate::graphql::Schema> = std::sync::OnceLock::new();
+
+/// The fault table's name for a root field.
+fn op_name(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "podFindAndDeployOnDemand" => "launch",
+        "podTerminate" => "terminate",
+        "myself" => "list",
+        "gpuTypes" => "types",
+        "pod" => "get",
         _ => return None,
-    };
-    let declared = query.split("$input:").nth(1)?.trim_start();
-    let nullable = declared.starts_with(ty) && !declared[ty.len()..].starts_with('!');
-    nullable.then(|| {
-        format!("Variable \"$input\" of type \"{ty}\" used in position expecting type \"{ty}!\".")
     })
 }
 
-/// Which operation a GraphQL document is, in the fault table's words.
-pub fn op_of(query: &str) -> Option<&'static str> {
-    Some(if query.contains("podFindAndDeployOnDemand") {
-        "launch"
-    } else if query.contains("podTerminate") {
-        "terminate"
-    } else if query.contains("myself") {
-        "list"
-    } else if query.contains("gpuTypes") {
-        "types"
-    } else if query.contains("pod(") {
-        "get"
-    } else {
-        return None;
+/// Which operation a request body is, in the fault table's words (from the parsed
+/// document's first root field; None when it does not parse).
+pub fn op_of(body: &str) -> Option<&'static str> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let doc = graphql_parser::query::parse_query::<String>(v["query"].as_str()?).ok()?;
+    doc.definitions.iter().find_map(|d| {
+        let graphql_parser::query::Definition::Operation(op) = d else {
+            return None;
+        };
+        let set = match op {
+            graphql_parser::query::OperationDefinition::SelectionSet(s) => s,
+            graphql_parser::query::OperationDefinition::Query(q) => &q.selection_set,
+            graphql_parser::query::OperationDefinition::Mutation(m) => &m.selection_set,
+            graphql_parser::query::OperationDefinition::Subscription(s) => &s.selection_set,
+        };
+        set.items.iter().find_map(|sel| match sel {
+            graphql_parser::query::Selection::Field(f) => op_name(&f.name),
+            _ => None,
+        })
     })
+}
+
+/// GraphQL's answer to a document that does not validate: HTTP 400 and every error.
+fn invalid(errors: &[String]) -> Reply {
+    let errors: Vec<Value> = errors
+        .iter()
+        .map(|m| json!({ "message": m, "extensions": { "code": "GRAPHQL_VALIDATION_FAILED" } }))
+        .collect();
+    (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors })))
 }
 
 pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Reply {
     let query = body["query"].as_str().unwrap_or_default().to_string();
-    let vars = &body["variables"];
-    let Some(op) = op_of(&query) else {
-        return gql_error("Cannot query this field in the emulator");
+    let Some(schema) = SCHEMA.get() else {
+        return gql_error("the emulator's schema is not loaded");
     };
-    // The schema's arguments are non-null (runpod.graphql, from RunPod's own clients): a
-    // variable declared nullable in that position is a validation error, as on RunPod.
-    if let Some(e) = nullable_input(&query, op) {
-        return gql_error(&e);
-    }
+    // Validated before anything runs, as a GraphQL server does: a nullable `$input` where
+    // the argument is non-null, an unknown field or a bad enum is refused here.
+    let empty = json!({});
+    let variables = if body["variables"].is_object() {
+        &body["variables"]
+    } else {
+        &empty
+    };
+    let operation = match schema.validate(&query, variables) {
+        Ok(op) => op,
+        Err(errors) => {
+            if let Ok(mut st) = s.lock() {
+                st.violation(format!("runpod: {}", errors.join(" | ")));
+            }
+            return invalid(&errors);
+        }
+    };
+    let Some(call) = operation.calls.first() else {
+        return gql_error("an operation without fields");
+    };
+    let Some(op) = op_name(&call.field) else {
+        return gql_error(&format!("the emulator does not implement {}", call.field));
+    };
+    let vars = &Value::Object(call.args.clone());
     let fault = {
         let Ok(mut st) = s.lock() else {
             return gql_error("lock");
@@ -109,9 +141,10 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
         }
         match op {
             "types" => {
-                let id = vars["id"].as_str().unwrap_or_default();
+                let id = vars["input"]["id"].as_str().unwrap_or_default();
+                let stocked = !st.no_capacity.contains(&(Cloud::Runpod, id.to_string()));
                 return data(
-                    json!({ "gpuTypes": price(Cloud::Runpod, id).map(|p| json!([{ "id": id, "displayName": id, "securePrice": p, "communityPrice": p }])).unwrap_or(json!([])) }),
+                    json!({ "gpuTypes": price(Cloud::Runpod, id).map(|p| json!([{ "id": id, "displayName": id, "memoryInGb": 24, "secureCloud": stocked, "communityCloud": stocked, "securePrice": p, "communityPrice": p }])).unwrap_or(json!([])) }),
                 );
             }
             "launch" => {
@@ -128,6 +161,17 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
                 let name = input["name"].as_str().unwrap_or_default().to_string();
                 let region = input["dataCenterId"].as_str().map(String::from);
                 let id = st.create(Cloud::Runpod, &name, &t, region);
+                // What RunPod's image would install into authorized_keys.
+                let key = input["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["key"] == "PUBLIC_KEY")
+                    .and_then(|e| e["value"].as_str())
+                    .map(String::from);
+                if let Some(i) = st.instances.get_mut(&id) {
+                    i.public_key = key;
+                }
                 if !matches!(fault.as_deref(), Some("created_then_timeout" | "timeout")) {
                     let p = st
                         .instances

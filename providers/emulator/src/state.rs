@@ -1,7 +1,8 @@
 //! The emulated clouds' shared state: instances with their lifecycle clocks, the faults the
 //! tests ask for, capacity, revoked keys and rate-limit clocks.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -40,6 +41,19 @@ pub struct Inst {
     /// When a terminate was accepted, and whether it will ever complete.
     pub terminate_at: Option<Instant>,
     pub never_complete: bool,
+    /// The public key the launch asked for (RunPod's `PUBLIC_KEY`, Lambda's registered key).
+    pub public_key: Option<String>,
+    /// What the instance turns into once booted instead of running (a `fate` fault): the
+    /// provider's own word (Vast `exited`/`offline`/`unknown`, Lambda `unhealthy`/`preempted`).
+    pub fate: Option<String>,
+}
+
+/// A key registered with Lambda (`/ssh-keys`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshKey {
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
 }
 
 /// What an instance is now, from its clocks.
@@ -47,6 +61,8 @@ pub struct Inst {
 pub enum Phase {
     Booting,
     Running,
+    /// Booted into its fate instead of running: it never serves, and still bills.
+    Failed,
     Terminating,
     Terminated,
 }
@@ -68,6 +84,15 @@ pub struct State {
     pub lambda_last: Option<Instant>,
     pub lambda_last_launch: Option<Instant>,
     pub requests: u64,
+    pub lambda_keys: Vec<SshKey>,
+    /// Vast's per-endpoint minimum intervals, on or off (`--vast-rate-limits`), and when
+    /// each endpoint was last called.
+    pub vast_limits: bool,
+    pub vast_last: HashMap<&'static str, Instant>,
+    /// Every request that broke the provider's contract, in words.
+    pub violations: Vec<String>,
+    /// `--request-log`: every request received, one JSON line each.
+    pub request_log: Option<std::fs::File>,
 }
 
 /// The emulator's price list (the same numbers as `providers/catalog.toml`).
@@ -88,12 +113,46 @@ pub fn price(cloud: Cloud, t: &str) -> Option<f64> {
 }
 
 impl State {
+    /// A request that broke the contract: answered with the provider's error by the
+    /// caller, said on stderr, kept for `/_emulator/violations` and the request log.
+    pub fn violation(&mut self, what: String) {
+        eprintln!("contract violation: {what}");
+        if let Some(f) = self.request_log.as_mut() {
+            let _ = writeln!(f, "{}", serde_json::json!({ "violation": what }));
+        }
+        self.violations.push(what);
+    }
+
+    /// Append one request to the request log (never its headers: the key is there).
+    pub fn log_request(&mut self, line: serde_json::Value) {
+        if let Some(f) = self.request_log.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Vast's per-endpoint limit: Some(threshold) when this call comes too soon.
+    pub fn vast_too_soon(&mut self, endpoint: &'static str, every: Duration) -> bool {
+        let now = Instant::now();
+        let soon = self.vast_limits
+            && self
+                .vast_last
+                .get(endpoint)
+                .is_some_and(|t| now - *t < every);
+        if !soon {
+            self.vast_last.insert(endpoint, now);
+        }
+        soon
+    }
+
     pub fn phase(&self, i: &Inst) -> Phase {
         let now = Instant::now();
         match i.terminate_at {
             Some(t) if i.never_complete || now < t + self.terminate => Phase::Terminating,
             Some(_) => Phase::Terminated,
             None if now < i.created + self.boot => Phase::Booting,
+            // Preempted: the provider ended it, billing with it.
+            None if i.fate.as_deref() == Some("preempted") => Phase::Terminated,
+            None if i.fate.is_some() => Phase::Failed,
             None => Phase::Running,
         }
     }
@@ -122,6 +181,11 @@ impl State {
         Some(f.mode.clone())
     }
 
+    /// The fate a launch fault gives its instance (`boots_to_<state>`).
+    pub fn fate_of(fault: Option<&str>) -> Option<String> {
+        fault?.strip_prefix("boots_to_").map(String::from)
+    }
+
     pub fn create(&mut self, cloud: Cloud, name: &str, t: &str, region: Option<String>) -> String {
         self.next_id += 1;
         let id = match cloud {
@@ -142,6 +206,8 @@ impl State {
                 created_at: Utc::now(),
                 terminate_at: None,
                 never_complete: false,
+                public_key: None,
+                fate: None,
             },
         );
         id
@@ -163,6 +229,7 @@ impl State {
     pub fn billed(&self, i: &Inst) -> f64 {
         let end = match (i.terminate_at, self.phase(i)) {
             (Some(t), Phase::Terminated) => t + self.terminate,
+            (None, Phase::Terminated) => i.created + self.boot,
             _ => Instant::now(),
         };
         (end - i.created).as_secs_f64()

@@ -39,7 +39,10 @@ fn classify(method: &Method, path: &str, body: &str) -> Option<(Cloud, &'static 
             },
         ));
     }
-    if let Some(p) = path.strip_prefix("/vast/api/v0") {
+    if let Some(p) = path
+        .strip_prefix("/vast/api/v0")
+        .or_else(|| path.strip_prefix("/vast/api/v1"))
+    {
         return Some((
             Cloud::Vast,
             if p.starts_with("/asks/") {
@@ -55,6 +58,31 @@ fn classify(method: &Method, path: &str, body: &str) -> Option<(Cloud, &'static 
         return Some((Cloud::Runpod, crate::runpod::op_of(body).unwrap_or("other")));
     }
     None
+}
+
+/// `--request-log`: each request to a provider's API as one JSON line (method, path,
+/// query, body), before anything answers it. Headers are never written: the key is there.
+pub async fn log(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/_emulator") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = to_bytes(body, 4 * 1024 * 1024).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let body_json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+    if let Ok(mut st) = s.lock() {
+        st.log_request(serde_json::json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "body": if bytes.is_empty() { serde_json::Value::Null } else { body_json },
+        }));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 pub async fn faults(State(s): State<Shared>, req: Request, next: Next) -> Response {
