@@ -29,6 +29,9 @@ pub enum Command {
     Evidence(EvidenceArgs),
     /// Write the Jupyter notebook of a free_colab plan
     Notebook(NotebookArgs),
+    /// What the plan's provider and fallbacks offer right now: live price, availability, fit
+    /// to budget.hourly_usd (exit 0: something fits; 1: nothing does)
+    Offers(OffersArgs),
     /// List sessions (what may still bill first)
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
@@ -272,6 +275,13 @@ pub struct NotebookArgs {
     /// Overwrite --output if it exists
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OffersArgs {
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod eval;
 mod evidence;
 mod ls;
 mod notebook;
+mod offers;
 mod plan;
 mod status;
 mod up;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Eval(args) => eval::run(args),
         Command::Evidence(args) => evidence::run(args),
         Command::Notebook(args) => notebook::run(args),
+        Command::Offers(args) => offers::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Down(args) => down::run(args),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chrono::Utc;
 use gpuctl_providers::{
-    instance_name, price_of, Cloud, InstanceState, LaunchSpec, Launched, Provider, ProviderError,
-    ProviderKind,
+    instance_name, price_of, Cloud, InstanceState, LaunchSpec, Launched, Offer, Provider,
+    ProviderError, ProviderKind,
 };
 
 use super::up::Session;
@@ -41,6 +41,30 @@ pub fn candidates(plan: &Plan) -> Vec<(ProviderKind, String, Option<String>)> {
         out.push((c.provider, c.instance_type.clone(), c.region.clone()));
     }
     out
+}
+
+/// The provider's offers now for one candidate (in its region when the plan names one),
+/// cheapest first, and the cheapest that can be launched now.
+pub async fn live_quote(
+    cloud: &Cloud,
+    instance_type: &str,
+    region: Option<&str>,
+    gpus: u32,
+) -> Result<(Vec<Offer>, Option<Offer>), ProviderError> {
+    let offers: Vec<Offer> = cloud
+        .live_offers(instance_type, gpus)
+        .await?
+        .into_iter()
+        // Only Lambda's offers are per region (RunPod's say which cloud, Vast's where the
+        // host is): the plan's region narrows those alone.
+        .filter(|o| {
+            region.is_none()
+                || cloud.kind() != ProviderKind::Lambda
+                || o.region.as_deref() == region
+        })
+        .collect();
+    let best = offers.iter().find(|o| o.available).cloned();
+    Ok((offers, best))
 }
 
 /// Refuse, before anything is recorded, what cannot work: no API key, or every candidate
@@ -243,6 +267,32 @@ impl Session {
                 }
             }
             let cloud = Cloud::connect(kind).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The live quote is the budget gate; the catalog only stands in when the
+            // provider cannot be asked (and its age is said).
+            match live_quote(&cloud, &t, region.as_deref(), self.plan.instance.gpus).await {
+                Ok((_, None)) => {
+                    tried.push(format!("{kind} {t}: no capacity (no live offer now)"));
+                    continue;
+                }
+                Ok((_, Some(o))) => {
+                    if let Some(h) = hourly.filter(|h| o.usd_per_hour > *h) {
+                        tried.push(format!(
+                            "{kind} {t}: ${:.2}/h now, above budget.hourly_usd ${h:.2}",
+                            o.usd_per_hour
+                        ));
+                        continue;
+                    }
+                }
+                Err(ProviderError::Unauthorized) => {
+                    bail!("{kind} refused the API key: check its environment variable or credentials file")
+                }
+                Err(e) => rep.warn(&format!(
+                    "{kind} gave no live price ({e}); the budget gate uses the catalog{}",
+                    price_of(kind, &t)
+                        .map(|p| format!(" (read {})", p.read_on))
+                        .unwrap_or_default()
+                )),
+            }
             let spec = LaunchSpec {
                 instance_type: t.clone(),
                 region: region.clone(),

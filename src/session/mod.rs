@@ -11,6 +11,7 @@ mod state;
 pub mod takeover;
 pub mod up;
 
+pub use cloud::{candidates, live_quote};
 pub use finish::retry_backoff;
 pub use handle::AgentHandle;
 pub use local_host::{find_agent, peak_rss_kib, port_closed};

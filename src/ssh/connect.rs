@@ -93,10 +93,16 @@ fn load_key(path: &Path) -> Result<russh::keys::PrivateKey, SshError> {
 /// that the instance accepts the key; the private key never leaves this machine).
 pub fn public_key_line(path: &Path) -> Result<String, SshError> {
     let key = load_key(path)?;
-    key.public_key().to_openssh().map_err(|e| SshError::Key {
+    let line = key.public_key().to_openssh().map_err(|e| SshError::Key {
         path: path.display().to_string(),
         reason: format!("cannot write its public key ({e})"),
-    })
+    })?;
+    // Type and key only: the comment is often user@host, which no provider needs.
+    Ok(line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Connect, verify the host key, authenticate. Nothing is sent to a host whose key is refused.

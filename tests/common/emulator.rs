@@ -79,6 +79,43 @@ impl Emulator {
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
     }
 
+    /// One request to a provider API of the emulator with the key, as a client would send
+    /// it: the status and the raw body (429s answer plain text).
+    pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the emulator");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.key,
+            body.len()
+        )
+        .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        (code, body)
+    }
+
+    /// The contract violations the emulator saw, and how many requests it throttled.
+    pub fn violations(&self) -> Vec<String> {
+        self.call("GET", "/_emulator/violations", &serde_json::Value::Null)["violations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    }
+
     pub fn fault(&self, provider: &str, op: &str, mode: &str, times: u32) {
         self.call(
             "POST",
@@ -207,4 +244,14 @@ pub fn after_eval<'a>(
         stop: "after_eval = true",
         name: None,
     }
+}
+
+/// The requests an emulator wrote to its `--request-log` (violations left out).
+pub fn request_log(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("method").is_some())
+        .collect()
 }

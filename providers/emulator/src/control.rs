@@ -18,8 +18,11 @@ pub async fn add_fault(Axum(s): Axum<Shared>, Json(f): Json<Fault>) -> Json<Valu
 /// Forget every fault not yet consumed.
 /// Every contract violation seen so far (a test of gpuctl asserts there are none).
 pub async fn violations(Axum(s): Axum<Shared>) -> Json<Value> {
-    let list = s.lock().map(|st| st.violations.clone()).unwrap_or_default();
-    Json(json!({ "violations": list }))
+    let (list, throttled) = s
+        .lock()
+        .map(|st| (st.violations.clone(), st.throttled))
+        .unwrap_or_default();
+    Json(json!({ "violations": list, "throttled": throttled }))
 }
 
 pub async fn clear_faults(Axum(s): Axum<Shared>) -> Json<Value> {

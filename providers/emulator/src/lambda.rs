@@ -41,6 +41,7 @@ fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>
     }
     let now = Instant::now();
     if st.lambda_last.is_some_and(|t| now - t < st.lambda_pace) {
+        st.throttled += 1;
         return Err(error(429, "global/rate-limited", "Too many requests"));
     }
     st.lambda_last = Some(now);
@@ -49,6 +50,7 @@ fn admit(st: &mut State, headers: &HeaderMap, op: &str) -> Result<Option<String>
             .lambda_last_launch
             .is_some_and(|t| now - t < st.lambda_launch_pace)
         {
+            st.throttled += 1;
             return Err(error(
                 429,
                 "global/rate-limited",

@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         vast_limits: args.vast_rate_limits == "on",
         vast_last: Default::default(),
         violations: Vec::new(),
+        throttled: 0,
         request_log,
     }));
     let app = Router::new()

@@ -91,6 +91,8 @@ pub struct State {
     pub vast_last: HashMap<&'static str, Instant>,
     /// Every request that broke the provider's contract, in words.
     pub violations: Vec<String>,
+    /// Requests answered 429 (a client that paces itself as documented gets none).
+    pub throttled: u64,
     /// `--request-log`: every request received, one JSON line each.
     pub request_log: Option<std::fs::File>,
 }
@@ -138,7 +140,9 @@ impl State {
                 .vast_last
                 .get(endpoint)
                 .is_some_and(|t| now - *t < every);
-        if !soon {
+        if soon {
+            self.throttled += 1;
+        } else {
             self.vast_last.insert(endpoint, now);
         }
         soon
@@ -215,7 +219,11 @@ impl State {
 
     /// Accept a terminate: it completes after the terminate delay, unless a fault says never.
     pub fn terminate(&mut self, id: &str, never_complete: bool) -> bool {
-        let Some(i) = self.instances.get_mut(id) else {
+        let ended = self
+            .instances
+            .get(id)
+            .is_some_and(|i| self.phase(i) == Phase::Terminated);
+        let Some(i) = self.instances.get_mut(id).filter(|_| !ended) else {
             return false;
         };
         if i.terminate_at.is_none() {
