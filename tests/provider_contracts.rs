@@ -91,6 +91,12 @@ fn vast_session_sends_exactly_the_published_requests() {
     assert!(!reads.is_empty());
     assert!(reads.iter().all(|r| r["query"] == "owner=me"), "{reads:?}");
     assert!(sent.contains(&("DELETE".into(), format!("/vast/api/v0/instances/{id}/"))));
+    let attach = log
+        .iter()
+        .find(|r| r["path"] == format!("/vast/api/v0/instances/{id}/ssh/"))
+        .expect("the plan's key attached");
+    assert_eq!(attach["method"], "POST");
+    assert_eq!(attach["body"], json!({ "ssh_key": public_key(&sshd) }));
     assert_eq!(emu.violations(), Vec::<String>::new());
     let throttled = emu.call("GET", "/_emulator/violations", &Value::Null)["throttled"].clone();
     assert_eq!(throttled, 0, "paced per endpoint: no 429");

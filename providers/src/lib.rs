@@ -127,7 +127,9 @@ pub(crate) fn port_of(v: &serde_json::Value) -> Option<u16> {
 
 /// Billing granularity by provider kind, the one place it is said. Lambda bills on-demand
 /// instances in one-minute increments and RunPod per second (their billing docs, read
-/// 2026-11-25); Vast is assumed per second (not read); `local` and `ssh` record per second.
+/// 2026-11-25); Vast bills on-demand per second (vast.ai/pricing, "On-Demand: Per-second
+/// billing", as transcribed 2026-10-07; docs.vast.ai serverless pricing says the same of its
+/// instances); `local` and `ssh` record per second.
 pub fn billing_of(kind: ProviderKind) -> BillingGranularity {
     match kind {
         ProviderKind::Lambda => BillingGranularity::PerMinute,

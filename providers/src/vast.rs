@@ -6,7 +6,8 @@
 //! instance (`success: false` with `new_contract`): that is reported so that the
 //! controller destroys it. One instance is `GET /api/v0/instances/{id}/?owner=me` (null
 //! `instances`: not found); the list is `GET /api/v1/instances/`, 25 a page with a
-//! `next_token` (v0's list is deprecated). A stopped instance keeps billing its disk:
+//! `next_token` (v0's list is deprecated). The plan's public key is attached to the new
+//! instance (`POST /api/v0/instances/{id}/ssh/`). A stopped instance keeps billing its disk:
 //! gpuctl destroys. Rate limits are per endpoint (a minimum interval each; the values are
 //! the backend's `x-rateLimit`, vast-ai/docs PR 915), 429 bodies may be plain text.
 
@@ -27,6 +28,8 @@ const CREATE: Pace = Pace::new("PUT /asks/", 4600);
 const SHOW: Pace = Pace::new("GET /instances/{id}/", 2100);
 const DESTROY: Pace = Pace::new("DELETE /instances/{id}/", 3100);
 const LIST: Pace = Pace::new("GET /api/v1/instances/", 1100);
+/// No published threshold: one a second.
+const ATTACH: Pace = Pace::new("POST /instances/{id}/ssh/", 1100);
 
 /// Pages of the instance list read at most (25 each): a bound on every loop.
 const MAX_PAGES: usize = 200;
@@ -122,6 +125,26 @@ impl Vast {
             .collect();
         out.sort_by(|a, b| a.1.usd_per_hour.total_cmp(&b.1.usd_per_hour));
         Ok(out)
+    }
+
+    async fn attach_key(&self, id: &str, public_key: &str) -> Result<(), ProviderError> {
+        let body = json!({ "ssh_key": public_key.trim() });
+        let Answer { status, body, .. } = self
+            .api
+            .send(
+                Method::POST,
+                &format!("/instances/{id}/ssh/"),
+                Some(&body),
+                &[ATTACH],
+            )
+            .await?;
+        if status.is_success() && body["success"].as_bool() != Some(false) {
+            return Ok(());
+        }
+        Err(ProviderError::Api(format!(
+            "HTTP {status}: {}",
+            error_text(&body)
+        )))
     }
 
     fn instance(v: &Value) -> Instance {
@@ -224,10 +247,22 @@ impl Provider for Vast {
             .map(|c| c.to_string())
             .or_else(|| body["new_contract"].as_str().map(String::from));
         match (body["success"].as_bool(), contract) {
-            (Some(true), Some(id)) => Ok(Launched {
-                instance_id: id,
-                usd_per_hour: Some(price),
-            }),
+            (Some(true), Some(id)) => {
+                // The plan's key on this instance (openapi.yaml attachSshKey), so that SSH
+                // does not depend on the keys the account happens to hold.
+                if let Some(key) = &spec.ssh_public_key {
+                    if let Err(e) = self.attach_key(&id, key).await {
+                        return Err(ProviderError::CreatedAnyway {
+                            instance_id: id,
+                            message: format!("attaching the plan's SSH key failed: {e}"),
+                        });
+                    }
+                }
+                Ok(Launched {
+                    instance_id: id,
+                    usd_per_hour: Some(price),
+                })
+            }
             (_, Some(id)) => Err(ProviderError::CreatedAnyway {
                 instance_id: id,
                 message: error_text(&body),

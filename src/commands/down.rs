@@ -71,7 +71,10 @@ async fn down(args: DownArgs) -> anyhow::Result<Exit> {
         .iter()
         .any(|r| r.state == SessionState::StopUnconfirmed)
     {
-        eprintln!("warning: a stop is not confirmed; the instance may still bill. The daemon retries it; `gpuctl ls` shows it first");
+        eprintln!(
+            "warning: a stop is not confirmed; the instance may still bill. {}; `gpuctl ls` shows it first",
+            crate::daemon::who_retries(&home)
+        );
         Exit::StopUnconfirmed
     } else if results.iter().any(|r| !r.state.is_final()) {
         Exit::Failed
@@ -167,7 +170,7 @@ fn stop_message(s: &SessionRecord) -> String {
             s.failure_reason.as_deref().unwrap_or("see `gpuctl status`")
         ),
         SessionState::StopUnconfirmed => {
-            "the stop is NOT confirmed (see shutdown_proof.json); the daemon retries it".into()
+            "the stop is NOT confirmed (see shutdown_proof.json); it may still bill".into()
         }
         other => format!("{other}"),
     }

@@ -68,7 +68,12 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         .iter()
         .any(|s| s.state == SessionState::StopUnconfirmed)
     {
-        eprintln!("warning: sessions in STOP_UNCONFIRMED may still bill; the daemon retries until the provider confirms");
+        eprintln!(
+            "warning: sessions in STOP_UNCONFIRMED may still bill; {}",
+            crate::home::gpuctl_home()
+                .map(|h| crate::daemon::who_retries(&h))
+                .unwrap_or_else(|_| "see `gpuctl daemon status`".into())
+        );
     }
     Ok(Exit::Done)
 }

@@ -111,3 +111,16 @@ pub fn status(home: &Path) -> anyhow::Result<DaemonStatus> {
         lock: lock_path(home).display().to_string(),
     })
 }
+
+/// Who retries an unconfirmed stop, in words: the running daemon, or nobody (and the fix).
+pub fn who_retries(home: &Path) -> String {
+    match status(home) {
+        Ok(DaemonStatus {
+            running: true, pid, ..
+        }) => format!(
+            "the daemon{} retries it until the provider confirms",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ),
+        _ => "no daemon runs for this GPUCTL_HOME, so nothing retries it: start one (`gpuctl daemon`, or `gpuctl daemon install`) or run `gpuctl down ID` again".into(),
+    }
+}

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-pub use lock::{status, DaemonLock, DaemonStatus};
+pub use lock::{status, who_retries, DaemonLock, DaemonStatus};
 
 use crate::db::{Claim, Controller, ControllerKind, Db, SessionRecord};
 use crate::exit::Exit;

@@ -142,6 +142,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     } else {
         None
     };
+    // Who ends billing if this process dies or the laptop sleeps: said before renting.
+    if plan.instance.provider.is_cloud() && !crate::daemon::status(&home).is_ok_and(|d| d.running) {
+        rep.warn("no gpuctl daemon runs for this GPUCTL_HOME: if this `up` dies or the machine sleeps, the agent stops serving at the deadline but nothing here terminates the instance until `up`, `down` or a daemon runs again (start one: `gpuctl daemon`, or `gpuctl up --detach`)");
+    }
     // Clouds: the catalog price until the provider quotes one at launch. A price nobody
     // knows is never 0 (that would disable the budget stop): the hourly budget stands in.
     let price = match plan.declared_price().or(catalog_price) {

@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             "/vast/api/v0/instances/{id}/",
             get(vast::get_one).delete(vast::destroy),
         )
+        .route("/vast/api/v0/instances/{id}/ssh/", post(vast::attach_ssh))
         .route("/_emulator/violations", get(control::violations))
         .route(
             "/_emulator/faults",

@@ -450,6 +450,54 @@ pub async fn create(
     reply(504, json!({}))
 }
 
+/// `POST /api/v0/instances/{id}/ssh/` (attachSshKey): `{"ssh_key": "<public key>"}`.
+pub async fn attach_ssh(
+    Axum(s): Axum<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let Ok(mut st) = s.lock() else {
+        return reply(500, json!({}));
+    };
+    if let Err(r) = admit(
+        &mut st,
+        &headers,
+        "attach",
+        "POST /instances/{id}/ssh/",
+        1000,
+    ) {
+        return r;
+    }
+    let key = body["ssh_key"].as_str().unwrap_or_default().to_string();
+    if key.is_empty() || key.contains("PRIVATE KEY") {
+        st.violation(format!(
+            "vast: attach ssh to {id}: ssh_key must be a public key"
+        ));
+        return reply(
+            400,
+            json!({ "success": false, "error": "invalid_args", "msg": "ssh_key must be a public key" }),
+        );
+    }
+    let live = st
+        .instances
+        .get(&id)
+        .is_some_and(|i| i.cloud == Cloud::Vast && st.phase(i) != Phase::Terminated);
+    if !live {
+        return reply(
+            404,
+            json!({ "success": false, "error": "not_found", "msg": "Instance not found" }),
+        );
+    }
+    if let Some(i) = st.instances.get_mut(&id) {
+        i.public_key = Some(key);
+    }
+    reply(
+        200,
+        json!({ "success": true, "msg": "SSH key attached successfully" }),
+    )
+}
+
 /// `GET /api/v0/instances/`: deprecated, gone for newer accounts.
 pub async fn list_v0(Axum(s): Axum<Shared>) -> Response {
     if let Ok(mut st) = s.lock() {
