@@ -16,6 +16,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v sha256sum >/dev/null || need+=(coreutils)
 # Debian's chromium, headless, opens the HTML reports the way a reviewer would.
 command -v chromium >/dev/null || need+=(chromium)
+# libfaketime: a host whose wall clock is minutes off, for the clock-safe deadline tests
+# (preloaded into the test sshd's sessions only; the monotonic clock is left alone).
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need+=(libfaketime)
 # The full-disk test mounts a tiny tmpfs in its own mount namespace.
 command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then

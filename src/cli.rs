@@ -122,6 +122,10 @@ pub struct UpArgs {
     /// route at once (the bundled model, the same eval set)
     #[arg(long)]
     pub fallback: bool,
+    /// Run a cloud session whose billing would depend on this machine alone (Lambda: no
+    /// instance-scoped key for the agent); recorded with the session and shown by audit
+    #[arg(long)]
+    pub laptop_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -579,3 +579,49 @@ dir = "{evidence}"
     let cost = s["session"]["cost_usd"].as_f64().expect("cost");
     assert!(cost <= 0.30, "never more than max_total_usd: {cost}");
 }
+
+/// `up` stopped (SIGSTOP: Ctrl+Z, a frozen VM) while serving keeps its PID but not its
+/// heartbeat: the daemon takes the session over and stops it at the deadline; the `up`
+/// resumed after the deadline finds another controller and backs off, without a second stop.
+#[test]
+fn up_sigstopped_is_taken_over_by_its_stale_heartbeat_and_backs_off_when_resumed() {
+    let ctx = Ctx::new();
+    let port = free_port();
+    let plan = plan_stopping_in(&ctx, port, 30, "plan.toml");
+    let (mut up, id) = up_until_serving(&ctx, &plan);
+    let _daemon = start_daemon(&ctx, "daemon.log");
+    kill(up.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    let s = wait_for(
+        &ctx,
+        &id,
+        Duration::from_secs(120),
+        "stopped by the daemon",
+        |s| state(s) == "stopped",
+    );
+    let takeovers = events_of(&s, "takeover");
+    assert!(
+        takeovers
+            .iter()
+            .any(|m| m.contains("stopped saying it is alive")),
+        "{takeovers:?}"
+    );
+    let ended = s["session"]["ended_at"].clone();
+    assert_eq!(proof(&s)["confirmed"], true);
+    kill(up.pid(), Signal::SIGCONT).expect("SIGCONT");
+    let code = up.0.wait().expect("up").code();
+    assert_eq!(
+        code,
+        Some(1),
+        "the resumed up says it did not finish the session"
+    );
+    let after = status(&ctx, &id);
+    assert_eq!(state(&after), "stopped");
+    assert_eq!(after["session"]["ended_at"], ended, "no second stop");
+    let superseded = events_of(&after, "superseded");
+    assert!(
+        superseded
+            .iter()
+            .any(|m| m.contains("took the session over")),
+        "{superseded:?}"
+    );
+}

@@ -70,7 +70,7 @@ impl Drop for Kill {
 /// the session serves.
 fn serving(ctx: &Ctx, emu: &Emulator, p: &std::path::Path) -> (Kill, String) {
     let mut cmd = command(ctx, emu);
-    cmd.args(["up", "--json"])
+    cmd.args(["up", "--json", "--laptop-only"])
         .arg(p)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sshd::Sshd;
-use common::{free_port, local_plan, model_path, port_refuses, Ctx};
+use common::sshd::{ssh_plan, Sshd};
+use common::{free_port, local_plan, port_refuses, Ctx};
 use nix::sys::signal::Signal;
 
 struct Kill(Child);
@@ -178,58 +178,12 @@ fn kill_matrix_every_step_of_an_ssh_session() {
     let ctx = Ctx::new();
     let sshd = Sshd::start();
     matrix(&ctx, |port| {
-        let text = format!(
-            r#"schema = 1
-[plan]
-name = "ssh-kill-matrix"
-goal = "kill up at every step of an SSH session"
-route = "rented_gpu"
-why = "I need SSH access to a host I rent, within a small budget"
-can_prove = "that every interrupted SSH session ends stopped with nothing left running"
-cannot_prove = "GPU serving"
-[model]
-id = "smollm2"
-runtime = "candle"
-path = "{model}"
-[instance]
-provider = "ssh"
-host = "127.0.0.1"
-port = {sshd_port}
-user = "{user}"
-host_key = "{pin}"
-gpus = 0
-hourly_price_usd = 0.50
-[budget]
-hourly_usd = 1.00
-max_total_usd = 2.00
-[stop]
-max_duration = "10m"
-grace = "5s"
-after_eval = true
-[fallback]
-route = "local_cpu"
-[access]
-method = "ssh_key"
-identity_file = "{key}"
-ports = [{{ local = {port}, remote = {remote} }}]
-[evidence]
-copy_back = ["environment_report.txt", "first_run.md", "eval_results.csv", "requests.jsonl"]
-shutdown_proof = "process_exited"
-dir = "{evidence}"
-[[eval.case]]
-id = "digits"
-prompt = "What is 2 + 2?"
-expect_regex = "\\d"
-max_tokens = 8
-"#,
-            model = model_path().display(),
-            sshd_port = sshd.port,
-            user = sshd.user,
-            pin = sshd.host_fingerprint,
-            key = sshd.client_key.display(),
-            remote = free_port(),
-            evidence = ctx.path("bundles").display(),
-        );
-        ctx.write(&format!("ssh-{port}.toml"), text)
+        ssh_plan(
+            &ctx,
+            &sshd,
+            "ssh-kill-matrix",
+            (port, free_port()),
+            "max_duration = \"10m\"\ngrace = \"5s\"\nafter_eval = true",
+        )
     });
 }

@@ -404,3 +404,54 @@ fn offers_shows_live_prices_and_fit_and_up_gates_on_them() {
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("RTX 4090") && run.stdout.contains("no"));
 }
+
+#[test]
+fn a_lambda_plan_is_refused_without_laptop_only_and_audit_shows_the_choice() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let emu = Emulator::start(sshd.port, &[]);
+    let p = plan(
+        &ctx,
+        &sshd,
+        &after_eval("lambda", "gpu_1x_a10", Some("us-east-1")),
+        free_port(),
+    );
+    let mut cmd = ctx.command();
+    emu.env(&mut cmd);
+    let refused = common::Run::from(cmd.args(["up", "--json"]).arg(&p).output().expect("up"));
+    assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("--laptop-only") && refused.stderr.contains("gpuctl daemon"),
+        "{}",
+        refused.stderr
+    );
+    assert!(emu.instances().is_empty(), "nothing was rented");
+    let route_card = ctx.run(["plan".as_ref(), "show".as_ref(), p.as_os_str()]);
+    assert!(
+        route_card.stdout.contains("no instance-scoped key"),
+        "{}",
+        route_card.stdout
+    );
+    let r = session(
+        &ctx,
+        &emu,
+        &sshd,
+        &after_eval("lambda", "gpu_1x_a10", Some("us-east-1")),
+    );
+    let id = r["session_id"].as_str().expect("id");
+    let audit = ctx.run(["audit", "--format", "json"]).json();
+    let row = audit["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["session_id"] == id)
+        .cloned()
+        .expect("the session");
+    assert!(
+        row["flags"]
+            .as_array()
+            .expect("flags")
+            .contains(&json!("laptop_only")),
+        "{row}"
+    );
+}

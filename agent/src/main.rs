@@ -5,6 +5,7 @@
 
 mod api;
 mod bench;
+mod billing;
 mod config;
 mod engine;
 mod envreport;

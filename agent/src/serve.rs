@@ -46,6 +46,10 @@ impl Ending {
 /// The evidence side of the agent: the GPU sampler and the final record.
 struct Closer {
     cfg: AgentConfig,
+    /// The agent's own folder (where the controller's heartbeat lands).
+    dir: std::path::PathBuf,
+    /// The instance's own key, when the provider gave one (layer 1 ends billing).
+    scoped: Option<crate::billing::ScopedKey>,
     server_pid: Option<u32>,
     evidence: std::path::PathBuf,
     sampler_stop: Arc<AtomicBool>,
@@ -72,13 +76,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
 
     // Arm the watchdog before anything slow: the deadline holds even during model load.
-    spawn_watchdog(
-        cfg.deadline,
-        Duration::from_secs(cfg.grace_secs),
-        stop_tx.clone(),
-    );
+    spawn_watchdog(&cfg, stop_tx.clone());
 
-    let report = envreport::report(&evidence);
+    let mut report = envreport::report(&evidence);
+    report.push_str(&clock_lines(&cfg));
     std::fs::write(evidence.join(evidence_files::ENVIRONMENT_REPORT), report)
         .context("writing the environment report")?;
     let sampler_stop = Arc::new(AtomicBool::new(false));
@@ -87,8 +88,30 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         METRICS_EVERY,
         sampler_stop.clone(),
     );
+    let scoped = cfg
+        .self_terminate
+        .as_ref()
+        .and_then(|t| crate::billing::ScopedKey::discover(&t.provider));
+    let ends_billing = cfg.self_terminate.as_ref().map(|t| match &scoped {
+        Some(k) => format!(
+            "holds {}: terminates the instance at the deadline when no controller is there",
+            k.describe()
+        ),
+        None => format!(
+            "no instance-scoped {} key on this host (looked in PID 1's environment and GPUCTL_INSTANCE_ENV): at the deadline it only stops serving, and looks again",
+            t.provider
+        ),
+    });
+    if let Some(e) = &ends_billing {
+        log!("layer 1: {e}");
+    }
     let mut closer = Closer {
         cfg: cfg.clone(),
+        dir: config_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+        scoped,
         server_pid: None,
         evidence: evidence.clone(),
         sampler_stop,
@@ -105,10 +128,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         match load_candle(&cfg, &mut stop_rx).await? {
             Some(engine) => (Some(engine), None),
             None => {
-                return closer.finish(Ending::new(
-                    current(&stop_rx),
-                    vec!["model load (interrupted)".into()],
-                ))
+                return closer
+                    .finish(Ending::new(
+                        current(&stop_rx),
+                        vec!["model load (interrupted)".into()],
+                    ))
+                    .await
             }
         }
     } else {
@@ -127,12 +152,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     let mut ending = Ending::new(StopReason::ServerFailed, vec![server.stop()]);
                     ending.out_of_memory = server.oom.load(Ordering::SeqCst);
                     ending.failure = Some(format!("{e:#}"));
-                    closer.finish(ending)?;
+                    closer.finish(ending).await?;
                     return Err(e);
                 }
             }
             reason = wait_stop(&mut stop_rx) => {
-                return closer.finish(Ending::new(reason, vec![server.stop()]));
+                return closer.finish(Ending::new(reason, vec![server.stop()])).await;
             }
         }
         spawn_server_watch(server.clone(), stop_tx.clone());
@@ -160,6 +185,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started_at: Utc::now(),
         log: request_log,
         stopping: AtomicBool::new(false),
+        ends_billing,
     });
 
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.listen_port));
@@ -207,7 +233,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             ending.stopped.push("engine (model freed)".into());
         }
     }
-    closer.finish(ending)
+    closer.finish(ending).await
 }
 
 /// Load the GGUF model off the runtime; `None` when a stop came first.
@@ -244,13 +270,59 @@ async fn wait_stop(rx: &mut StopRx) -> StopReason {
     }
 }
 
-fn spawn_watchdog(deadline: chrono::DateTime<Utc>, grace: Duration, stop: StopTx) {
+/// When the deadline comes, by two clocks: the host's wall clock corrected by the offset the
+/// controller measured (`deadline + offset` in host time), and a monotonic countdown
+/// started now from that same remaining time (and never later than the controller's own
+/// count of what remained). The earlier wins; the wall clock is read again every second,
+/// so a host clock stepped while serving moves the stop at most that much.
+struct DeadlineClock {
+    wall: chrono::DateTime<Utc>,
+    monotonic: std::time::Instant,
+}
+
+impl DeadlineClock {
+    fn new(cfg: &AgentConfig) -> DeadlineClock {
+        let wall = cfg.deadline + chrono::Duration::milliseconds(cfg.clock_offset_ms.unwrap_or(0));
+        let left = (wall - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let left = match cfg.remaining_ms {
+            Some(r) => left.min(Duration::from_millis(r)),
+            None => left,
+        };
+        DeadlineClock {
+            wall,
+            monotonic: std::time::Instant::now() + left,
+        }
+    }
+
+    /// Time left until `before` ahead of the deadline, by the earlier clock.
+    fn left(&self, before: Duration) -> Duration {
+        let wall = (self.wall - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let mono = self
+            .monotonic
+            .saturating_duration_since(std::time::Instant::now());
+        wall.min(mono).saturating_sub(before)
+    }
+
+    /// Sleep until `before` ahead of the deadline, looking at the wall clock every second.
+    async fn wait(&self, before: Duration) {
+        loop {
+            let left = self.left(before);
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
+    }
+}
+
+fn spawn_watchdog(cfg: &AgentConfig, stop: StopTx) {
+    let clock = DeadlineClock::new(cfg);
+    let grace = Duration::from_secs(cfg.grace_secs);
+    let deadline = cfg.deadline;
     tokio::spawn(async move {
-        let until = |t: chrono::DateTime<Utc>| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let grace_at = deadline - chrono::Duration::from_std(grace).unwrap_or_default();
-        tokio::time::sleep(until(grace_at)).await;
+        clock.wait(grace).await;
         log!("grace period: the deadline is {}", deadline.to_rfc3339());
-        tokio::time::sleep(until(deadline)).await;
+        clock.wait(Duration::ZERO).await;
         log!("deadline reached: stopping");
         let _ = stop.send(Some(StopReason::Deadline));
     });
@@ -292,8 +364,9 @@ fn spawn_server_watch(server: Arc<Server>, stop: StopTx) {
 }
 
 impl Closer {
-    /// The agent's last acts: final NVML sample, final record, then the stop action.
-    fn finish(&mut self, ending: Ending) -> anyhow::Result<()> {
+    /// The agent's last acts: final NVML sample, final record, the stop action, then, at
+    /// the deadline with no controller watching, the end of its instance's billing.
+    async fn finish(&mut self, ending: Ending) -> anyhow::Result<()> {
         self.sampler_stop.store(true, Ordering::SeqCst);
         if let Some(s) = self.sampler.take() {
             let _ = s.join();
@@ -305,7 +378,7 @@ impl Closer {
             }
             StopAction::Command(_) => Some("not run: the stop was not the deadline".to_string()),
         };
-        let record = FinalRecord {
+        let mut record = FinalRecord {
             session_id: self.cfg.session_id.clone(),
             stopped_at: Utc::now(),
             deadline: self.cfg.deadline,
@@ -317,10 +390,15 @@ impl Closer {
             pids: std::iter::once(std::process::id())
                 .chain(self.server_pid)
                 .collect(),
+            self_terminate: None,
         };
-        let json = serde_json::to_string_pretty(&record)?;
-        std::fs::write(self.evidence.join(evidence_files::FINAL_RECORD), json)
-            .context("writing the final record")?;
+        self.write_record(&record)?;
+        if record.reason == StopReason::Deadline {
+            if let Some(answer) = self.end_billing().await {
+                record.self_terminate = Some(answer);
+                self.write_record(&record)?;
+            }
+        }
         log!(
             "stopped ({:?}{})",
             record.reason,
@@ -332,6 +410,65 @@ impl Closer {
         );
         Ok(())
     }
+}
+
+impl Closer {
+    fn write_record(&self, record: &FinalRecord) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(record)?;
+        std::fs::write(self.evidence.join(evidence_files::FINAL_RECORD), json)
+            .context("writing the final record")
+    }
+
+    /// Layer 1 at the deadline: a controller that is watching (its heartbeat is fresh)
+    /// collects the evidence and terminates; otherwise the agent does, with the
+    /// instance's own key (looked for again now if it was missing at start).
+    async fn end_billing(&mut self) -> Option<String> {
+        let target = self.cfg.self_terminate.clone()?;
+        if crate::billing::controller_present(&self.dir) {
+            let note =
+                "a controller is watching: it collects the evidence and terminates the instance";
+            log!("layer 1: {note}");
+            return Some(note.into());
+        }
+        if self.scoped.is_none() {
+            self.scoped = crate::billing::ScopedKey::discover(&target.provider);
+        }
+        match &self.scoped {
+            Some(key) => {
+                log!(
+                    "layer 1: no controller is watching; terminating with {}",
+                    key.describe()
+                );
+                Some(key.terminate(&target).await)
+            }
+            None => {
+                let note = format!(
+                    "no instance-scoped {} key on this host: serving stopped, but the instance bills until the controller, the daemon or `gpuctl down` terminates it",
+                    target.provider
+                );
+                log!("layer 1: {note}");
+                Some(note)
+            }
+        }
+    }
+}
+
+/// The clock part of environment_report.txt: what the controller measured, and the
+/// deadline in this host's time.
+fn clock_lines(cfg: &AgentConfig) -> String {
+    let offset = cfg.clock_offset_ms.unwrap_or(0);
+    let measured = match (cfg.clock_offset_ms, cfg.clock_rtt_ms) {
+        (Some(o), Some(rtt)) => format!(
+            "clock offset: {o} ms (this host's wall clock minus the controller's, measured over SSH at deploy, round trip {rtt} ms)"
+        ),
+        _ => "clock offset: not measured (the agent runs beside its controller)".into(),
+    };
+    format!(
+        "\n{measured}\ndeadline: {} (controller's clock) = {} on this host's clock; host clock now {}\n",
+        cfg.deadline.to_rfc3339(),
+        (cfg.deadline + chrono::Duration::milliseconds(offset)).to_rfc3339(),
+        Utc::now().to_rfc3339(),
+    )
 }
 
 fn run_stop_action(argv: &[String]) -> String {

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::credentials::ApiKey;
 use crate::http::{Answer, Api, Pace};
 use crate::provider::{gone, Instance, LaunchSpec, Launched, Offer};
-use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshEndpoint};
 
 pub const DEFAULT_BASE: &str = "https://cloud.lambda.ai/api/v1";
 
@@ -105,14 +105,9 @@ impl Lambda {
             "unhealthy" => InstanceState::Failed("unhealthy".into()),
             other => InstanceState::Other(other.to_string()),
         };
-        let ssh = v["ip"]
-            .as_str()
-            .filter(|ip| !ip.is_empty())
-            .map(|ip| SshTarget {
-                host: ip.to_string(),
-                port: crate::port_of(&v["ssh_port"]).unwrap_or(22),
-                user: "ubuntu".into(),
-            });
+        let ssh = v["ip"].as_str().filter(|ip| !ip.is_empty()).map(|ip| {
+            SshEndpoint::new_instance(ip, crate::port_of(&v["ssh_port"]).unwrap_or(22), "ubuntu")
+        });
         Instance {
             id: v["id"].as_str().unwrap_or_default().to_string(),
             name: v["name"].as_str().unwrap_or_default().to_string(),

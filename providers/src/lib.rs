@@ -6,6 +6,7 @@
 
 mod catalog;
 mod credentials;
+mod endpoint;
 mod http;
 mod kind;
 mod lambda;
@@ -15,11 +16,12 @@ mod vast;
 
 pub use catalog::{catalog, price_of, Price};
 pub use credentials::{api_key, credentials_file, env_var, ApiKey};
+pub use endpoint::{HostKeyPolicy, SshEndpoint};
 pub use kind::{ProviderKind, UnknownProvider};
 pub use lambda::{ssh_key_name_for, Lambda};
 pub use provider::{
     gone, instance_name, session_of, BillingGranularity, Instance, InstanceState, LaunchSpec,
-    Launched, Offer, Provider, ProviderError, SshTarget,
+    Launched, Offer, Provider, ProviderError,
 };
 pub use runpod::Runpod;
 pub use vast::Vast;

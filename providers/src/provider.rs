@@ -48,14 +48,6 @@ pub enum InstanceState {
     Other(String),
 }
 
-/// Where to reach a running instance over SSH.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-}
-
 /// What to launch. `name` carries the gpuctl tag (`gpuctl-<session id>`): it is how an
 /// instance is found again after a launch whose answer was lost, and how orphans are found.
 #[derive(Debug, Clone)]
@@ -104,7 +96,7 @@ pub struct Instance {
     pub name: String,
     pub state: InstanceState,
     pub usd_per_hour: Option<f64>,
-    pub ssh: Option<SshTarget>,
+    pub ssh: Option<crate::SshEndpoint>,
 }
 
 /// The tag every gpuctl instance carries in its name.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::credentials::ApiKey;
 use crate::http::{Api, Pace};
 use crate::provider::{gone, Instance, LaunchSpec, Launched, Offer};
-use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshEndpoint};
 
 pub const DEFAULT_BASE: &str = "https://api.runpod.io/graphql";
 
@@ -96,11 +96,11 @@ impl Runpod {
                 p["privatePort"].as_u64() == Some(22) && p["isIpPublic"].as_bool() == Some(true)
             })
             .and_then(|p| {
-                Some(SshTarget {
-                    host: p["ip"].as_str()?.to_string(),
-                    port: crate::port_of(&p["publicPort"])?,
-                    user: "root".into(),
-                })
+                Some(SshEndpoint::new_instance(
+                    p["ip"].as_str()?,
+                    crate::port_of(&p["publicPort"])?,
+                    "root",
+                ))
             });
         Instance {
             id: v["id"].as_str().unwrap_or_default().to_string(),

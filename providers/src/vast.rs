@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::credentials::ApiKey;
 use crate::http::{Answer, Api, Pace};
 use crate::provider::{gone, Instance, LaunchSpec, Launched, Offer};
-use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshTarget};
+use crate::{InstanceState, Provider, ProviderError, ProviderKind, SshEndpoint};
 
 pub const DEFAULT_BASE: &str = "https://console.vast.ai/api/v0";
 
@@ -164,11 +164,11 @@ impl Vast {
             .as_str()
             .filter(|h| !h.is_empty())
             .and_then(|h| {
-                Some(SshTarget {
-                    host: h.to_string(),
-                    port: crate::port_of(&v["ssh_port"])?,
-                    user: "root".into(),
-                })
+                Some(SshEndpoint::new_instance(
+                    h,
+                    crate::port_of(&v["ssh_port"])?,
+                    "root",
+                ))
             });
         Instance {
             id: v["id"].as_u64().map(|i| i.to_string()).unwrap_or_default(),

@@ -40,6 +40,7 @@ pub struct Raw {
     pub stop_reason: Option<String>,
     pub cost_usd: Option<f64>,
     pub max_total_usd: Option<f64>,
+    pub laptop_only: bool,
 }
 
 /// One audited session.
@@ -70,6 +71,8 @@ pub struct Row {
 pub const OVER_BUDGET: &str = "over_budget";
 pub const STOP_UNCONFIRMED: &str = "stop_unconfirmed";
 pub const PLAN_CHANGED: &str = "plan_changed";
+/// Run with `up --laptop-only` (a choice, shown; not a problem `--strict` fails on).
+pub const LAPTOP_ONLY: &str = "laptop_only";
 
 /// Whether a plan file still reads as what the session ran (cached per path).
 #[derive(Default)]
@@ -121,6 +124,9 @@ pub fn audit(raw: Raw, now: DateTime<Utc>, plans: &mut PlanFiles) -> Row {
         .is_some_and(|p| plans.changed(p, &raw.plan_sha256))
     {
         flags.push(PLAN_CHANGED);
+    }
+    if raw.laptop_only {
+        flags.push(LAPTOP_ONLY);
     }
     Row {
         session_id: raw.id,
@@ -179,6 +185,8 @@ pub struct Totals {
     pub over_budget: u64,
     pub stop_unconfirmed: u64,
     pub plan_changed: u64,
+    /// Sessions run with `up --laptop-only` (shown, not a failure for `--strict`).
+    pub laptop_only: u64,
 }
 
 impl Totals {
@@ -191,6 +199,7 @@ impl Totals {
             match *f {
                 OVER_BUDGET => self.over_budget += 1,
                 STOP_UNCONFIRMED => self.stop_unconfirmed += 1,
+                LAPTOP_ONLY => self.laptop_only += 1,
                 _ => self.plan_changed += 1,
             }
         }
@@ -244,6 +253,7 @@ mod tests {
             stop_reason: None,
             cost_usd: cost,
             max_total_usd: Some(1.0),
+            laptop_only: false,
         }
     }
 

@@ -258,8 +258,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
     if args.format == AuditFormat::Table {
         writeln!(
             out,
-            "total: {} session(s), {:.2} billed hours, ${:.2}; flags: {} over budget, {} stop unconfirmed, {} plan changed after launch",
-            all.sessions, all.billed_hours, all.cost_usd, all.over_budget, all.stop_unconfirmed, all.plan_changed
+            "total: {} session(s), {:.2} billed hours, ${:.2}; flags: {} over budget, {} stop unconfirmed, {} plan changed after launch; {} run with --laptop-only",
+            all.sessions, all.billed_hours, all.cost_usd, all.over_budget, all.stop_unconfirmed, all.plan_changed, all.laptop_only
         )?;
     }
     out.flush()?;

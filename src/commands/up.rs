@@ -26,6 +26,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<Exit> {
         allow_public_ports: args.allow_public_ports,
         accept_new_host_key: args.accept_new_host_key,
         fallback: args.fallback,
+        laptop_only: args.laptop_only,
     };
     runtime()?.block_on(up(opts))
 }
@@ -78,6 +79,9 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
     }
     if args.fallback {
         argv.push("--fallback".into());
+    }
+    if args.laptop_only {
+        argv.push("--laptop-only".into());
     }
     let mut child = spawn_detached(&argv, &log)?;
     let started = Instant::now();

@@ -150,6 +150,7 @@ impl Daemon {
     fn driven_by_other(&self, s: &SessionRecord) -> bool {
         s.controller()
             .is_some_and(|c| c != self.me && crate::procs::alive(&c))
+            && !heartbeat_stale(s, Utc::now())
     }
 
     fn sweep(&mut self) {
@@ -193,11 +194,14 @@ impl Daemon {
                 continue;
             }
             if s.controller() != Some(self.me) {
-                match self.db.claim(&s.id, self.me, crate::procs::alive, now) {
+                let stale = heartbeat_stale(s, now);
+                let alive = |c: &crate::db::Controller| crate::procs::alive(c) && !stale;
+                match self.db.claim(&s.id, self.me, alive, now) {
                     Ok(Claim::Taken { from }) => log(
                         self.json,
                         Some(&s.id),
                         &match from {
+                            Some(c) if stale => format!("taken over: its controller, gpuctl {} (pid {}), still exists but has not said it is alive for {} s (stopped or frozen); deadline {}", c.kind.as_str(), c.pid, s.controller_heartbeat_at.map(|h| (now - h).num_seconds()).unwrap_or(0), s.deadline.format("%H:%M:%S%.3f UTC")),
                             Some(c) => format!("taken over: its controller, gpuctl {} (pid {}), is gone; deadline {}", c.kind.as_str(), c.pid, s.deadline.format("%H:%M:%S%.3f UTC")),
                             None => format!("taken over; deadline {}", s.deadline.format("%H:%M:%S%.3f UTC")),
                         },
@@ -322,4 +326,15 @@ impl Daemon {
             }
         });
     }
+}
+
+/// An `up` that writes heartbeats and has not for `HEARTBEAT_STALE`: its PID may exist, but
+/// it is stopped or frozen, and does not stop anything.
+fn heartbeat_stale(s: &SessionRecord, now: chrono::DateTime<Utc>) -> bool {
+    let up = s
+        .controller()
+        .is_some_and(|c| c.kind == crate::db::ControllerKind::Up);
+    up && s.controller_heartbeat_at.is_some_and(|h| {
+        (now - h).to_std().unwrap_or_default() > crate::session::up::HEARTBEAT_STALE
+    })
 }

@@ -89,6 +89,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN provider_key_sha256 TEXT;
     "#,
+    // 5: a cloud session whose billing depends on this laptop alone, run anyway with
+    // `up --laptop-only` (audit shows the choice).
+    r#"
+    ALTER TABLE sessions ADD COLUMN laptop_only INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 6: the controlling `up`'s heartbeat: a stopped process (Ctrl+Z, SIGSTOP, a frozen
+    // VM) keeps its PID but not its heartbeat, and the daemon takes over.
+    r#"
+    ALTER TABLE sessions ADD COLUMN controller_heartbeat_at TEXT;
+    "#,
 ];
 
 pub fn migrate(db: &mut Db) -> Result<(), DbError> {

@@ -82,6 +82,10 @@ pub struct SessionRecord {
     pub budget_warned_at: Option<DateTime<Utc>>,
     /// The sha256 prefix of the API key that launched the cloud instance (never the key).
     pub provider_key_sha256: Option<String>,
+    /// Run with `up --laptop-only`: its billing depended on the laptop alone.
+    pub laptop_only: bool,
+    /// When the controlling `up` last said it is alive (every 2 s while it runs).
+    pub controller_heartbeat_at: Option<DateTime<Utc>>,
 }
 
 /// The process that drives a session, identified so that a reused PID is not mistaken for it.
@@ -119,7 +123,7 @@ pub struct EventRecord {
     pub message: String,
 }
 
-const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text), plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at, provider_key_sha256";
+const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text), plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at, provider_key_sha256, laptop_only, controller_heartbeat_at";
 
 fn bad_column(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
@@ -194,6 +198,8 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
         stop_lateness_ms: row.get(37)?,
         budget_warned_at: opt_time(row, 38)?,
         provider_key_sha256: row.get(39)?,
+        laptop_only: row.get::<_, i64>(40)? != 0,
+        controller_heartbeat_at: opt_time(row, 41)?,
     })
 }
 
@@ -523,6 +529,29 @@ impl SessionRecord {
 
 impl Db {
     /// How to reach the agent again after a restart (see `session::AgentHandle`).
+    /// `up` says it is alive; false when it is no longer the session's controller (a
+    /// daemon took over while it was stopped).
+    pub fn heartbeat(&self, id: &str, me: Controller, at: DateTime<Utc>) -> Result<bool, DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET controller_heartbeat_at = ?2 WHERE id = ?1 AND controller_pid = ?3 AND controller_start = ?4",
+                params![id, ts(at), me.pid, me.start as i64],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The user chose `up --laptop-only`: recorded with the session.
+    pub fn record_laptop_only(&self, id: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET laptop_only = 1 WHERE id = ?1",
+                params![id],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     pub fn record_handle(&self, id: &str, handle: &str) -> Result<(), DbError> {
         self.conn
             .execute(
@@ -583,11 +612,16 @@ impl Db {
             .map_err(sql)?;
             let message = match previous {
                 Some(p) => format!(
-                    "taken over by gpuctl {} (pid {}): its controller, gpuctl {} (pid {}), is gone",
+                    "taken over by gpuctl {} (pid {}): its controller, gpuctl {} (pid {}), {}",
                     me.kind.as_str(),
                     me.pid,
                     p.kind.as_str(),
-                    p.pid
+                    p.pid,
+                    if crate::procs::alive(&p) {
+                        "still exists but has stopped saying it is alive (stopped or frozen)"
+                    } else {
+                        "is gone"
+                    }
                 ),
                 None => format!("taken over by gpuctl {} (pid {})", me.kind.as_str(), me.pid),
             };
@@ -822,7 +856,7 @@ impl Db {
             args.push(o.clone());
             conds.push(format!("owner = ?{}", args.len()));
         }
-        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd";
+        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd, laptop_only";
         for unconfirmed in [true, false] {
             let mut all = conds.clone();
             all.push(if unconfirmed {
@@ -859,6 +893,7 @@ impl Db {
                         stop_reason: r.get(15)?,
                         cost_usd: r.get(16)?,
                         max_total_usd: r.get(17)?,
+                        laptop_only: r.get::<_, i64>(18)? != 0,
                     })
                 })()
                 .map_err(|e| self.err(e))?;

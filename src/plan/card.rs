@@ -96,6 +96,11 @@ pub fn route_card(plan: &Plan, now: DateTime<Utc>) -> String {
         "- shutdown proof: {}",
         plan.evidence.shutdown_proof.as_str()
     );
+    let _ = writeln!(
+        out,
+        "- if this laptop sleeps or `up` dies: {}",
+        who_ends_billing(plan.instance.provider)
+    );
     if let Some(oom) = &plan.fallback.if_oom {
         let _ = writeln!(
             out,
@@ -204,4 +209,16 @@ fn stop_sentence(plan: &Plan, now: DateTime<Utc>) -> String {
         None => s.push_str("; there is no fallback route"),
     }
     s
+}
+
+/// Who ends billing at the deadline when the laptop is gone, per provider (the enforcers
+/// and what each can do), said before anything is rented.
+pub fn who_ends_billing(kind: gpuctl_providers::ProviderKind) -> &'static str {
+    use gpuctl_providers::ProviderKind as K;
+    match kind {
+        K::Runpod | K::Vast => "the agent stops serving and terminates the instance with the instance's own scoped key at the deadline; a daemon or the next `down` confirms by read-back",
+        K::Lambda => "the agent stops serving, but Lambda gives it no instance-scoped key: the instance bills until a daemon (`gpuctl daemon`, `up --detach`) or the next `up`/`down` terminates it",
+        K::Ssh => "the agent stops serving and runs on_stop's command if the plan has one; the host itself is yours (a powered-off VM may still bill at its provider)",
+        K::Local => "the agent stops serving; nothing bills",
+    }
 }

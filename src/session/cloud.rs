@@ -2,7 +2,6 @@
 //! anything is launched, the launch with its fallbacks, the wait for SSH, and the stop that
 //! counts only when the provider reads the instance back as gone.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -239,7 +238,7 @@ impl Session {
     pub(super) async fn provision(
         &mut self,
         rep: &mut Reporter,
-    ) -> anyhow::Result<crate::ssh::SshTarget> {
+    ) -> anyhow::Result<crate::ssh::SshEndpoint> {
         let hourly = self.plan.budget.hourly_usd;
         let mut tried = Vec::new();
         let mut launched = None;
@@ -409,16 +408,24 @@ impl Session {
         self.db
             .record_host(&self.id, &format!("{}:{}", ssh.host, ssh.port))?;
         rep.done(&format!("reachable at {}:{}", ssh.host, ssh.port));
-        Ok(crate::ssh::SshTarget {
-            host: ssh.host,
-            port: ssh.port,
+        // A new instance has a new host key: trusted on first use (or the plan's pin), and
+        // pinned for every later connection once the first one is made.
+        Ok(crate::ssh::SshEndpoint {
             user: self.plan.instance.user.clone().unwrap_or(ssh.user),
-            identity_file: self.plan.access.identity_file.as_ref().map(PathBuf::from),
-            pinned: self.plan.instance.host_key.clone(),
-            // A new instance has a new host key: trusted on first use, for this session only,
-            // and pinned in the session's record from then on.
-            known_hosts: self.work.join("known_hosts"),
-            accept_new: true,
+            // Absolute: the handle stores it for a daemon running elsewhere.
+            identity_file: self
+                .plan
+                .access
+                .identity_file
+                .as_ref()
+                .map(|p| super::up::absolute(std::path::Path::new(p))),
+            host_key: match &self.plan.instance.host_key {
+                Some(fingerprint) => crate::ssh::HostKeyPolicy::Pinned {
+                    fingerprint: fingerprint.clone(),
+                },
+                None => crate::ssh::HostKeyPolicy::FirstUse,
+            },
+            ..ssh
         })
     }
 
@@ -515,7 +522,7 @@ impl Session {
 
 /// How a launched instance's boot ended.
 enum Boot {
-    Ready(gpuctl_providers::SshTarget),
+    Ready(gpuctl_providers::SshEndpoint),
     /// It will never run (the provider's word for it): terminate it and try the next.
     Failed(String),
 }

@@ -209,7 +209,10 @@ impl Session {
     async fn stop_serving(&mut self, run: &mut StopRun) {
         let t = Instant::now();
         run.checks = match self.host.as_mut() {
-            Some(host) => host.stop(&self.agent_bin).await,
+            Some(host) => {
+                let whole_host = self.plan.instance.provider.is_cloud();
+                host.stop(&self.agent_bin, whole_host).await
+            }
             None => match self.stop_blocker.clone() {
                 Some(blocker) => vec![blocker],
                 None => vec![Check::new("process_exited", true, "no agent was started")],

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::host::Host;
 use super::local_host::LocalAgent;
 use super::remote_host::RemoteAgent;
+use crate::ssh::{HostKeyPolicy, SshEndpoint};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -30,18 +31,43 @@ pub enum AgentHandle {
         dir: String,
         bin: String,
         port: u16,
-        ssh: SshAddress,
+        /// Pinned to the key trusted at the start. Handles written before the endpoint
+        /// type (`{host, port, user, identity_file, fingerprint}`) are still read.
+        #[serde(deserialize_with = "endpoint_or_legacy")]
+        ssh: SshEndpoint,
     },
 }
 
-/// Where the host is and which key it must show (the fingerprint trusted at connect).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SshAddress {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub identity_file: Option<PathBuf>,
-    pub fingerprint: String,
+/// An endpoint as stored now, or as gpuctl stored it before (a bare fingerprint).
+fn endpoint_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SshEndpoint, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Endpoint(SshEndpoint),
+        Legacy {
+            host: String,
+            port: u16,
+            user: String,
+            identity_file: Option<PathBuf>,
+            fingerprint: String,
+        },
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Endpoint(e) => e,
+        Stored::Legacy {
+            host,
+            port,
+            user,
+            identity_file,
+            fingerprint,
+        } => SshEndpoint {
+            host,
+            port,
+            user,
+            identity_file,
+            host_key: HostKeyPolicy::Pinned { fingerprint },
+        },
+    })
 }
 
 impl AgentHandle {
@@ -86,19 +112,7 @@ impl AgentHandle {
                 port,
                 ssh,
             } => {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                let target = crate::ssh::SshTarget {
-                    host: ssh.host.clone(),
-                    port: ssh.port,
-                    user: ssh.user.clone(),
-                    identity_file: ssh.identity_file.clone(),
-                    pinned: Some(ssh.fingerprint.clone()),
-                    known_hosts: home.join(".ssh/known_hosts"),
-                    accept_new: false,
-                };
-                let connected = RemoteAgent::connect(&target).await?;
+                let connected = RemoteAgent::connect(ssh).await?;
                 Ok(Host::Remote(Box::new(RemoteAgent::attach(
                     connected,
                     *pid,
@@ -108,5 +122,36 @@ impl AgentHandle {
                 ))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_written_before_the_endpoint_type_is_read_as_pinned() {
+        let old = r#"{"kind":"remote","pid":7,"dir":"/d","bin":"/b","port":9,"ssh":{"host":"h","port":22,"user":"u","identity_file":null,"fingerprint":"SHA256:abc"}}"#;
+        let AgentHandle::Remote { ssh, .. } = AgentHandle::from_json(old).expect("read") else {
+            panic!("remote");
+        };
+        assert_eq!(
+            ssh.host_key,
+            HostKeyPolicy::Pinned {
+                fingerprint: "SHA256:abc".into()
+            }
+        );
+        let again = AgentHandle::from_json(
+            &AgentHandle::Remote {
+                pid: 7,
+                dir: "/d".into(),
+                bin: "/b".into(),
+                port: 9,
+                ssh: ssh.clone(),
+            }
+            .to_json(),
+        )
+        .expect("round trip");
+        assert!(matches!(again, AgentHandle::Remote { ssh: s, .. } if s == ssh));
     }
 }

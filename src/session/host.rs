@@ -142,8 +142,9 @@ impl Host {
         }
     }
 
-    /// Stop the agent and prove it; every check, GPUs included.
-    pub async fn stop(&mut self, agent_bin: &Path) -> Vec<Check> {
+    /// Stop the agent and prove it; every check, GPUs included (`whole_host`: a rented
+    /// instance, whose every GPU process is the session's).
+    pub async fn stop(&mut self, agent_bin: &Path, whole_host: bool) -> Vec<Check> {
         match self {
             Host::Local { agent, work } => {
                 let mut checks = agent.stop().await;
@@ -162,7 +163,7 @@ impl Host {
                 checks.push(gpu_released(agent_bin, &pids, placed.as_deref()).await);
                 checks
             }
-            Host::Remote(r) => r.stop().await,
+            Host::Remote(r) => r.stop(whole_host).await,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use gpuctl_protocol::{evidence_files, AgentConfig};
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Mutex, RwLock};
 
 use crate::eval::AgentClient;
 use crate::evidence::{sha256_file, Check};
-use crate::ssh::{self, sh_quote, Download, Session, Shared, SshTarget, Tunnel};
+use crate::ssh::{self, sh_quote, Download, Session, Shared, SshEndpoint, Tunnel};
 
 const EXEC: Duration = Duration::from_secs(30);
 /// How long the stop waits for the host to answer at all.
@@ -91,13 +91,48 @@ const TERM_GRACE: Duration = Duration::from_secs(gpuctl_protocol::AGENT_TERM_SEC
 #[derive(Clone)]
 pub struct Connected {
     shared: Shared,
-    target: SshTarget,
+    /// Pinned to the key this connection trusted: every later connection must see it.
+    target: SshEndpoint,
     pub fingerprint: String,
+}
+
+/// The host's wall clock against this machine's, measured over SSH.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockOffset {
+    /// Host minus controller, in milliseconds.
+    pub offset_ms: i64,
+    pub rtt_ms: u64,
+}
+
+impl Connected {
+    /// Read the host's clock three times (`date +%s%N`) and keep the reading with the
+    /// shortest round trip, taken as read at its midpoint. None when the host will not say.
+    pub async fn clock_offset(&self) -> Option<ClockOffset> {
+        let session = self.shared.read().await.clone();
+        let mut best: Option<ClockOffset> = None;
+        for _ in 0..3 {
+            let sent = chrono::Utc::now();
+            let out = session.exec("date +%s%N", EXEC).await.ok()?;
+            let back = chrono::Utc::now();
+            let host_ns: i128 = out.stdout.trim().parse().ok()?;
+            let rtt = back - sent;
+            let mid = sent + rtt / 2;
+            let mid_ns = i128::from(mid.timestamp_nanos_opt()?);
+            let reading = ClockOffset {
+                offset_ms: i64::try_from((host_ns - mid_ns) / 1_000_000).ok()?,
+                rtt_ms: u64::try_from(rtt.num_milliseconds()).unwrap_or(0),
+            };
+            if best.is_none_or(|b| reading.rtt_ms < b.rtt_ms) {
+                best = Some(reading);
+            }
+        }
+        best
+    }
 }
 
 pub struct RemoteAgent {
     shared: Shared,
-    target: SshTarget,
+    target: SshEndpoint,
     lock: Arc<Mutex<()>>,
     events: mpsc::UnboundedSender<String>,
     pub events_rx: mpsc::UnboundedReceiver<String>,
@@ -112,6 +147,18 @@ pub struct RemoteAgent {
     tunnel: Option<Tunnel>,
     /// The plan's other `access.ports`, forwarded the same way.
     others: Vec<Tunnel>,
+    /// Touches the agent's `controller.alive` every few seconds while this controller
+    /// watches: at the deadline the agent leaves the terminate to a controller that is
+    /// there, and ends billing itself otherwise.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RemoteAgent {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
 }
 
 /// The highest `GLIBC_2.N` symbol version a binary needs (scanned from the file's bytes).
@@ -148,14 +195,74 @@ impl RemoteAgent {
     }
 
     /// Connect and verify the host key (nothing is sent to a host whose key is refused).
-    pub async fn connect(target: &SshTarget) -> Result<Connected, ssh::SshError> {
+    pub async fn connect(target: &SshEndpoint) -> Result<Connected, ssh::SshError> {
         let session = ssh::connect(target).await?;
         let fingerprint = session.fingerprint.clone();
         Ok(Connected {
             shared: Arc::new(RwLock::new(Arc::new(session))),
-            target: target.clone(),
+            target: target.pinned_to(&fingerprint),
             fingerprint,
         })
+    }
+
+    /// NVML on the host, asked through the agent binary, polled briefly (a GPU's memory is
+    /// released a moment after its process dies).
+    async fn gpu_released(&self, session: &Session, pids: &[u32], whole_host: bool) -> Check {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = match session
+                .exec(&format!("{} gpu-procs", sh_quote(&self.bin)), EXEC)
+                .await
+            {
+                Ok(out) => serde_json::from_str::<gpuctl_protocol::GpuProcesses>(&out.stdout)
+                    .map_err(|e| format!("gpu-procs answered badly: {e}")),
+                Err(e) => Err(format!("could not ask NVML on the host: {e}")),
+            };
+            let a = match answer {
+                Ok(a) => a,
+                Err(e) => return Check::new("gpu_released", false, e),
+            };
+            if a.gpus.is_none() {
+                return Check::new(
+                    "gpu_released",
+                    true,
+                    a.note.unwrap_or_else(|| "no NVIDIA GPU visible".into()),
+                );
+            }
+            let ours: Vec<String> = a
+                .processes
+                .iter()
+                .filter(|p| whole_host || pids.contains(&p.pid))
+                .map(|p| format!("pid {} on gpu {}", p.pid, p.gpu))
+                .collect();
+            let scope = if whole_host {
+                "any process on the instance's GPUs counts"
+            } else {
+                "the session's processes count"
+            };
+            if ours.is_empty() || Instant::now() > deadline {
+                return Check::new(
+                    "gpu_released",
+                    ours.is_empty(),
+                    format!(
+                        "NVML lists {} compute process(es); {scope}: {}",
+                        a.processes.len(),
+                        if ours.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ours.join(", ")
+                        }
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Where this agent's host is, pinned to the key the session trusted (what the
+    /// session's handle stores).
+    pub fn endpoint(&self) -> &SshEndpoint {
+        &self.target
     }
 
     /// Check the host can run the agent, upload it if needed, start it, and open a tunnel
@@ -311,7 +418,30 @@ impl RemoteAgent {
             uploaded,
             tunnel: Some(tunnel),
             others,
-        })
+            heartbeat: None,
+        }
+        .with_heartbeat())
+    }
+
+    /// Start touching the heartbeat file (bounded: each touch has the exec timeout; the
+    /// task ends with this value or at the stop).
+    fn with_heartbeat(mut self) -> RemoteAgent {
+        let (shared, target, lock, events) = (
+            self.shared.clone(),
+            self.target.clone(),
+            self.lock.clone(),
+            self.events.clone(),
+        );
+        let file = format!("{}/{}", self.dir, gpuctl_protocol::CONTROLLER_HEARTBEAT);
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                if let Ok(s) = ssh::live(&shared, &target, &lock, &events).await {
+                    let _ = s.exec(&format!("touch {}", sh_quote(&file)), EXEC).await;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }));
+        self
     }
 
     /// Take over an agent another `gpuctl` process deployed (no tunnel: only the stop,
@@ -344,6 +474,7 @@ impl RemoteAgent {
             uploaded: false,
             tunnel: None,
             others: Vec::new(),
+            heartbeat: None,
         }
     }
 
@@ -403,7 +534,13 @@ impl RemoteAgent {
 
     /// Ask the agent to stop, then prove it on the host: its process gone, its port
     /// refusing, no process of the session on a GPU. An unreachable host proves nothing.
-    pub async fn stop(&mut self) -> Vec<Check> {
+    /// `whole_host`: the host is the session's alone (a rented instance), so any compute
+    /// process on its GPUs is the session's (a runtime's engine and tensor-parallel workers
+    /// are other PIDs); on a shared host only the session's own processes count.
+    pub async fn stop(&mut self, whole_host: bool) -> Vec<Check> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
         self.tunnel = None;
         self.others.clear();
         let session = match self.session().await {
@@ -508,47 +645,7 @@ impl RemoteAgent {
             .unwrap_or_default();
         pids.push(pid);
         pids.extend(group_pids);
-        checks.push(
-            match session
-                .exec(&format!("{} gpu-procs", sh_quote(&self.bin)), EXEC)
-                .await
-            {
-                Ok(out) => match serde_json::from_str::<gpuctl_protocol::GpuProcesses>(&out.stdout)
-                {
-                    Ok(a) if a.gpus.is_none() => Check::new(
-                        "gpu_released",
-                        true,
-                        a.note.unwrap_or_else(|| "no NVIDIA GPU visible".into()),
-                    ),
-                    Ok(a) => {
-                        let ours: Vec<_> = a
-                            .processes
-                            .iter()
-                            .filter(|p| pids.contains(&p.pid))
-                            .map(|p| p.pid)
-                            .collect();
-                        Check::new(
-                            "gpu_released",
-                            ours.is_empty(),
-                            format!(
-                                "NVML lists {} compute process(es), of the session: {ours:?}",
-                                a.processes.len()
-                            ),
-                        )
-                    }
-                    Err(e) => Check::new(
-                        "gpu_released",
-                        false,
-                        format!("gpu-procs answered badly: {e}"),
-                    ),
-                },
-                Err(e) => Check::new(
-                    "gpu_released",
-                    false,
-                    format!("could not ask NVML on the host: {e}"),
-                ),
-            },
-        );
+        checks.push(self.gpu_released(&session, &pids, whole_host).await);
         checks
     }
 

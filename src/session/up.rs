@@ -5,6 +5,8 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,7 +16,7 @@ use gpuctl_protocol::{
 };
 use gpuctl_providers::ProviderKind;
 
-use super::handle::{AgentHandle, SshAddress};
+use super::handle::AgentHandle;
 use super::host::Host;
 use super::local_host::{find_agent, LocalAgent};
 use super::remote_host::{Connected, RemoteAgent};
@@ -40,6 +42,8 @@ pub struct UpOptions {
     pub accept_new_host_key: bool,
     /// When no provider has capacity and the plan's fallback route is local_cpu, run it now.
     pub fallback: bool,
+    /// Run a cloud session whose billing depends on this machine alone.
+    pub laptop_only: bool,
 }
 
 /// Why the serving phase ended.
@@ -142,6 +146,21 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     } else {
         None
     };
+    // A cloud whose billing would depend on this machine alone (no instance-scoped key for
+    // the agent) is refused unless the user says so: said before anything is rented.
+    let laptop_bound: Vec<String> = super::cloud::candidates(&plan)
+        .into_iter()
+        .filter(|(k, _, _)| *k == ProviderKind::Lambda)
+        .map(|(k, t, _)| format!("{k} {t}"))
+        .collect();
+    if !laptop_bound.is_empty() && !opts.laptop_only {
+        eprintln!(
+            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this database): if it sleeps or `up` dies, the instance bills until something here runs again. Run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit), and keep a daemon running (`gpuctl daemon`); nothing was started",
+            opts.plan_path.display(),
+            laptop_bound.join(", ")
+        );
+        return Ok(Exit::Refused);
+    }
     // Who ends billing if this process dies or the laptop sleeps: said before renting.
     if plan.instance.provider.is_cloud() && !crate::daemon::status(&home).is_ok_and(|d| d.running) {
         rep.warn("no gpuctl daemon runs for this GPUCTL_HOME: if this `up` dies or the machine sleeps, the agent stops serving at the deadline but nothing here terminates the instance until `up`, `down` or a daemon runs again (start one: `gpuctl daemon`, or `gpuctl up --detach`)");
@@ -169,6 +188,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         None => home.join("evidence").join(&id),
     });
     let git = plan::provenance(&opts.plan_path);
+    let me = crate::procs::me(crate::db::ControllerKind::Up);
     db.insert_session(&NewSession {
         id: id.clone(),
         plan_name: plan.name.clone(),
@@ -189,9 +209,18 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         created_at: now,
         deadline,
         stop_cause: format!("{cause:?}").to_lowercase(),
-        controller: Some(crate::procs::me(crate::db::ControllerKind::Up)),
+        controller: Some(me),
         evidence_dir: Some(bundle_dir.display().to_string()),
     })?;
+    if !laptop_bound.is_empty() {
+        db.record_laptop_only(&id)?;
+        let msg = format!(
+            "--laptop-only: on {} only this machine ends billing (no instance-scoped key for the agent)",
+            laptop_bound.join(", ")
+        );
+        rep.warn(&msg);
+        db.add_event(&id, "laptop_only", &msg, now)?;
+    }
     rep.event(
         "session",
         serde_json::json!({ "session_id": id, "deadline": deadline, "stop_cause": cause.describe(), "bundle": bundle_dir }),
@@ -231,6 +260,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         pending_launch: None,
     };
 
+    let heartbeat = Heartbeat::start(&home, &id, me);
     let started = Instant::now();
     let meter = budget_warning(
         home.clone(),
@@ -243,14 +273,28 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     let ending = {
         let run = session.run(&mut rep);
         tokio::pin!(run);
-        let until_deadline = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
             ending = &mut run => ending,
             _ = sigint.recv() => Ending::Interrupted,
             _ = sigterm.recv() => Ending::Interrupted,
-            _ = tokio::time::sleep(until_deadline) => Ending::Deadline,
+            _ = deadline_passes(&home, &id, deadline) => Ending::Deadline,
+            _ = heartbeat.lost() => Ending::Interrupted,
         }
     };
+    // Stopped (Ctrl+Z, SIGSTOP, a frozen VM) long enough for a daemon to take the session
+    // over: this `up` no longer drives it, and a second stop would only race the first.
+    if let Ok(row) = session.db.get_session(&id) {
+        if let Some(other) = row.controller().filter(|c| *c != me) {
+            let msg = format!(
+                "this `up` was not running for a while (stopped or frozen); gpuctl {} (pid {}) took the session over and stops it; nothing more is done here. `gpuctl status {id}` shows the outcome",
+                other.kind.as_str(),
+                other.pid
+            );
+            rep.warn(&msg);
+            let _ = session.db.add_event(&id, "superseded", &msg, Utc::now());
+            return Ok(Exit::Failed);
+        }
+    }
     // A SIGTERM from `gpuctl down` is a request, and is recorded as one.
     let ending = match ending {
         Ending::Interrupted
@@ -431,7 +475,7 @@ pub(super) struct Session {
     /// The cloud client (Lambda, RunPod, Vast) once an instance may exist.
     pub(super) cloud: Option<gpuctl_providers::Cloud>,
     /// Where the host is reached over SSH (provider ssh, or the cloud instance).
-    pub(super) target: Option<crate::ssh::SshTarget>,
+    pub(super) target: Option<crate::ssh::SshEndpoint>,
     /// No provider the plan allows had capacity (`up --fallback` then runs local_cpu).
     pub(super) no_capacity: bool,
     /// A launch request sent and not yet answered: the stop waits for it, never drops it.
@@ -597,6 +641,7 @@ impl Session {
         };
         self.time("model_load_to_healthy", t);
         self.served = Some(model.clone());
+        self.say_who_ends_billing(rep).await?;
         self.transition(
             SessionState::Serving,
             &format!("agent healthy on 127.0.0.1:{}", api.remote),
@@ -686,12 +731,66 @@ impl Session {
         Ok(Ending::AgentExited(status))
     }
 
-    fn ssh_target(&self) -> anyhow::Result<crate::ssh::SshTarget> {
+    /// Over SSH: the host's wall clock against ours, recorded (an event and, through the
+    /// agent, environment_report.txt) and handed to the agent so that its deadline is the
+    /// true one whatever its own clock says.
+    async fn measure_host_clock(
+        &mut self,
+    ) -> anyhow::Result<Option<super::remote_host::ClockOffset>> {
+        let Some(connected) = &self.connected else {
+            return Ok(None);
+        };
+        let clock = connected.clock_offset().await;
+        let msg = match clock {
+            Some(c) => format!(
+                "the host's clock is {} ms {} this machine's (round trip {} ms): the agent's deadline is corrected by it",
+                c.offset_ms.abs(),
+                if c.offset_ms < 0 { "behind" } else { "ahead of" },
+                c.rtt_ms
+            ),
+            None => "the host's clock could not be read (`date +%s%N`): the agent trusts its own".into(),
+        };
+        self.db.add_event(&self.id, "clock", &msg, Utc::now())?;
+        Ok(clock)
+    }
+
+    /// Who can end billing at the deadline when this `up` is gone, as the agent itself
+    /// reports it (whether it holds the instance's own key): said and recorded.
+    async fn say_who_ends_billing(&mut self, rep: &mut Reporter) -> anyhow::Result<()> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
+        let layer1 = match client.health().await.ok().and_then(|h| h.ends_billing) {
+            Some(e) => format!("the agent {e}"),
+            None if self.plan.instance.provider.is_cloud() => {
+                "the agent stops serving at the deadline; this provider gives it no instance-scoped key, so billing ends only when `up`, the daemon or `down` terminates the instance".into()
+            }
+            None => return Ok(()),
+        };
+        rep.info(&format!("layer 1: {layer1}"));
+        self.db.add_event(&self.id, "layer1", &layer1, Utc::now())?;
+        Ok(())
+    }
+
+    /// Layer 1 on the clouds whose instances carry a key scoped to themselves (RunPod,
+    /// Vast): which provider (the one actually launched on) and its API base. Lambda has no
+    /// such key; provider ssh's layer 1 is `on_stop = "command"`.
+    fn self_terminate(&self) -> Option<gpuctl_protocol::SelfTerminate> {
+        let kind = self.cloud.as_ref().map(gpuctl_providers::Provider::kind)?;
+        if !matches!(kind, ProviderKind::Runpod | ProviderKind::Vast) {
+            return None;
+        }
+        Some(gpuctl_protocol::SelfTerminate {
+            provider: kind.to_string(),
+            api_base: gpuctl_providers::api_base(kind)?,
+        })
+    }
+
+    /// Provider ssh: the plan's host, trusted by its pinned `host_key`, else the user's
+    /// known_hosts (`--accept-new-host-key` records a first-seen key there).
+    fn ssh_target(&self) -> anyhow::Result<crate::ssh::SshEndpoint> {
         let i = &self.plan.instance;
-        let home = std::env::var_os("HOME")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_default();
-        Ok(crate::ssh::SshTarget {
+        Ok(crate::ssh::SshEndpoint {
             host: i.host.clone().context("the plan names no host")?,
             port: i.port,
             user: i.user.clone().context("the plan names no user")?,
@@ -700,10 +799,15 @@ impl Session {
                 .access
                 .identity_file
                 .as_ref()
-                .map(std::path::PathBuf::from),
-            pinned: i.host_key.clone(),
-            known_hosts: home.join(".ssh/known_hosts"),
-            accept_new: self.accept_new_host_key,
+                .map(|p| absolute(Path::new(p))),
+            host_key: match &i.host_key {
+                Some(fingerprint) => crate::ssh::HostKeyPolicy::Pinned {
+                    fingerprint: fingerprint.clone(),
+                },
+                None => crate::ssh::HostKeyPolicy::KnownHosts {
+                    accept_new: self.accept_new_host_key,
+                },
+            },
         })
     }
 
@@ -717,6 +821,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let t = Instant::now();
         let local = self.plan.instance.provider == ProviderKind::Local;
+        let clock = self.measure_host_clock().await?;
         let config = AgentConfig {
             protocol: PROTOCOL_VERSION,
             session_id: self.id.clone(),
@@ -747,6 +852,13 @@ impl Session {
             },
             gpus: self.plan.instance.gpus,
             cuda_visible_devices: self.placement.clone(),
+            self_terminate: self.self_terminate(),
+            clock_offset_ms: clock.map(|c| c.offset_ms),
+            clock_rtt_ms: clock.map(|c| c.rtt_ms),
+            remaining_ms: (self.deadline - Utc::now())
+                .to_std()
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok()),
         };
         let (host, url_port, instance) = match self.connected.clone() {
             None => {
@@ -797,22 +909,13 @@ impl Session {
                     .await?
                 };
                 let instance = format!("pid:{} on {}", remote.pid, remote.dir);
-                let target = match self.target.clone() {
-                    Some(t) => t,
-                    None => self.ssh_target()?,
-                };
+                // Stored as is: the host, and the key trusted at the start, pinned.
                 let handle = AgentHandle::Remote {
                     pid: remote.pid,
                     dir: remote.dir.clone(),
                     bin: remote.bin.clone(),
                     port: remote.port,
-                    ssh: SshAddress {
-                        host: target.host,
-                        port: target.port,
-                        user: target.user,
-                        identity_file: target.identity_file.map(|p| absolute(&p)),
-                        fingerprint: remote.fingerprint.clone(),
-                    },
+                    ssh: remote.endpoint().clone(),
                 };
                 self.db.record_handle(&self.id, &handle.to_json())?;
                 let port = remote.tunnel_port().unwrap_or(ports.local);
@@ -908,6 +1011,74 @@ impl Session {
         );
         self.bundle.write("first_run.md", md)?;
         Ok(format!("{} tokens in {ms} ms", answer.completion_tokens))
+    }
+}
+
+/// How often `up` says it is alive in the session row, and how old that may get before a
+/// daemon takes the session over although the PID still exists.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(15);
+
+/// `up`'s heartbeat, written every 2 s from a thread of its own for as long as `up` runs
+/// (its stop included, so that a daemon never takes over a long stop); it stops, and says
+/// so, when the row names another controller (a daemon took over while this process was
+/// stopped).
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    fn start(home: &Path, id: &str, me: crate::db::Controller) -> Heartbeat {
+        let (stop, lost) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (home, id) = (home.to_path_buf(), id.to_string());
+        let (stop2, lost2) = (stop.clone(), lost.clone());
+        std::thread::spawn(move || {
+            let Ok(db) = Db::open(&home) else { return };
+            while !stop2.load(Ordering::SeqCst) {
+                if let Ok(false) = db.heartbeat(&id, me, Utc::now()) {
+                    lost2.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(HEARTBEAT_EVERY);
+            }
+        });
+        Heartbeat { stop, lost }
+    }
+
+    /// Returns once another controller holds the session.
+    async fn lost(&self) {
+        while !self.lost.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Returns once the session's deadline has passed by the wall clock, looking every second
+/// (a laptop that slept past it stops within a second of waking: a monotonic timer would
+/// not count the sleep) and reading the deadline again from the session row each time (a
+/// quote at launch may have brought it earlier).
+async fn deadline_passes(home: &Path, id: &str, initial: chrono::DateTime<Utc>) {
+    let db = Db::open(home).ok();
+    let mut deadline = initial;
+    loop {
+        if let Some(d) = db.as_ref().and_then(|db| db.get_session(id).ok()) {
+            deadline = d.deadline;
+        }
+        let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
 }
 

@@ -9,29 +9,11 @@ use std::time::Duration;
 use russh::client::{self, AuthResult};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 
-use super::hostkey::{Checker, HostKeyVerdict};
+use gpuctl_providers::SshEndpoint;
+
+use super::hostkey::{user_known_hosts, Checker, HostKeyVerdict};
 use super::remote::Session;
 use super::{SshError, CONNECT_TIMEOUT};
-
-/// Where and as whom to connect, and how to trust the host.
-#[derive(Debug, Clone)]
-pub struct SshTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub identity_file: Option<PathBuf>,
-    /// The plan's `host_key` (SHA256 fingerprint); known_hosts is used when absent.
-    pub pinned: Option<String>,
-    pub known_hosts: PathBuf,
-    /// Record a first-seen host key in known_hosts instead of refusing it.
-    pub accept_new: bool,
-}
-
-impl SshTarget {
-    pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
 
 fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
@@ -106,15 +88,13 @@ pub fn public_key_line(path: &Path) -> Result<String, SshError> {
 }
 
 /// Connect, verify the host key, authenticate. Nothing is sent to a host whose key is refused.
-pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
+pub async fn connect(target: &SshEndpoint) -> Result<Session, SshError> {
     let addr = target.addr();
     let verdict = Arc::new(Mutex::new(None));
     let checker = Checker {
         host: target.host.clone(),
         port: target.port,
-        pinned: target.pinned.clone(),
-        known_hosts: target.known_hosts.clone(),
-        accept_new: target.accept_new,
+        policy: target.host_key.clone(),
         verdict: verdict.clone(),
     };
     let config = Arc::new(client::Config {
@@ -134,7 +114,7 @@ pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
         }
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            let known_hosts = target.known_hosts.display().to_string();
+            let known_hosts = user_known_hosts().display().to_string();
             let decided = verdict.lock().ok().and_then(|v| v.clone());
             return Err(match decided {
                 Some(HostKeyVerdict::Unknown { fingerprint }) => SshError::HostKeyUnknown {
@@ -185,7 +165,7 @@ pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
     Ok(session)
 }
 
-async fn authenticate(session: &mut Session, target: &SshTarget) -> Result<(), SshError> {
+async fn authenticate(session: &mut Session, target: &SshEndpoint) -> Result<(), SshError> {
     let mut tried = Vec::new();
     let handle = &mut session.handle;
     if let Some(path) = &target.identity_file {

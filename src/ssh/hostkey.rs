@@ -1,8 +1,11 @@
-//! Host key verification: the plan's pinned fingerprint, else known_hosts. An unknown key
-//! is refused (unless `--accept-new-host-key`), a changed one refused loudly.
+//! Host key verification by the endpoint's policy: a pinned fingerprint, the user's
+//! known_hosts (an unknown key refused unless `--accept-new-host-key`, a changed one
+//! refused loudly), or a new cloud instance's first key (then pinned by the session).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use gpuctl_providers::HostKeyPolicy;
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 use russh::keys::PublicKeyOrCertificate;
@@ -30,6 +33,14 @@ impl HostKeyVerdict {
     }
 }
 
+/// The user's known_hosts file (`~/.ssh/known_hosts`): the one place its path is made.
+pub fn user_known_hosts() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".ssh/known_hosts")
+}
+
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
@@ -38,32 +49,38 @@ pub fn fingerprint(key: &PublicKey) -> String {
 pub struct Checker {
     pub host: String,
     pub port: u16,
-    pub pinned: Option<String>,
-    pub known_hosts: PathBuf,
-    pub accept_new: bool,
+    pub policy: HostKeyPolicy,
     pub verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
 }
 
 impl Checker {
     fn decide(&self, key: &PublicKey) -> HostKeyVerdict {
         let fp = fingerprint(key);
-        if let Some(pinned) = &self.pinned {
-            return if pinned.trim_end_matches('=') == fp.trim_end_matches('=') {
-                HostKeyVerdict::Pinned { fingerprint: fp }
-            } else {
-                HostKeyVerdict::PinMismatch {
-                    fingerprint: fp,
-                    pinned: pinned.clone(),
-                }
-            };
-        }
-        match russh::keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+        let accept_new = match &self.policy {
+            HostKeyPolicy::Pinned {
+                fingerprint: pinned,
+            } => {
+                return if pinned.trim_end_matches('=') == fp.trim_end_matches('=') {
+                    HostKeyVerdict::Pinned { fingerprint: fp }
+                } else {
+                    HostKeyVerdict::PinMismatch {
+                        fingerprint: fp,
+                        pinned: pinned.clone(),
+                    }
+                };
+            }
+            // Never written to the user's known_hosts: the session pins it instead.
+            HostKeyPolicy::FirstUse => return HostKeyVerdict::Learned { fingerprint: fp },
+            HostKeyPolicy::KnownHosts { accept_new } => *accept_new,
+        };
+        let known_hosts = user_known_hosts();
+        match russh::keys::check_known_hosts_path(&self.host, self.port, key, &known_hosts) {
             Ok(true) => HostKeyVerdict::Known { fingerprint: fp },
-            Ok(false) if self.accept_new => match russh::keys::known_hosts::learn_known_hosts_path(
+            Ok(false) if accept_new => match russh::keys::known_hosts::learn_known_hosts_path(
                 &self.host,
                 self.port,
                 key,
-                &self.known_hosts,
+                &known_hosts,
             ) {
                 Ok(()) => HostKeyVerdict::Learned { fingerprint: fp },
                 Err(e) => HostKeyVerdict::Unreadable {

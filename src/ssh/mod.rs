@@ -7,8 +7,9 @@ mod hostkey;
 mod remote;
 mod tunnel;
 
-pub use connect::{connect, public_key_line, SshTarget};
-pub use hostkey::{fingerprint, HostKeyVerdict};
+pub use connect::{connect, public_key_line};
+pub use gpuctl_providers::{HostKeyPolicy, SshEndpoint};
+pub use hostkey::{fingerprint, user_known_hosts, HostKeyVerdict};
 pub use remote::{sh_quote, Download, Exec, Session};
 pub use tunnel::{live, Shared, Tunnel};
 

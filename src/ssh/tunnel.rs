@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex, RwLock};
 use tokio::task::JoinHandle;
 
-use super::connect::{connect, SshTarget};
+use super::connect::connect;
 use super::remote::Session;
+use super::SshEndpoint;
 use super::SshError;
 
 /// The session every tunnel and command shares; replaced when it reconnects.
@@ -30,7 +31,7 @@ impl Drop for Tunnel {
 /// A live session, reconnected first if it has dropped.
 pub async fn live(
     shared: &Shared,
-    target: &SshTarget,
+    target: &SshEndpoint,
     lock: &Mutex<()>,
     events: &mpsc::UnboundedSender<String>,
 ) -> Result<Arc<Session>, SshError> {
@@ -47,8 +48,8 @@ pub async fn live(
         "the SSH connection to {} dropped; reconnecting",
         target.addr()
     ));
-    let mut again = target.clone();
-    again.accept_new = false;
+    // The host must show the key this session already trusted: no second first use.
+    let again = target.pinned_to(&current.fingerprint);
     let fresh = Arc::new(connect(&again).await?);
     *shared.write().await = fresh.clone();
     let _ = events.send(format!("reconnected to {}", target.addr()));
@@ -59,7 +60,7 @@ impl Tunnel {
     /// Bind 127.0.0.1:local now (so a taken port is an error before anything else starts).
     pub async fn open(
         shared: Shared,
-        target: SshTarget,
+        target: SshEndpoint,
         local: u16,
         remote: u16,
         events: mpsc::UnboundedSender<String>,

@@ -149,6 +149,8 @@ pub struct Cloud<'a> {
     pub stop: &'a str,
     /// plan.name (default: cloud-<provider>)
     pub name: Option<&'a str>,
+    /// stop.max_duration (default 10m)
+    pub max_duration: &'a str,
 }
 
 pub fn plan(ctx: &Ctx, sshd: &Sshd, c: &Cloud, port: u16) -> std::path::PathBuf {
@@ -186,7 +188,7 @@ gpus = 0
 hourly_usd = {hourly}
 max_total_usd = 2.00
 [stop]
-max_duration = "10m"
+max_duration = "{max_duration}"
 grace = "5s"
 {stop}
 [fallback]
@@ -212,6 +214,7 @@ max_tokens = 8
             .map(String::from)
             .unwrap_or_else(|| format!("cloud-{}", c.provider)),
         itype = c.instance_type,
+        max_duration = c.max_duration,
         user = sshd.user,
         hourly = c.hourly,
         stop = c.stop,
@@ -227,7 +230,18 @@ pub fn gpuctl(ctx: &Ctx, emu: &Emulator, args: &[&str]) -> Run {
     let mut cmd = ctx.command();
     emu.env(&mut cmd);
     cmd.env("GPUCTL_STOP_CONFIRM_WINDOW", "6s");
-    Run::from(cmd.args(args).output().expect("gpuctl"))
+    Run::from(cmd.args(up_args(args)).output().expect("gpuctl"))
+}
+
+/// No daemon watches these sessions from another host: `up` of a Lambda plan needs
+/// `--laptop-only` (the flag changes nothing for the other providers). The refusal
+/// without it is tested on its own.
+pub fn up_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    if all.first() == Some(&"up") {
+        all.insert(1, "--laptop-only");
+    }
+    all
 }
 
 pub fn after_eval<'a>(
@@ -243,6 +257,7 @@ pub fn after_eval<'a>(
         hourly: 1.5,
         stop: "after_eval = true",
         name: None,
+        max_duration: "10m",
     }
 }
 

@@ -250,3 +250,21 @@ pub fn result_event(stdout: &str) -> serde_json::Value {
         .find(|v| v["event"] == "result")
         .unwrap_or_else(|| panic!("no result event in:\n{stdout}"))
 }
+
+/// The first session `gpuctl ls` shows as serving (polled; panics after `limit`).
+pub fn wait_serving(ctx: &Ctx, limit: std::time::Duration) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let ls = ctx.run(["ls", "--json"]).json();
+        if let Some(s) = ls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["state"] == "serving")
+        {
+            return s.clone();
+        }
+        assert!(start.elapsed() < limit, "not serving: {ls}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -26,6 +26,12 @@ fn keygen(path: &Path) {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with_env("")
+    }
+
+    /// A server whose sessions get these extra `NAME=value` environment entries (space
+    /// separated; sshd's `SetEnv`): e.g. libfaketime, for a host whose clock is off.
+    pub fn start_with_env(extra_env: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -46,7 +52,7 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
              PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
-             SetEnv HOME={d}/home\n",
+             SetEnv HOME={d}/home GPUCTL_INSTANCE_ENV={d}/instance.env {extra_env}\n",
             d = d.display()
         );
         // Each server gets its own remote home, so tests running side by side share nothing.
@@ -106,6 +112,12 @@ impl Sshd {
         sshd
     }
 
+    /// Where the agent on this "host" finds the instance environment a provider would have
+    /// given its container (`GPUCTL_INSTANCE_ENV`, the test hook): the test writes it.
+    pub fn instance_env_file(&self) -> PathBuf {
+        self.dir.path().join("instance.env")
+    }
+
     /// The home folder sessions on this server see (`$HOME` on the "host").
     pub fn remote_home(&self) -> PathBuf {
         self.dir.path().join("home")
@@ -121,4 +133,66 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A provider-ssh plan for the bundled model on this test server, its host key pinned:
+/// `stop` is the [stop] section's body (max_duration, grace, after_eval...).
+pub fn ssh_plan(
+    ctx: &super::Ctx,
+    sshd: &Sshd,
+    name: &str,
+    ports: (u16, u16),
+    stop: &str,
+) -> PathBuf {
+    let (local, remote) = ports;
+    let text = format!(
+        r#"schema = 1
+[plan]
+name = "{name}"
+goal = "a session over SSH to the test's own sshd"
+route = "rented_gpu"
+why = "I need SSH access to a host I rent, within a small budget"
+can_prove = "what this test checks of a session over SSH"
+cannot_prove = "GPU serving"
+[model]
+id = "smollm2"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "ssh"
+host = "127.0.0.1"
+port = {sshd_port}
+user = "{user}"
+host_key = "{pin}"
+gpus = 0
+hourly_price_usd = 0.50
+[budget]
+hourly_usd = 1.00
+max_total_usd = 2.00
+[stop]
+{stop}
+[fallback]
+route = "local_cpu"
+[access]
+method = "ssh_key"
+identity_file = "{key}"
+ports = [{{ local = {local}, remote = {remote} }}]
+[evidence]
+copy_back = ["environment_report.txt", "first_run.md", "eval_results.csv", "requests.jsonl"]
+shutdown_proof = "process_exited"
+dir = "{evidence}"
+[[eval.case]]
+id = "digits"
+prompt = "What is 2 + 2?"
+expect_regex = "\\d"
+max_tokens = 8
+"#,
+        model = super::model_path().display(),
+        sshd_port = sshd.port,
+        user = sshd.user,
+        pin = sshd.host_fingerprint,
+        key = sshd.client_key.display(),
+        evidence = ctx.path("bundles").display(),
+    );
+    ctx.write(&format!("{name}-{local}.toml"), text)
 }

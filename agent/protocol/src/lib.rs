@@ -37,7 +37,41 @@ pub struct AgentConfig {
     /// "" hides every GPU). `None` leaves the variable as the host has it.
     #[serde(default)]
     pub cuda_visible_devices: Option<String>,
+    /// Layer 1 ending billing: on a cloud that gives each instance a key scoped to
+    /// itself, the agent terminates its own instance at the deadline when no controller is
+    /// there to do it. Which provider, and its API base (never a key: the agent finds the
+    /// instance's own key on the host).
+    #[serde(default)]
+    pub self_terminate: Option<SelfTerminate>,
+    /// The host's wall clock minus the controller's, measured over SSH at deploy (round
+    /// trip corrected): the deadline in host time is `deadline + clock_offset_ms`, so a
+    /// host clock minutes off still stops on time.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// The round trip of that measurement (its uncertainty is half of it).
+    #[serde(default)]
+    pub clock_rtt_ms: Option<u64>,
+    /// Time left to the deadline when the controller wrote this config: the agent also
+    /// counts it down on its monotonic clock, which no wall-clock step can move.
+    #[serde(default)]
+    pub remaining_ms: Option<u64>,
 }
+
+/// Where the agent may end its own instance's billing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTerminate {
+    /// `runpod` (RUNPOD_API_KEY + RUNPOD_POD_ID) or `vast` (CONTAINER_API_KEY + CONTAINER_ID).
+    pub provider: String,
+    /// The provider's API base, as the controller uses it.
+    pub api_base: String,
+}
+
+/// The file on the host the controller touches while it watches the session (every few
+/// seconds): at the deadline, the agent ends billing itself only when it is stale.
+pub const CONTROLLER_HEARTBEAT: &str = "controller.alive";
+/// How old the heartbeat may be for the controller to count as present.
+pub const CONTROLLER_HEARTBEAT_STALE_SECS: u64 = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +137,10 @@ pub struct AgentStatus {
     pub ready: bool,
     pub model: String,
     pub deadline: DateTime<Utc>,
+    /// What the agent itself can do about billing at the deadline, in words (whether it
+    /// holds the instance's own scoped key).
+    #[serde(default)]
+    pub ends_billing: Option<String>,
 }
 
 /// The agent's final record, written before it exits (`final_record.json`).
@@ -126,6 +164,9 @@ pub struct FinalRecord {
     /// stop, none of them may hold a GPU.
     #[serde(default)]
     pub pids: Vec<u32>,
+    /// The agent's own terminate of its instance at the deadline: the provider's answer.
+    #[serde(default)]
+    pub self_terminate: Option<String>,
 }
 
 /// One compute process on a GPU, as NVML lists it (`gpuctl-agent gpu-procs`).

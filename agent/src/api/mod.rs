@@ -45,6 +45,8 @@ pub struct AppState {
     pub started_at: DateTime<Utc>,
     pub log: RequestLog,
     pub stopping: AtomicBool,
+    /// What the agent can do about billing at the deadline (layer 1), in words.
+    pub ends_billing: Option<String>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -92,5 +94,6 @@ async fn health(State(state): State<Shared>) -> Json<AgentStatus> {
         ready: true,
         model: state.model_id.clone(),
         deadline: state.deadline,
+        ends_billing: state.ends_billing.clone(),
     })
 }

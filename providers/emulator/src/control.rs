@@ -16,6 +16,33 @@ pub async fn add_fault(Axum(s): Axum<Shared>, Json(f): Json<Fault>) -> Json<Valu
 }
 
 /// Forget every fault not yet consumed.
+/// What the provider puts in an instance's environment, as `KEY=VALUE` lines: RunPod's
+/// `RUNPOD_POD_ID`/`RUNPOD_API_KEY`, Vast's `CONTAINER_ID`/`CONTAINER_API_KEY` (a test
+/// places it where the instance's processes find it). Lambda gives none.
+pub async fn instance_env(
+    Axum(s): Axum<Shared>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    let Ok(st) = s.lock() else {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+    };
+    match st.instances.get(&id) {
+        Some(i) if i.cloud == Cloud::Runpod => (
+            axum::http::StatusCode::OK,
+            format!("RUNPOD_POD_ID={}\nRUNPOD_API_KEY={}\n", i.id, i.scoped_key),
+        ),
+        Some(i) if i.cloud == Cloud::Vast => (
+            axum::http::StatusCode::OK,
+            format!(
+                "CONTAINER_ID={}\nCONTAINER_API_KEY={}\n",
+                i.id, i.scoped_key
+            ),
+        ),
+        Some(_) => (axum::http::StatusCode::OK, String::new()),
+        None => (axum::http::StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
 /// Every contract violation seen so far (a test of gpuctl asserts there are none).
 pub async fn violations(Axum(s): Axum<Shared>) -> Json<Value> {
     let (list, throttled) = s
@@ -88,6 +115,8 @@ pub async fn instances(Axum(s): Axum<Shared>) -> Json<Value> {
                 "billing": phase != Phase::Terminated,
                 "billed_seconds": st.billed(i),
                 "public_key": i.public_key,
+                "terminated_by": i.terminated_by,
+                "terminate_requested_at": i.terminate_requested_at,
             })
         })
         .collect();

@@ -299,7 +299,7 @@ pub async fn terminate(
         let never = fault.as_deref() == Some("never_complete");
         let mut done = Vec::new();
         for id in &ids {
-            if !st.terminate(id, never) {
+            if !st.terminate(id, never, "account key") {
                 return error(
                     404,
                     "global/object-does-not-exist",

@@ -82,6 +82,15 @@ pub fn authorized(st: &State, cloud: Cloud, headers: &HeaderMap) -> bool {
     given == st.key && !st.revoked.contains(&cloud)
 }
 
+/// The bearer key a request carries.
+pub fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
 /// A fault that delays the answer past any client timeout.
 pub async fn hang() {
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -152,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/vast/api/v0/instances/{id}/ssh/", post(vast::attach_ssh))
         .route("/_emulator/violations", get(control::violations))
+        .route("/_emulator/instances/{id}/env", get(control::instance_env))
         .route(
             "/_emulator/faults",
             post(control::add_fault).delete(control::clear_faults),

@@ -118,12 +118,22 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
             return gql_error("lock");
         };
         st.requests += 1;
-        if !authorized(&st, Cloud::Runpod, &headers) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({ "errors": [{ "message": "Unauthorized" }] })),
-            );
-        }
+        // The account key may do anything; a pod's own key (RUNPOD_API_KEY in the pod)
+        // may read and terminate that pod alone.
+        let by = if authorized(&st, Cloud::Runpod, &headers) {
+            "account key"
+        } else {
+            let pod = vars["input"]["podId"].as_str().unwrap_or_default();
+            match st.scoped_instance(crate::bearer(&headers)) {
+                Some(own) if own == pod && matches!(op, "terminate" | "get") => "scoped key",
+                _ => {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({ "errors": [{ "message": "Unauthorized" }] })),
+                    )
+                }
+            }
+        };
         let fault = st.fault(Cloud::Runpod, op);
         match fault.as_deref() {
             Some("http500") => {
@@ -193,7 +203,7 @@ pub async fn graphql(Axum(s): Axum<Shared>, headers: HeaderMap, Json(body): Json
                 if !known {
                     return gql_error("pod not found to terminate");
                 }
-                st.terminate(&id, fault.as_deref() == Some("never_complete"));
+                st.terminate(&id, fault.as_deref() == Some("never_complete"), by);
                 if fault.as_deref() != Some("timeout") {
                     return data(json!({ "podTerminate": null }));
                 }

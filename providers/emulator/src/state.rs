@@ -46,6 +46,12 @@ pub struct Inst {
     /// What the instance turns into once booted instead of running (a `fate` fault): the
     /// provider's own word (Vast `exited`/`offline`/`unknown`, Lambda `unhealthy`/`preempted`).
     pub fate: Option<String>,
+    /// The key the provider gives the instance itself (RunPod `RUNPOD_API_KEY`, Vast
+    /// `CONTAINER_API_KEY`): valid for this instance alone.
+    pub scoped_key: String,
+    /// Who asked for the terminate that ended it ("account key" or "scoped key"), and when.
+    pub terminated_by: Option<String>,
+    pub terminate_requested_at: Option<DateTime<Utc>>,
 }
 
 /// A key registered with Lambda (`/ssh-keys`).
@@ -212,13 +218,29 @@ impl State {
                 never_complete: false,
                 public_key: None,
                 fate: None,
+                scoped_key: format!(
+                    "scoped-{}-{:016x}",
+                    self.next_id,
+                    scoped_nonce(self.next_id)
+                ),
+                terminated_by: None,
+                terminate_requested_at: None,
             },
         );
         id
     }
 
-    /// Accept a terminate: it completes after the terminate delay, unless a fault says never.
-    pub fn terminate(&mut self, id: &str, never_complete: bool) -> bool {
+    /// The instance a bearer key is scoped to, if it is one of the instance keys.
+    pub fn scoped_instance(&self, bearer: &str) -> Option<String> {
+        self.instances
+            .values()
+            .find(|i| !bearer.is_empty() && i.scoped_key == bearer)
+            .map(|i| i.id.clone())
+    }
+
+    /// Accept a terminate (`by`: which key asked): it completes after the terminate delay,
+    /// unless a fault says never.
+    pub fn terminate(&mut self, id: &str, never_complete: bool, by: &str) -> bool {
         let ended = self
             .instances
             .get(id)
@@ -228,6 +250,8 @@ impl State {
         };
         if i.terminate_at.is_none() {
             i.terminate_at = Some(Instant::now());
+            i.terminated_by = Some(by.to_string());
+            i.terminate_requested_at = Some(Utc::now());
         }
         i.never_complete = never_complete;
         true
@@ -242,4 +266,13 @@ impl State {
         };
         (end - i.created).as_secs_f64()
     }
+}
+
+/// A per-instance nonce for scoped keys (not a secret worth more than a test needs).
+fn scoped_nonce(n: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    (t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17)
 }

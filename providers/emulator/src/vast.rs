@@ -40,13 +40,32 @@ fn admit(
     endpoint: &'static str,
     every_ms: u64,
 ) -> Result<Option<String>, Response> {
+    admit_for(st, headers, op, endpoint, every_ms, None).map(|(f, _)| f)
+}
+
+/// The same, where an instance's own key (`CONTAINER_API_KEY`, restricted to that
+/// instance) may act on `instance`; the second value says which key asked.
+fn admit_for(
+    st: &mut State,
+    headers: &HeaderMap,
+    op: &str,
+    endpoint: &'static str,
+    every_ms: u64,
+    instance: Option<&str>,
+) -> Result<(Option<String>, &'static str), Response> {
     st.requests += 1;
-    if !authorized(st, Cloud::Vast, headers) {
+    let by = if authorized(st, Cloud::Vast, headers) {
+        "account key"
+    } else if instance.is_some()
+        && st.scoped_instance(crate::bearer(headers)).as_deref() == instance
+    {
+        "scoped key"
+    } else {
         return Err(reply(
             401,
             json!({ "success": false, "error": "auth_error", "msg": "Invalid user key" }),
         ));
-    }
+    };
     if st.vast_too_soon(endpoint, Duration::from_millis(every_ms)) {
         // "The response body is often plain text" (rate-limits-and-errors.mdx).
         return Err((
@@ -59,7 +78,7 @@ fn admit(
         )
             .into_response());
     }
-    Ok(st.fault(Cloud::Vast, op))
+    Ok((st.fault(Cloud::Vast, op), by))
 }
 
 /// Offers per GPU type: a verified datacenter host at the catalog price, and three
@@ -600,12 +619,13 @@ pub async fn destroy(
         let Ok(mut st) = s.lock() else {
             return reply(500, json!({}));
         };
-        let fault = match admit(
+        let (fault, by) = match admit_for(
             &mut st,
             &headers,
             "terminate",
             "DELETE /instances/{id}/",
             3000,
+            Some(&id),
         ) {
             Ok(f) => f,
             Err(r) => return r,
@@ -631,7 +651,7 @@ pub async fn destroy(
                 json!({ "success": false, "error": "not_found", "msg": "Instance not found" }),
             );
         }
-        st.terminate(&id, fault.as_deref() == Some("never_complete"));
+        st.terminate(&id, fault.as_deref() == Some("never_complete"), by);
         if fault.as_deref() != Some("timeout") {
             return reply(200, json!({ "success": true }));
         }
