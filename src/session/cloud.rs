@@ -689,7 +689,19 @@ impl Session {
             "terminate",
             &format!("terminating {id} on {kind} and reading it back"),
         );
-        let (check, stop_calls) = terminate_and_confirm(&cloud, &id).await;
+        let (mut check, stop_calls) = terminate_and_confirm(&cloud, &id).await;
+        // Layer 1: what the agent said it would do at the deadline (its own answer, in its
+        // final record, stays on the host and goes with the instance).
+        let layer1 = self
+            .db
+            .events(&self.id)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == "layer1");
+        if let Some(e) = layer1 {
+            check.answer = format!("{}; layer 1: {}", check.answer, e.message);
+        }
         let confirmed_at = check.passed.then(Utc::now);
         let api_calls = Some((cloud.calls(), stop_calls));
         self.cloud = Some(cloud);

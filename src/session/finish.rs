@@ -56,6 +56,14 @@ struct StopRun {
 }
 
 /// What the bundle and the accounting came to.
+/// What a stop found, before it is published.
+pub(super) struct Stopped {
+    run: StopRun,
+    cost: f64,
+    failure: Option<String>,
+    timings: serde_json::Map<String, serde_json::Value>,
+}
+
 struct Outcome {
     cost: f64,
     failure: Option<String>,
@@ -140,14 +148,16 @@ impl Session {
     }
 
     /// The stop, whatever happened before: stop serving -> collect (bounded) -> the plan's
-    /// stop command -> terminate and confirm by read-back -> prove -> account -> record.
-    /// Each step adds its record to `StopRun`; none can undo an earlier one.
+    /// stop command -> terminate and confirm by read-back -> prove -> account. Each step
+    /// adds its record to the returned `Stopped`; none can undo an earlier one. Publishing
+    /// it (the page, the manifest, the session's final row) is the caller's next step:
+    /// `publish`.
     pub(super) async fn finish(
         &mut self,
         rep: &mut Reporter,
         ending: Ending,
         started: Instant,
-    ) -> anyhow::Result<Exit> {
+    ) -> Stopped {
         let mut run = self.begin_stop(rep, ending);
         self.stop_serving(&mut run).await;
         let t = Instant::now();
@@ -162,10 +172,31 @@ impl Session {
         let cost = self.account(rep, &mut run);
         self.time("collect_evidence", t);
         let timings = self.write_timings(rep, &mut run, started);
-        self.write_page(rep, &mut run, cost);
-        let (rows, missing) = self.manifest(rep, &mut run);
         let _ = std::fs::remove_file(self.work.join("token"));
         let failure = self.failure_of(&run, final_record.as_ref());
+        Stopped {
+            run,
+            cost,
+            failure,
+            timings,
+        }
+    }
+
+    /// After the stop: the page a reviewer opens, then the manifest that covers it, then
+    /// the session's final row and the result line.
+    pub(super) async fn publish(
+        &mut self,
+        rep: &mut Reporter,
+        stopped: Stopped,
+    ) -> anyhow::Result<Exit> {
+        let Stopped {
+            mut run,
+            cost,
+            failure,
+            timings,
+        } = stopped;
+        self.write_page(rep, &mut run, cost);
+        let (rows, missing) = self.manifest(rep, &mut run);
         let outcome = Outcome {
             cost,
             failure,

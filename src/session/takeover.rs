@@ -51,7 +51,8 @@ pub async fn stop_recorded(
         Ending::Requested(reason.to_string())
     };
     rep.info(&format!("stopping: {}", ending.reason()));
-    let exit = session.finish(&mut rep, ending, Instant::now()).await?;
+    let stopped = session.finish(&mut rep, ending, Instant::now()).await;
+    let exit = session.publish(&mut rep, stopped).await?;
     Ok(Outcome::Stopped(exit))
 }
 

@@ -233,7 +233,14 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
 
     let bundle = Bundle::create(bundle_dir)?;
     bundle.write("plan.toml", &source.text)?;
-    bundle.write("gpu_plan.md", plan::route_card(&plan, now))?;
+    let mut card = plan::route_card(&plan, now);
+    if !laptop_bound.is_empty() {
+        card.push_str(&format!(
+            "\nRun with `--laptop-only`: on {} only the machine that ran `up` could end billing.\n",
+            laptop_bound.join(", ")
+        ));
+    }
+    bundle.write("gpu_plan.md", card)?;
 
     let work = home.join("run").join(&id);
     std::fs::create_dir_all(work.join("evidence"))
@@ -310,7 +317,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     if matches!(ending, Ending::Interrupted) {
         rep.warn("interrupted: stopping the session (evidence, stop, proof)");
     }
-    let exit = session.finish(&mut rep, ending, started).await;
+    let stopped = session.finish(&mut rep, ending, started).await;
+    let exit = session.publish(&mut rep, stopped).await;
     meter.abort();
     if session.no_capacity && session.plan.fallback.route == Some(Route::LocalCpu) {
         if !opts.fallback {

@@ -33,6 +33,8 @@ fn reply(code: u16, v: Value) -> Response {
 }
 
 /// Auth, the endpoint's rate limit, then the fault for `op`. Err: answer this at once.
+// The error is the handler's own answer, returned as is; boxing it would only unbox it.
+#[allow(clippy::result_large_err)]
 fn admit(
     st: &mut State,
     headers: &HeaderMap,
@@ -45,6 +47,7 @@ fn admit(
 
 /// The same, where an instance's own key (`CONTAINER_API_KEY`, restricted to that
 /// instance) may act on `instance`; the second value says which key asked.
+#[allow(clippy::result_large_err)]
 fn admit_for(
     st: &mut State,
     headers: &HeaderMap,
@@ -423,7 +426,7 @@ pub async fn create(
         }
         let Some(o) = offers()
             .into_iter()
-            .find(|o| o["id"].to_string() == offer.trim_end_matches('/'))
+            .find(|o| o["id"].as_u64() == offer.trim_end_matches('/').parse().ok())
         else {
             return reply(
                 404,
