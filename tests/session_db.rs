@@ -191,8 +191,8 @@ fn migrations_are_versioned_and_a_newer_database_is_refused() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(
-        version, 4,
-        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once; v4 the launching key's fingerprint"
+        version, 6,
+        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once; v4 the launching key's fingerprint; v5 laptop_only; v6 the controller's heartbeat"
     );
     let handle: Option<String> = conn
         .query_row("SELECT handle FROM sessions LIMIT 1", [], |r| r.get(0))

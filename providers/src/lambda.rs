@@ -250,6 +250,7 @@ impl Provider for Lambda {
         Ok(Launched {
             instance_id: id.to_string(),
             usd_per_hour: price,
+            warning: None,
         })
     }
 

@@ -87,6 +87,8 @@ pub struct Launched {
     pub instance_id: String,
     /// The price the provider quotes for this instance, when it says.
     pub usd_per_hour: Option<f64>,
+    /// Something the user should know that did not stop the launch.
+    pub warning: Option<String>,
 }
 
 /// One instance as the provider describes it.

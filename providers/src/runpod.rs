@@ -208,6 +208,7 @@ impl Provider for Runpod {
         Ok(Launched {
             instance_id: id.to_string(),
             usd_per_hour: pod["costPerHr"].as_f64(),
+            warning: None,
         })
     }
 

@@ -224,8 +224,9 @@ impl Provider for Vast {
                 )));
             }
         }
+        // The fields of the published createInstance body (openapi.yaml); `image` is the
+        // one it requires.
         let body = json!({
-            "client_id": "me",
             "image": spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into()),
             "label": spec.name,
             "disk": disk,
@@ -249,18 +250,19 @@ impl Provider for Vast {
         match (body["success"].as_bool(), contract) {
             (Some(true), Some(id)) => {
                 // The plan's key on this instance (openapi.yaml attachSshKey), so that SSH
-                // does not depend on the keys the account happens to hold.
-                if let Some(key) = &spec.ssh_public_key {
-                    if let Err(e) = self.attach_key(&id, key).await {
-                        return Err(ProviderError::CreatedAnyway {
-                            instance_id: id,
-                            message: format!("attaching the plan's SSH key failed: {e}"),
-                        });
-                    }
-                }
+                // does not depend on the keys the account happens to hold. A refusal does
+                // not end the launch: the account's own keys may still let the plan's in,
+                // and the SSH step says clearly if not.
+                let warning = match &spec.ssh_public_key {
+                    Some(key) => self.attach_key(&id, key).await.err().map(|e| {
+                        format!("attaching the plan's SSH key to instance {id} failed ({e}); SSH works only if the key is among the account's")
+                    }),
+                    None => None,
+                };
                 Ok(Launched {
                     instance_id: id,
                     usd_per_hour: Some(price),
+                    warning,
                 })
             }
             (_, Some(id)) => Err(ProviderError::CreatedAnyway {

@@ -101,6 +101,12 @@ pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
                     plan.route,
                     plan.instance.provider
                 );
+                if plan.instance.provider.is_cloud() {
+                    println!(
+                        "  if this laptop sleeps or `up` dies: {}",
+                        crate::plan::who_ends_billing(plan.instance.provider)
+                    );
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-pub use card::route_card;
+pub use card::{route_card, who_ends_billing};
 pub use git::{provenance, GitProvenance};
 pub use problem::{Problem, Severity};
 pub use source::{Source, MAX_PLAN_BYTES};

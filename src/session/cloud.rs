@@ -336,6 +336,11 @@ impl Session {
                 Ok(l) => {
                     self.record_launch(&cloud, &at, &l.instance_id, l.usd_per_hour)?;
                     rep.done(&format!("instance {}", l.instance_id));
+                    if let Some(w) = &l.warning {
+                        rep.warn(w);
+                        self.db
+                            .add_event(&self.id, "launch_warning", w, Utc::now())?;
+                    }
                     let boot = match self.boot(rep, &cloud, &l).await {
                         Ok(b) => b,
                         Err(e) => {

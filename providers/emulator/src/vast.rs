@@ -398,6 +398,9 @@ pub async fn create(
                     .collect()
             })
             .unwrap_or_else(|| vec!["the body is not a JSON object".into()]);
+        if !body["image"].is_string() {
+            problems.push("`image` is required".into());
+        }
         if body.get("disk").is_some_and(|d| !d.is_number()) {
             problems.push("`disk` must be a number (GB)".into());
         }
