@@ -36,6 +36,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Show one session: state, deadline, cost and its events
     Status(StatusArgs),
+    /// The agent's log of a session (the supervised server's lines with --server): from the
+    /// host while it runs, from the evidence bundle after; -f follows until the stop
+    Logs(LogsArgs),
     /// Stop sessions now, in order, with evidence and proof (safe to run twice)
     Down(DownArgs),
     /// What was spent, on what, against which plan, and whether every stop was proven
@@ -299,6 +302,18 @@ pub struct LsArgs {
     /// Show at most this many sessions
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Session id or unique prefix (default: the most recent session)
+    pub id: Option<String>,
+    /// Keep printing new lines until the session is stopped
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the supervised server's lines (vLLM, SGLang, a command runtime)
+    #[arg(long)]
+    pub server: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod debug;
 mod down;
 mod eval;
 mod evidence;
+mod logs;
 mod ls;
 mod notebook;
 mod offers;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Offers(args) => offers::run(args),
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
+        Command::Logs(args) => logs::run(args),
         Command::Down(args) => down::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Daemon(args) => daemon::run(args),

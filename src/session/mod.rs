@@ -15,6 +15,7 @@ pub use cloud::{candidates, live_quote};
 pub use finish::retry_backoff;
 pub use handle::AgentHandle;
 pub use local_host::{find_agent, peak_rss_kib, port_closed};
+pub use remote_host::RemoteAgent;
 pub use state::SessionState;
 
 use chrono::{DateTime, Utc};

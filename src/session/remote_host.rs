@@ -105,6 +105,16 @@ pub struct ClockOffset {
 }
 
 impl Connected {
+    /// One command on the host; its standard output.
+    pub async fn exec(&self, cmd: &str) -> anyhow::Result<String> {
+        let session = self.shared.read().await.clone();
+        let out = session.exec(cmd, EXEC).await?;
+        if !out.ok() {
+            anyhow::bail!("`{cmd}` failed on the host: {}", out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
     /// Read the host's clock three times (`date +%s%N`) and keep the reading with the
     /// shortest round trip, taken as read at its midpoint. None when the host will not say.
     pub async fn clock_offset(&self) -> Option<ClockOffset> {
