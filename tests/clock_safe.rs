@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -42,15 +41,7 @@ fn stops_on_time_with_the_host_clock_off_by(faketime: &str, expected_offset_ms: 
         (local, remote),
         "max_duration = \"35s\"\ngrace = \"3s\"\nafter_eval = false",
     );
-    let mut up = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(&plan)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("up");
-    let session = common::wait_serving(&ctx, Duration::from_secs(60));
+    let (mut up, session) = common::up_serving(&ctx, &plan);
     // The laptop goes away: only the agent's own clocks decide now.
     let _ = up.kill();
     let _ = up.wait();

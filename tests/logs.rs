@@ -21,15 +21,7 @@ fn logs_show_the_agent_while_serving_follow_to_the_stop_and_read_the_bundle_afte
             at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
     );
-    let mut up = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(&plan)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("up");
-    let session = common::wait_serving(&ctx, Duration::from_secs(60));
+    let (mut up, session) = common::up_serving(&ctx, &plan);
     let id = session["id"].as_str().expect("id").to_string();
 
     let now = ctx.run(["logs", &id]);
@@ -101,15 +93,7 @@ fn logs_of_a_session_over_ssh_come_from_the_host_with_its_pinned_key() {
         (free_port(), free_port()),
         "max_duration = \"10m\"\ngrace = \"5s\"\nafter_eval = false",
     );
-    let mut up = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(&plan)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("up");
-    let session = common::wait_serving(&ctx, Duration::from_secs(60));
+    let (mut up, session) = common::up_serving(&ctx, &plan);
     let id = session["id"].as_str().expect("id").to_string();
     let now = ctx.run(["logs", &id]);
     assert_eq!(now.code, 0, "{}", now.stderr);

@@ -203,14 +203,6 @@ impl Provider for Lambda {
         ProviderKind::Lambda
     }
 
-    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
-        Ok(self
-            .offers(instance_type)
-            .await?
-            .first()
-            .map(|o| o.usd_per_hour))
-    }
-
     async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
         let offers = self.offers(&spec.instance_type).await?;
         let price = offers.first().map(|o| o.usd_per_hour);

@@ -94,9 +94,6 @@ impl Provider for Cloud {
     fn kind(&self) -> ProviderKind {
         each!(self, c => c.kind())
     }
-    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
-        each!(self, c => c.price(instance_type).await)
-    }
     async fn live_offers(&self, t: &str, gpus: u32) -> Result<Vec<Offer>, ProviderError> {
         each!(self, c => c.live_offers(t, gpus).await)
     }

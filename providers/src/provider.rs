@@ -146,11 +146,6 @@ pub trait Provider: Send + Sync {
     fn billing(&self) -> BillingGranularity {
         crate::billing_of(self.kind())
     }
-    /// The hourly price the provider quotes now for a type (None: it does not say).
-    fn price(
-        &self,
-        instance_type: &str,
-    ) -> impl Future<Output = Result<Option<f64>, ProviderError>> + Send;
     /// Live offers for a type with `gpus` GPUs, cheapest first (empty: none now).
     fn live_offers(
         &self,

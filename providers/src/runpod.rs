@@ -117,14 +117,6 @@ impl Provider for Runpod {
         ProviderKind::Runpod
     }
 
-    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
-        Ok(self
-            .live_offers(instance_type, 1)
-            .await?
-            .first()
-            .map(|o| o.usd_per_hour))
-    }
-
     async fn live_offers(
         &self,
         instance_type: &str,

@@ -185,14 +185,6 @@ impl Provider for Vast {
         ProviderKind::Vast
     }
 
-    async fn price(&self, instance_type: &str) -> Result<Option<f64>, ProviderError> {
-        Ok(self
-            .search(instance_type, 1, DEFAULT_DISK_GB)
-            .await?
-            .first()
-            .map(|(_, o)| o.usd_per_hour))
-    }
-
     async fn live_offers(
         &self,
         instance_type: &str,

@@ -268,3 +268,17 @@ pub fn wait_serving(ctx: &Ctx, limit: std::time::Duration) -> serde_json::Value 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `gpuctl up --json PLAN` in the background (output dropped), returned once it serves:
+/// the process and the session as `ls` shows it.
+pub fn up_serving(ctx: &Ctx, plan: &Path) -> (std::process::Child, serde_json::Value) {
+    let up = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(plan)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("up");
+    (up, wait_serving(ctx, std::time::Duration::from_secs(60)))
+}
