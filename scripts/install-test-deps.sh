@@ -21,6 +21,8 @@ command -v chromium >/dev/null || need+=(chromium)
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need+=(libfaketime)
 # The full-disk test mounts a tiny tmpfs in its own mount namespace.
 command -v unshare >/dev/null || need+=(util-linux)
+# Team mode's tests start a throwaway PostgreSQL server (initdb, pg_ctl) from Debian's package.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: missing ${need[*]}; run as root or install them" >&2

@@ -45,9 +45,28 @@ pub enum Command {
     Audit(AuditArgs),
     /// The enforcement daemon: stops every session at its deadline, even when its `up` is gone
     Daemon(DaemonArgs),
+    /// The session store: which one this machine uses and its schema (status), or bring
+    /// its schema up to date (migrate). SQLite in GPUCTL_HOME unless GPUCTL_DATABASE_URL
+    /// (or database_url in $XDG_CONFIG_HOME/gpuctl/config.toml) names a PostgreSQL server
+    #[command(subcommand)]
+    Db(DbAction),
     /// Internal tools for tests; not part of the interface
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Which store, where, its schema version and how many sessions it holds
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the store or bring its schema up to date (every command does it on open)
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,12 +8,14 @@ pub mod cli;
 pub mod colab;
 pub mod commands;
 pub mod daemon;
-pub mod db;
+/// The session store (its own crate: SQLite by default, PostgreSQL for a team).
+pub use gpuctl_store as db;
 pub mod eval;
 pub mod evidence;
 pub mod exit;
 pub mod home;
 pub mod plan;
+pub mod policy;
 pub mod procs;
 pub mod progress;
 pub mod report;

@@ -57,12 +57,39 @@ pub fn me(kind: ControllerKind) -> Controller {
         pid,
         start: start_time(pid).unwrap_or(0),
         kind,
+        machine: crate::db::this_machine(),
     }
 }
 
-/// Whether the recorded controller is still the same live process.
+/// Whether the recorded controller is still the same live process on this machine.
 pub fn alive(c: &Controller) -> bool {
-    !exited(c.pid) && start_time(c.pid) == Some(c.start)
+    c.machine == crate::db::this_machine() && !exited(c.pid) && start_time(c.pid) == Some(c.start)
+}
+
+/// Why a session's recorded controller no longer drives it, or None while it does. On
+/// this machine: its process is gone, or it exists but its heartbeat is older than
+/// `HEARTBEAT_STALE` (stopped or frozen). On another machine (a team's shared store) its
+/// PID means nothing here: only the heartbeat (else the row's last update) says it lives.
+pub fn gone(c: &Controller, s: &crate::db::SessionRecord) -> Option<String> {
+    let now = chrono::Utc::now();
+    let stale = |t: chrono::DateTime<chrono::Utc>| {
+        (now - t).to_std().unwrap_or_default() > crate::session::up::HEARTBEAT_STALE
+    };
+    if c.machine != crate::db::this_machine() {
+        let last = s.controller_heartbeat_at.unwrap_or(s.updated_at);
+        return stale(last).then(|| {
+            format!(
+                "runs on another machine and has not said it is alive for {} s",
+                (now - last).num_seconds()
+            )
+        });
+    }
+    if !alive(c) {
+        return Some("is gone".into());
+    }
+    s.controller_heartbeat_at
+        .is_some_and(stale)
+        .then(|| "still exists but has stopped saying it is alive (stopped or frozen)".into())
 }
 
 /// Whether `pid` is a live process whose command line contains `needle` (checked before

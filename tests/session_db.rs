@@ -92,7 +92,7 @@ fn a_killed_writer_leaves_a_sound_database() {
 #[test]
 fn ls_and_status_show_unconfirmed_stops_first() {
     let ctx = Ctx::new();
-    let mut db = Db::open(&ctx.home()).expect("open");
+    let db = Db::open(&ctx.home()).expect("open");
     db.insert_session(&new_session("20261125-100000-aaaaaa", "done-one"))
         .expect("insert");
     db.transition(
@@ -191,8 +191,8 @@ fn migrations_are_versioned_and_a_newer_database_is_refused() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(
-        version, 6,
-        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once; v4 the launching key's fingerprint; v5 laptop_only; v6 the controller's heartbeat"
+        version, 7,
+        "v1 sessions, events, evidence; v2 takeover handle and enforcement; v3 plans stored once; v4 the launching key's fingerprint; v5 laptop_only; v6 the controller's heartbeat; v7 team mode (controller machine, daemons, the caps index)"
     );
     let handle: Option<String> = conn
         .query_row("SELECT handle FROM sessions LIMIT 1", [], |r| r.get(0))

@@ -10,38 +10,8 @@ use serde::Serialize;
 
 use crate::session::SessionState;
 
-/// What the audit selects.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub plan: Option<String>,
-    pub owner: Option<String>,
-}
-
-/// The columns of the database an audit reads.
-#[derive(Debug, Clone)]
-pub struct Raw {
-    pub id: String,
-    pub plan_name: String,
-    pub plan_sha256: String,
-    pub plan_path: Option<String>,
-    pub plan_git_commit: Option<String>,
-    pub owner: Option<String>,
-    pub route: String,
-    pub provider: String,
-    pub instance_type: Option<String>,
-    pub price: Option<f64>,
-    pub catalog_price: Option<f64>,
-    pub created_at: DateTime<Utc>,
-    pub launched_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub state: SessionState,
-    pub stop_reason: Option<String>,
-    pub cost_usd: Option<f64>,
-    pub max_total_usd: Option<f64>,
-    pub laptop_only: bool,
-}
+/// What the audit selects, and the columns it reads (the store defines both).
+pub use gpuctl_store::{AuditFilter as Filter, AuditRaw as Raw};
 
 /// One audited session.
 #[derive(Debug, Clone, Serialize)]

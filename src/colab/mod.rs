@@ -31,7 +31,7 @@ pub fn record(
     zip: &Path,
     imported: import::Imported,
 ) -> anyhow::Result<ImportedSession> {
-    let mut db = Db::open(home)?;
+    let db = Db::open(home)?;
     let id = crate::session::new_session_id(imported.started_at);
     let deadline = imported.stop["deadline"]
         .as_str()

@@ -25,12 +25,23 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else if st.running {
                 println!(
-                    "a gpuctl daemon runs for {} (pid {})",
+                    "a gpuctl daemon runs for {} (pid {}), store {}; it holds {} live session(s)",
                     st.home,
                     st.pid
                         .map(|p| p.to_string())
-                        .unwrap_or_else(|| "unknown".into())
+                        .unwrap_or_else(|| "unknown".into()),
+                    st.store.as_deref().unwrap_or("unreadable"),
+                    st.sessions.len()
                 );
+                for s in &st.sessions {
+                    println!(
+                        "  {}  {}  deadline {}  owner {}",
+                        s.id,
+                        s.state,
+                        s.deadline.format("%Y-%m-%d %H:%M:%S UTC"),
+                        s.owner.as_deref().unwrap_or("-")
+                    );
+                }
             } else {
                 println!(
                     "no gpuctl daemon runs for {}: start one with `gpuctl daemon` (or install it with `gpuctl daemon install`)",

@@ -11,7 +11,7 @@ use crate::session::new_session_id;
 pub fn run(cmd: DebugCommand) -> anyhow::Result<Exit> {
     match cmd {
         DebugCommand::WriteSessions { count } => {
-            let mut db = open_db()?;
+            let db = open_db()?;
             for i in 0..count {
                 let now = Utc::now();
                 let id = format!("{}-{i}", new_session_id(now));
@@ -72,7 +72,7 @@ fn seed(
 ) -> anyhow::Result<Exit> {
     use crate::db::SeedRow;
     use crate::session::SessionState;
-    let mut db = open_db()?;
+    let db = open_db()?;
     let ids: Option<Vec<String>> = match &instances {
         Some(f) => {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f)?)?;
@@ -182,6 +182,6 @@ fn seed(
         }
     }
     db.seed(&batch)?;
-    eprintln!("seeded {count} session(s) in {}", db.path().display());
+    eprintln!("seeded {count} session(s) in {}", db.location());
     Ok(Exit::Done)
 }

@@ -53,7 +53,7 @@ async fn down(args: DownArgs) -> anyhow::Result<Exit> {
     if targets.is_empty() {
         eprintln!(
             "nothing to stop: every session in {} is stopped",
-            db.path().display()
+            db.location()
         );
     }
     let mut results = Vec::new();
@@ -112,10 +112,13 @@ async fn stop_one(
         }
         let owner = cur
             .controller()
-            .filter(|c| *c != me && crate::procs::alive(c));
+            .filter(|c| *c != me && crate::procs::gone(c, &cur).is_none());
         match owner {
             Some(c) => {
-                if c.kind == ControllerKind::Up && signalled.is_none() {
+                if c.kind == ControllerKind::Up
+                    && c.machine == crate::db::this_machine()
+                    && signalled.is_none()
+                {
                     // Never signal a reused PID: it must still be this gpuctl.
                     if crate::procs::cmdline_contains(c.pid, "gpuctl") {
                         let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGTERM);

@@ -94,7 +94,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<Exit> {
         None => match db.latest_session()? {
             Some(s) => s,
             None => {
-                eprintln!("no sessions in {}", db.path().display());
+                eprintln!("no sessions in {}", db.location());
                 return Ok(Exit::Done);
             }
         },

@@ -20,7 +20,7 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Done);
     }
     if sessions.is_empty() {
-        eprintln!("no sessions in {}", db.path().display());
+        eprintln!("no sessions in {}", db.location());
         return Ok(Exit::Done);
     }
     let now = Utc::now();

@@ -2,6 +2,7 @@
 
 mod audit;
 mod daemon;
+mod db;
 mod debug;
 mod down;
 mod eval;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Down(args) => down::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Daemon(args) => daemon::run(args),
+        Command::Db(action) => db::run(action),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
@@ -70,14 +72,19 @@ fn driver_note(s: &crate::db::SessionRecord) -> Option<String> {
         return None;
     }
     let driver = match s.controller() {
-        Some(c) if crate::procs::alive(&c) => {
-            format!("driven by gpuctl {} (pid {})", c.kind.as_str(), c.pid)
-        }
-        Some(c) => format!(
-            "its controller, gpuctl {} (pid {}), is gone: `gpuctl daemon` takes it over",
-            c.kind.as_str(),
-            c.pid
-        ),
+        Some(c) => match crate::procs::gone(&c, s) {
+            None if c.machine != crate::db::this_machine() => format!(
+                "driven by gpuctl {} (pid {}) on another machine",
+                c.kind.as_str(),
+                c.pid
+            ),
+            None => format!("driven by gpuctl {} (pid {})", c.kind.as_str(), c.pid),
+            Some(why) => format!(
+                "its controller, gpuctl {} (pid {}), {why}: `gpuctl daemon` takes it over",
+                c.kind.as_str(),
+                c.pid
+            ),
+        },
         None => "no controller: `gpuctl daemon` takes it over".into(),
     };
     Some(

@@ -14,7 +14,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         None => match db.latest_session()? {
             Some(s) => s,
             None => {
-                eprintln!("no sessions in {}", db.path().display());
+                eprintln!("no sessions in {}", db.location());
                 return Ok(Exit::Done);
             }
         },

@@ -23,6 +23,20 @@ pub struct DaemonStatus {
     pub pid: Option<u32>,
     pub home: String,
     pub lock: String,
+    /// The session store it shares (a path, or a PostgreSQL URL without its password).
+    pub store: Option<String>,
+    /// The live sessions this daemon holds (their lease is its heartbeat).
+    pub sessions: Vec<HeldSession>,
+}
+
+/// A session a daemon holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldSession {
+    pub id: String,
+    pub state: String,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    pub owner: Option<String>,
+    pub lease_renewed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn lock_path(home: &Path) -> PathBuf {
@@ -52,6 +66,7 @@ fn holder(home: &Path) -> Option<Controller> {
         pid: parts.next()?.parse().ok()?,
         start: parts.next()?.parse().ok()?,
         kind: ControllerKind::Daemon,
+        machine: crate::db::this_machine(),
     };
     crate::procs::alive(&c).then_some(c)
 }
@@ -100,15 +115,33 @@ pub fn status(home: &Path) -> anyhow::Result<DaemonStatus> {
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
         Err((_, e)) => return Err(e).context("testing the daemon lock"),
     };
+    let me = running.then(|| holder(home)).flatten();
+    // What it holds, from the store (best effort: a store that cannot be read says so elsewhere).
+    let (store, sessions) = match crate::db::Db::open(home) {
+        Ok(db) => {
+            let held = me
+                .and_then(|c| db.held_by(c).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| HeldSession {
+                    state: s.state.as_str().into(),
+                    id: s.id,
+                    deadline: s.deadline,
+                    owner: s.owner,
+                    lease_renewed_at: s.controller_heartbeat_at,
+                })
+                .collect();
+            (Some(db.location().to_string()), held)
+        }
+        Err(_) => (None, Vec::new()),
+    };
     Ok(DaemonStatus {
         running,
-        pid: if running {
-            holder(home).map(|c| c.pid)
-        } else {
-            None
-        },
+        pid: me.map(|c| c.pid),
         home: home.display().to_string(),
         lock: lock_path(home).display().to_string(),
+        store,
+        sessions,
     })
 }
 

@@ -24,6 +24,21 @@ use crate::session::budget::{self, WARN_SHARE};
 use crate::session::takeover::{self, Outcome};
 use crate::session::SessionState;
 
+/// The daemons that watch this store now (seen within `HEARTBEAT_STALE`): this home's,
+/// and in team mode those of other hosts sharing the store.
+pub fn watching(db: &Db, now: DateTime<Utc>) -> Vec<crate::db::DaemonRecord> {
+    let since =
+        now - chrono::Duration::from_std(crate::session::up::HEARTBEAT_STALE).unwrap_or_default();
+    db.daemons_seen_since(since).unwrap_or_default()
+}
+
+/// This machine's name, for the daemons table (shown to other hosts).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub struct DaemonOptions {
     /// Cron expression (with seconds) of the sweep.
     pub schedule: String,
@@ -116,7 +131,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
         &format!(
             "gpuctl daemon (pid {}) watches {} (sweep \"{}\")",
             me.pid,
-            d.db.path().display(),
+            d.db.location(),
             opts.schedule
         ),
     );
@@ -149,8 +164,7 @@ impl Daemon {
     /// Whether another live process (an `up`, a `down`) drives the session.
     fn driven_by_other(&self, s: &SessionRecord) -> bool {
         s.controller()
-            .is_some_and(|c| c != self.me && crate::procs::alive(&c))
-            && !heartbeat_stale(s, Utc::now())
+            .is_some_and(|c| c != self.me && crate::procs::gone(&c, s).is_none())
     }
 
     fn sweep(&mut self) {
@@ -171,6 +185,19 @@ impl Daemon {
     /// One pass over the live sessions; returns how many there were.
     fn sweep_once(&mut self) -> usize {
         let now = Utc::now();
+        // The lease on every session this daemon holds: another daemon sharing the store
+        // takes them over only once this stops (killed, host gone, frozen).
+        let renewed = self.db.renew_leases(self.me, now).and_then(|_| {
+            self.db
+                .daemon_seen(self.me, &hostname(), &self.home.display().to_string(), now)
+        });
+        if let Err(e) = renewed {
+            log(
+                self.json,
+                None,
+                &format!("cannot renew this daemon's leases ({e})"),
+            );
+        }
         let live = match self.db.live_sessions() {
             Ok(l) => l,
             Err(e) => {
@@ -194,21 +221,31 @@ impl Daemon {
                 continue;
             }
             if s.controller() != Some(self.me) {
-                let stale = heartbeat_stale(s, now);
-                let alive = |c: &crate::db::Controller| crate::procs::alive(c) && !stale;
-                match self.db.claim(&s.id, self.me, alive, now) {
+                let why = s.controller().and_then(|c| crate::procs::gone(&c, s));
+                match self.db.claim(&s.id, self.me, crate::procs::gone, now) {
                     Ok(Claim::Taken { from }) => log(
                         self.json,
                         Some(&s.id),
-                        &match from {
-                            Some(c) if stale => format!("taken over: its controller, gpuctl {} (pid {}), still exists but has not said it is alive for {} s (stopped or frozen); deadline {}", c.kind.as_str(), c.pid, s.controller_heartbeat_at.map(|h| (now - h).num_seconds()).unwrap_or(0), s.deadline.format("%H:%M:%S%.3f UTC")),
-                            Some(c) => format!("taken over: its controller, gpuctl {} (pid {}), is gone; deadline {}", c.kind.as_str(), c.pid, s.deadline.format("%H:%M:%S%.3f UTC")),
-                            None => format!("taken over; deadline {}", s.deadline.format("%H:%M:%S%.3f UTC")),
+                        &match (from, why) {
+                            (Some(c), Some(why)) => format!(
+                                "taken over: its controller, gpuctl {} (pid {}), {why}; deadline {}",
+                                c.kind.as_str(),
+                                c.pid,
+                                s.deadline.format("%H:%M:%S%.3f UTC")
+                            ),
+                            _ => format!(
+                                "taken over; deadline {}",
+                                s.deadline.format("%H:%M:%S%.3f UTC")
+                            ),
                         },
                     ),
                     Ok(_) => continue,
                     Err(e) => {
-                        log(self.json, Some(&s.id), &format!("cannot take over ({e}); retrying at the next sweep"));
+                        log(
+                            self.json,
+                            Some(&s.id),
+                            &format!("cannot take over ({e}); retrying at the next sweep"),
+                        );
                         continue;
                     }
                 }
@@ -326,15 +363,4 @@ impl Daemon {
             }
         });
     }
-}
-
-/// An `up` that writes heartbeats and has not for `HEARTBEAT_STALE`: its PID may exist, but
-/// it is stopped or frozen, and does not stop anything.
-fn heartbeat_stale(s: &SessionRecord, now: chrono::DateTime<Utc>) -> bool {
-    let up = s
-        .controller()
-        .is_some_and(|c| c.kind == crate::db::ControllerKind::Up);
-    up && s.controller_heartbeat_at.is_some_and(|h| {
-        (now - h).to_std().unwrap_or_default() > crate::session::up::HEARTBEAT_STALE
-    })
 }

@@ -56,7 +56,17 @@ pub fn check_file(path: &Path, now: DateTime<Utc>) -> Checked {
                     d
                 }
             });
-            let (plan, problems) = validate::check(&source, dir, now);
+            let (mut plan, mut problems) = validate::check(&source, dir, now);
+            // The team's policy, where one governs this plan's folder.
+            if let Some(p) = &plan {
+                for mut problem in crate::policy::check(path, p) {
+                    problem.locate(&source);
+                    problems.push(problem);
+                }
+                if problems.iter().any(Problem::is_error) {
+                    plan = None;
+                }
+            }
             Checked {
                 source: Some(source),
                 plan,

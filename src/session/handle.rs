@@ -70,6 +70,24 @@ fn endpoint_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SshEndpo
     })
 }
 
+/// The endpoint as this machine can use it. The handle records the key file of the
+/// machine that ran `up` (never the key): on another host (a team's daemon) that path
+/// does not exist, and the host's own key, `GPUCTL_DAEMON_IDENTITY`, is offered instead
+/// (else ssh-agent's keys; failing both, the stop is recorded unconfirmed, not assumed).
+/// The host key stays pinned either way.
+fn own_identity(ssh: &SshEndpoint) -> SshEndpoint {
+    let mut ssh = ssh.clone();
+    let missing = ssh.identity_file.as_ref().is_some_and(|p| !p.exists());
+    if missing || ssh.identity_file.is_none() {
+        if let Some(own) = std::env::var_os("GPUCTL_DAEMON_IDENTITY").filter(|v| !v.is_empty()) {
+            ssh.identity_file = Some(PathBuf::from(own));
+        } else if missing {
+            ssh.identity_file = None;
+        }
+    }
+    ssh
+}
+
 impl AgentHandle {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -112,7 +130,7 @@ impl AgentHandle {
                 port,
                 ssh,
             } => {
-                let connected = RemoteAgent::connect(ssh).await?;
+                let connected = RemoteAgent::connect(&own_identity(ssh)).await?;
                 Ok(Host::Remote(Box::new(RemoteAgent::attach(
                     connected,
                     *pid,

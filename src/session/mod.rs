@@ -7,16 +7,15 @@ mod handle;
 mod host;
 mod local_host;
 pub mod remote_host;
-mod state;
 pub mod takeover;
 pub mod up;
 
 pub use cloud::{candidates, live_quote};
 pub use finish::retry_backoff;
+pub use gpuctl_store::SessionState;
 pub use handle::AgentHandle;
 pub use local_host::{find_agent, peak_rss_kib, port_closed};
 pub use remote_host::RemoteAgent;
-pub use state::SessionState;
 
 use chrono::{DateTime, Utc};
 

@@ -36,12 +36,15 @@ pub async fn stop_recorded(
     reason: &str,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    let mut db = Db::open(home)?;
-    match db.claim(id, me, crate::procs::alive, chrono::Utc::now())? {
+    let db = Db::open(home)?;
+    match db.claim(id, me, crate::procs::gone, chrono::Utc::now())? {
         Claim::Final(_) => return Ok(Outcome::AlreadyFinal),
         Claim::Held(c) => return Ok(Outcome::Held(c)),
         Claim::Taken { .. } => {}
     }
+    // Held for as long as the stop runs: a daemon sharing the store (on this machine or
+    // another) sees a live controller and never starts a second stop.
+    let _lease = super::up::Heartbeat::start(home, id, me);
     let record = db.get_session(id)?;
     let mut rep = Reporter::for_session(json, id);
     let mut session = resume(db, home, &record).await?;
@@ -166,13 +169,8 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         work,
         deadline: record.deadline,
         host,
-        client: None,
-        connected: None,
-        accept_new_host_key: false,
         agent_bin,
         timings: Vec::new(),
-        served: None,
-        placement: None,
         stop_blocker,
     })
 }

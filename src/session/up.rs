@@ -80,90 +80,44 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     let _sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut rep = Reporter::new(opts.json);
     let now = Utc::now();
-    let checked = plan::check_file(&opts.plan_path, now);
-    for p in &checked.problems {
-        eprintln!("{p}");
-    }
-    let (Some(plan), Some(source)) = (checked.plan, checked.source) else {
-        eprintln!("{}: refused; nothing was started", opts.plan_path.display());
-        return Ok(Exit::Refused);
-    };
-    if let Some(reason) = unsupported(&plan, &opts) {
-        eprintln!(
-            "error: {}: {reason}; nothing was started",
-            opts.plan_path.display()
-        );
-        return Ok(Exit::Refused);
-    }
-    let agent_bin = match find_agent(opts.agent_bin.as_deref()) {
+    let Preflight {
+        plan,
+        source,
+        agent_bin,
+        placement,
+        catalog_price,
+        laptop_bound,
+    } = match preflight(&opts, now) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}; nothing was started");
-            return Ok(Exit::Refused);
-        }
+        Err(exit) => return Ok(exit),
     };
-    let is_ssh = plan.instance.provider.uses_ssh();
-    // GPUs are placed on this machine only; a host's GPUs are its runtime's to use.
-    let placement = match if is_ssh {
-        Ok(None)
-    } else {
-        super::local_host::place_gpus(&agent_bin, plan.instance.gpus)
-    } {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!(
-                "error: {}: {e}; nothing was started",
-                opts.plan_path.display()
-            );
-            return Ok(Exit::Refused);
-        }
-    };
-    let api = plan.api_port().context("the plan forwards no port")?;
-    // Here the agent listens on the remote port itself; over SSH the tunnel takes the local one.
-    let here = if is_ssh { api.local } else { api.remote };
-    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", here)) {
-        eprintln!(
-            "error: port 127.0.0.1:{here} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started"
-        );
-        return Ok(Exit::Refused);
-    }
-
     // Record the session before anything is launched: max_duration counts from here.
     let home = crate::home::gpuctl_home()?;
-    let mut db = Db::open(&home)?;
+    let db = Db::open(&home)?;
     let id = new_session_id(now);
-    let catalog_price = if plan.instance.provider.is_cloud() {
-        match super::cloud::precheck(&plan) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!(
-                    "error: {}: {e}; nothing was started",
-                    opts.plan_path.display()
-                );
-                return Ok(Exit::Refused);
-            }
-        }
-    } else {
-        None
-    };
+    // Who ends billing if this process dies or the laptop sleeps: said before renting. A
+    // daemon on another machine sharing the store (team mode) is the always-on enforcer.
+    let watchers = crate::daemon::watching(&db, now);
+    let elsewhere = watchers
+        .iter()
+        .find(|d| d.machine != crate::db::this_machine());
+    if plan.instance.provider.is_cloud() && watchers.is_empty() {
+        rep.warn("no gpuctl daemon watches this session store: if this `up` dies or the machine sleeps, the agent stops serving at the deadline but nothing here terminates the instance until `up`, `down` or a daemon runs again (start one: `gpuctl daemon`, or `gpuctl up --detach`; in team mode, on an always-on host)");
+    }
     // A cloud whose billing would depend on this machine alone (no instance-scoped key for
-    // the agent) is refused unless the user says so: said before anything is rented.
-    let laptop_bound: Vec<String> = super::cloud::candidates(&plan)
-        .into_iter()
-        .filter(|(k, _, _)| *k == ProviderKind::Lambda)
-        .map(|(k, t, _)| format!("{k} {t}"))
-        .collect();
+    // the agent, no daemon elsewhere) is refused unless the user says so.
+    let laptop_bound = if elsewhere.is_some() {
+        Vec::new()
+    } else {
+        laptop_bound
+    };
     if !laptop_bound.is_empty() && !opts.laptop_only {
         eprintln!(
-            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this database): if it sleeps or `up` dies, the instance bills until something here runs again. Run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit), and keep a daemon running (`gpuctl daemon`); nothing was started",
+            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this session store): if it sleeps or `up` dies, the instance bills until something here runs again. Run a daemon on an always-on host that shares the store (team mode, see README), or run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit); nothing was started",
             opts.plan_path.display(),
             laptop_bound.join(", ")
         );
         return Ok(Exit::Refused);
-    }
-    // Who ends billing if this process dies or the laptop sleeps: said before renting.
-    if plan.instance.provider.is_cloud() && !crate::daemon::status(&home).is_ok_and(|d| d.running) {
-        rep.warn("no gpuctl daemon runs for this GPUCTL_HOME: if this `up` dies or the machine sleeps, the agent stops serving at the deadline but nothing here terminates the instance until `up`, `down` or a daemon runs again (start one: `gpuctl daemon`, or `gpuctl up --detach`)");
     }
     // Clouds: the catalog price until the provider quotes one at launch. A price nobody
     // knows is never 0 (that would disable the budget stop): the hourly budget stands in.
@@ -189,7 +143,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     });
     let git = plan::provenance(&opts.plan_path);
     let me = crate::procs::me(crate::db::ControllerKind::Up);
-    db.insert_session(&NewSession {
+    let new = NewSession {
         id: id.clone(),
         plan_name: plan.name.clone(),
         plan_sha256: sha256_hex(source.text.as_bytes()),
@@ -211,7 +165,23 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         stop_cause: format!("{cause:?}").to_lowercase(),
         controller: Some(me),
         evidence_dir: Some(bundle_dir.display().to_string()),
-    })?;
+    };
+    if let Some(exit) = record_within_caps(&db, &new, &plan, &opts.plan_path, now)? {
+        return Ok(exit);
+    }
+    if let Some(d) = elsewhere {
+        db.add_event(
+            &id,
+            "watched",
+            &format!(
+                "gpuctl daemon (pid {}) on {} watches this store (seen {}): it ends the session at its deadline if this `up` cannot",
+                d.pid,
+                d.hostname,
+                d.seen_at.format("%H:%M:%S UTC")
+            ),
+            now,
+        )?;
+    }
     if !laptop_bound.is_empty() {
         db.record_laptop_only(&id)?;
         let msg = format!(
@@ -253,13 +223,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         work,
         deadline,
         host: None,
-        client: None,
         agent_bin,
         timings: Vec::new(),
-        served: None,
-        connected: None,
-        accept_new_host_key: opts.accept_new_host_key,
-        placement,
         stop_blocker: None,
         cloud: None,
         target: None,
@@ -278,7 +243,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         rep.is_json(),
     );
     let ending = {
-        let run = session.run(&mut rep);
+        let run = session.run(&mut rep, opts.accept_new_host_key, placement);
         tokio::pin!(run);
         tokio::select! {
             ending = &mut run => ending,
@@ -343,6 +308,159 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         }
     }
     exit
+}
+
+/// Preflight: everything `up` checks before the session is recorded. A refusal has said
+/// why on stderr and started nothing.
+struct Preflight {
+    plan: Plan,
+    source: plan::Source,
+    agent_bin: PathBuf,
+    /// `CUDA_VISIBLE_DEVICES` for a local agent (None: leave the host's).
+    placement: Option<String>,
+    catalog_price: Option<f64>,
+    /// The candidates on which only this machine can end billing (`--laptop-only`).
+    laptop_bound: Vec<String>,
+}
+
+fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
+    let checked = plan::check_file(&opts.plan_path, now);
+    for p in &checked.problems {
+        eprintln!("{p}");
+    }
+    let (Some(plan), Some(source)) = (checked.plan, checked.source) else {
+        eprintln!("{}: refused; nothing was started", opts.plan_path.display());
+        return Err(Exit::Refused);
+    };
+    if let Some(reason) = unsupported(&plan, opts) {
+        eprintln!(
+            "error: {}: {reason}; nothing was started",
+            opts.plan_path.display()
+        );
+        return Err(Exit::Refused);
+    }
+    let agent_bin = match find_agent(opts.agent_bin.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}; nothing was started");
+            return Err(Exit::Refused);
+        }
+    };
+    let is_ssh = plan.instance.provider.uses_ssh();
+    // GPUs are placed on this machine only; a host's GPUs are its runtime's to use.
+    let placement = match if is_ssh {
+        Ok(None)
+    } else {
+        super::local_host::place_gpus(&agent_bin, plan.instance.gpus)
+    } {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: {}: {e}; nothing was started",
+                opts.plan_path.display()
+            );
+            return Err(Exit::Refused);
+        }
+    };
+    let Some(api) = plan.api_port() else {
+        eprintln!(
+            "error: {}: the plan forwards no port; nothing was started",
+            opts.plan_path.display()
+        );
+        return Err(Exit::Refused);
+    };
+    // Here the agent listens on the remote port itself; over SSH the tunnel takes the local one.
+    let here = if is_ssh { api.local } else { api.remote };
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", here)) {
+        eprintln!(
+            "error: port 127.0.0.1:{here} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started"
+        );
+        return Err(Exit::Refused);
+    }
+
+    let catalog_price = if plan.instance.provider.is_cloud() {
+        match super::cloud::precheck(&plan) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "error: {}: {e}; nothing was started",
+                    opts.plan_path.display()
+                );
+                return Err(Exit::Refused);
+            }
+        }
+    } else {
+        None
+    };
+    // A cloud whose billing would depend on this machine alone (no instance-scoped key for
+    // the agent) is refused unless the user says so: said before anything is rented.
+    let laptop_bound: Vec<String> = super::cloud::candidates(&plan)
+        .into_iter()
+        .filter(|(k, _, _)| *k == ProviderKind::Lambda)
+        .map(|(k, t, _)| format!("{k} {t}"))
+        .collect();
+    Ok(Preflight {
+        plan,
+        source,
+        agent_bin,
+        placement,
+        catalog_price,
+        laptop_bound,
+    })
+}
+
+/// Record the session; under a team policy with monthly caps, only if this session's most
+/// could still fit them (checked and recorded in one transaction, so two racing `up`s
+/// cannot both take the last dollars). Returns the refusal's exit when it does not fit.
+fn record_within_caps(
+    db: &Db,
+    new: &NewSession,
+    plan: &Plan,
+    plan_path: &Path,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Exit>> {
+    let policy = match crate::policy::for_plan(plan_path) {
+        Ok(Some(p)) if !p.caps.is_empty() => p,
+        Ok(_) => {
+            db.insert_session(new)?;
+            return Ok(None);
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing was started");
+            return Ok(Some(Exit::Refused));
+        }
+    };
+    let owner = plan.owner.as_deref();
+    let caps = crate::db::Caps {
+        since: crate::policy::month_start(now),
+        owner_usd: policy.caps.owner_cap(owner),
+        team_usd: policy.caps.team_monthly_usd,
+        this_plan_usd: crate::policy::plan_ceiling_usd(plan).unwrap_or(f64::INFINITY),
+    };
+    let (spend, recorded) = db.insert_session_within(new, &caps)?;
+    if recorded {
+        return Ok(None);
+    }
+    let (who, spent, cap) = match caps.owner_usd {
+        Some(cap) if spend.owner_usd + caps.this_plan_usd > cap => (
+            format!("owner {}", owner.unwrap_or("-")),
+            spend.owner_usd,
+            cap,
+        ),
+        _ => (
+            "the team".to_string(),
+            spend.team_usd,
+            caps.team_usd.unwrap_or_default(),
+        ),
+    };
+    eprintln!(
+        "error: {}: refused by the team policy {}: {who}'s monthly cap is ${cap:.2}; ${spent:.2} is spent or committed this month (since {}; live sessions count at their max_total_usd), and this plan could spend ${:.2} more. Lower budget.max_total_usd, wait for next month, or ask the policy's owner; nothing was started",
+        plan_path.display(),
+        policy.path.display(),
+        caps.since.format("%Y-%m-%d"),
+        caps.this_plan_usd
+    );
+    Ok(Some(Exit::Refused))
 }
 
 /// The local_cpu run of a rented_gpu plan that found no capacity: the bundled model on
@@ -458,6 +576,10 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
     }
 }
 
+/// A session as its stop sees it: what it is, and whatever it holds that must be released
+/// (an instance, a launch in flight, an agent). `up` fills the holdings as it acquires them,
+/// so that a stop after any interruption finds them; a takeover fills them from the row.
+/// What only `up`'s next step needs travels as the phase values below, not here.
 pub(super) struct Session {
     pub(super) db: Db,
     pub(super) id: String,
@@ -467,17 +589,8 @@ pub(super) struct Session {
     pub(super) deadline: DateTime<Utc>,
     /// Where the agent runs, once started (or reattached by a takeover).
     pub(super) host: Option<Host>,
-    /// The agent's API, once `up` started it (a takeover needs none: it only stops).
-    pub(super) client: Option<AgentClient>,
-    /// The SSH connection (provider ssh), made in the connecting state.
-    pub(super) connected: Option<Connected>,
-    pub(super) accept_new_host_key: bool,
     pub(super) agent_bin: PathBuf,
     pub(super) timings: Vec<(String, u64)>,
-    /// The model actually served (the plan's, or its `fallback.if_oom`).
-    pub(super) served: Option<plan::ModelSpec>,
-    /// `CUDA_VISIBLE_DEVICES` for the agent (None: leave the host's).
-    pub(super) placement: Option<String>,
     /// Why the agent cannot be reached for its stop (a takeover whose host does not answer).
     pub(super) stop_blocker: Option<crate::evidence::Check>,
     /// The cloud client (Lambda, RunPod, Vast) once an instance may exist.
@@ -488,6 +601,37 @@ pub(super) struct Session {
     pub(super) no_capacity: bool,
     /// A launch request sent and not yet answered: the stop waits for it, never drops it.
     pub(super) pending_launch: Option<super::cloud::PendingLaunch>,
+}
+
+// The phases of `up`, each the value one step hands the next (preflight and the session row
+// come first, in `up` itself). A later step cannot run without what the one before it
+// established; what the stop needs is not here but in `Session`, from the moment it exists.
+
+/// The host exists: where to reach it over SSH (None: this machine).
+struct Launched {
+    ssh: Option<crate::ssh::SshEndpoint>,
+}
+
+/// The host is reached: its SSH connection, host key checked (None: this machine).
+struct Reached {
+    connection: Option<Connected>,
+}
+
+/// The agent is healthy with the model loaded.
+struct Serving {
+    client: AgentClient,
+    /// The model actually served (the plan's, or its `fallback.if_oom`).
+    served: plan::ModelSpec,
+}
+
+/// What one start of the agent is given.
+struct AgentStart<'a> {
+    model: &'a plan::ModelSpec,
+    token_file: &'a Path,
+    token: &'a str,
+    ports: crate::plan::PortForward,
+    /// `CUDA_VISIBLE_DEVICES` for the agent (None: leave the host's).
+    placement: Option<String>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -519,67 +663,100 @@ impl Session {
             .push((step.to_string(), since.elapsed().as_millis() as u64));
     }
 
-    /// Launch, deploy, serve and evaluate. Returns why serving ended; never skips the stop.
-    async fn run(&mut self, rep: &mut Reporter) -> Ending {
-        match self.run_inner(rep).await {
+    /// Launch, deploy, serve and evaluate: one phase after the other, each handing the next
+    /// what it established. Returns why serving ended; never skips the stop.
+    async fn run(
+        &mut self,
+        rep: &mut Reporter,
+        accept_new_host_key: bool,
+        placement: Option<String>,
+    ) -> Ending {
+        let phases = async {
+            let launched = self.launch(rep, accept_new_host_key).await?;
+            let reached = self.reach(rep, launched).await?;
+            let serving = self.deploy(rep, reached, placement).await?;
+            self.serve(rep, serving).await
+        };
+        match phases.await {
             Ok(ending) => ending,
             Err(e) => Ending::Failed(format!("{e:#}")),
         }
     }
 
-    async fn run_inner(&mut self, rep: &mut Reporter) -> anyhow::Result<Ending> {
-        if self.plan.instance.provider.uses_ssh() {
-            let target = if self.plan.instance.provider.is_cloud() {
-                self.transition(
-                    SessionState::Provisioning,
-                    &format!("launching on {}", self.plan.instance.provider),
-                )?;
-                self.provision(rep).await?
-            } else {
-                self.transition(
-                    SessionState::Provisioning,
-                    "provider ssh: the host is rented by its owner; nothing to launch",
-                )?;
-                self.ssh_target()?
-            };
-            self.target = Some(target.clone());
+    /// Provisioning: the host exists (a cloud instance launched and booted, the plan's SSH
+    /// host, or this machine).
+    async fn launch(
+        &mut self,
+        rep: &mut Reporter,
+        accept_new_host_key: bool,
+    ) -> anyhow::Result<Launched> {
+        let provider = self.plan.instance.provider;
+        let ssh = if provider.is_cloud() {
             self.transition(
-                SessionState::Connecting,
-                &format!("connecting to {}@{}", target.user, target.addr()),
+                SessionState::Provisioning,
+                &format!("launching on {provider}"),
             )?;
-            rep.step(
-                "connect",
-                &format!("connecting to {}@{}", target.user, target.addr()),
-            );
-            // A cloud instance that just turned "running" may not run sshd yet: retry briefly.
-            let patience = if self.plan.instance.provider.is_cloud() {
-                60
-            } else {
-                0
-            };
-            let started = Instant::now();
-            let connected = loop {
-                match RemoteAgent::connect(&target).await {
-                    Ok(c) => break c,
-                    Err(e) if started.elapsed().as_secs() < patience && e.is_transient() => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            self.db.record_host_key(&self.id, &connected.fingerprint)?;
-            rep.done(&format!("host key {}", connected.fingerprint));
-            self.connected = Some(connected);
+            Some(self.provision(rep).await?)
+        } else if provider.uses_ssh() {
+            self.transition(
+                SessionState::Provisioning,
+                "provider ssh: the host is rented by its owner; nothing to launch",
+            )?;
+            Some(self.ssh_target(accept_new_host_key)?)
         } else {
             self.transition(
                 SessionState::Provisioning,
                 "provider local: this machine, nothing to rent",
             )?;
+            None
+        };
+        self.target = ssh.clone();
+        Ok(Launched { ssh })
+    }
+
+    /// Connecting: an SSH connection to the host with its key checked (none for this machine).
+    async fn reach(&mut self, rep: &mut Reporter, launched: Launched) -> anyhow::Result<Reached> {
+        let Some(target) = launched.ssh else {
             self.transition(
                 SessionState::Connecting,
                 "provider local: no connection needed",
             )?;
-        }
+            return Ok(Reached { connection: None });
+        };
+        let to = format!("{}@{}", target.user, target.addr());
+        self.transition(SessionState::Connecting, &format!("connecting to {to}"))?;
+        rep.step("connect", &format!("connecting to {to}"));
+        // A cloud instance that just turned "running" may not run sshd yet: retry briefly.
+        let patience = if self.plan.instance.provider.is_cloud() {
+            60
+        } else {
+            0
+        };
+        let started = Instant::now();
+        let connected = loop {
+            match RemoteAgent::connect(&target).await {
+                Ok(c) => break c,
+                Err(e) if started.elapsed().as_secs() < patience && e.is_transient() => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.db.record_host_key(&self.id, &connected.fingerprint)?;
+        rep.done(&format!("host key {}", connected.fingerprint));
+        Ok(Reached {
+            connection: Some(connected),
+        })
+    }
+
+    /// Deploying: the agent started and healthy with the model loaded (the plan's, or its
+    /// `fallback.if_oom` after an out-of-memory load).
+    async fn deploy(
+        &mut self,
+        rep: &mut Reporter,
+        reached: Reached,
+        placement: Option<String>,
+    ) -> anyhow::Result<Serving> {
         self.transition(SessionState::Deploying, "starting gpuctl-agent")?;
         let api = self.plan.api_port().context("no API port")?;
         let token = random_token()?;
@@ -587,9 +764,16 @@ impl Session {
         write_private(&token_file, &token)?;
         let mut model = self.plan.model.clone();
         let mut oom_fallback = self.plan.fallback.if_oom.clone();
-        let t = loop {
+        let (t, client) = loop {
             rep.step("deploy", "starting gpuctl-agent");
-            self.start_agent(&model, &token_file, &token, api).await?;
+            let start = AgentStart {
+                model: &model,
+                token_file: &token_file,
+                token: &token,
+                ports: api,
+                placement: placement.clone(),
+            };
+            let client = self.start_agent(&reached, start).await?;
             rep.step(
                 "load",
                 &format!(
@@ -599,12 +783,9 @@ impl Session {
                 ),
             );
             let t_load = Instant::now();
-            let (agent, client) = (
-                self.host.as_mut().context("agent")?,
-                self.client.as_ref().context("agent client")?,
-            );
-            let Err(e) = agent.wait_healthy(client).await else {
-                break t_load;
+            let agent = self.host.as_mut().context("agent")?;
+            let Err(e) = agent.wait_healthy(&client).await else {
+                break (t_load, client);
             };
             let record = match &self.host {
                 Some(host) => host.final_record().await,
@@ -613,16 +794,7 @@ impl Session {
             let oom = record.as_ref().is_some_and(|r| r.out_of_memory);
             match (oom, oom_fallback.take()) {
                 (true, Some(fallback)) => {
-                    // Keep the failed attempt's evidence beside the final one.
-                    let _ = std::fs::rename(
-                        self.work.join("agent.log"),
-                        self.work.join("agent-oom-attempt.log"),
-                    );
-                    let ev = self.work.join("evidence");
-                    let _ = std::fs::rename(
-                        ev.join(evidence_files::FINAL_RECORD),
-                        ev.join("final_record-oom-attempt.json"),
-                    );
+                    self.keep_oom_attempt();
                     let msg = format!(
                         "out of memory at model load with {} {}; restarting with fallback.if_oom: {} {}",
                         model.id,
@@ -648,52 +820,40 @@ impl Session {
             }
         };
         self.time("model_load_to_healthy", t);
-        self.served = Some(model.clone());
-        self.say_who_ends_billing(rep).await?;
+        self.say_who_ends_billing(rep, &client).await?;
         self.transition(
             SessionState::Serving,
             &format!("agent healthy on 127.0.0.1:{}", api.remote),
         )?;
         rep.done(&format!("serving on http://127.0.0.1:{}", api.remote));
+        Ok(Serving {
+            client,
+            served: model,
+        })
+    }
 
+    /// The failed attempt's log and final record, kept beside the final ones.
+    fn keep_oom_attempt(&self) {
+        let _ = std::fs::rename(
+            self.work.join("agent.log"),
+            self.work.join("agent-oom-attempt.log"),
+        );
+        let ev = self.work.join("evidence");
+        let _ = std::fs::rename(
+            ev.join(evidence_files::FINAL_RECORD),
+            ev.join("final_record-oom-attempt.json"),
+        );
+    }
+
+    /// Serving: the first run, the fixed eval set, then serve until the deadline (or stop
+    /// after the eval). Returns why serving ended.
+    async fn serve(&mut self, rep: &mut Reporter, serving: Serving) -> anyhow::Result<Ending> {
         rep.step("first_run", "first run");
         let t = Instant::now();
-        let first = self.first_run().await?;
+        let first = self.first_run(&serving).await?;
         self.time("first_run", t);
         rep.done(&first);
-
-        let cases = self.eval_cases()?;
-        if !cases.is_empty() {
-            rep.step(
-                "eval",
-                &format!("running the fixed eval set ({} cases)", cases.len()),
-            );
-            let t = Instant::now();
-            let mut results: Vec<CaseResult> = Vec::new();
-            for case in &cases {
-                let client = self.client.as_ref().context("agent client")?;
-                let r = eval::run_case(client, case).await;
-                rep.info(&format!(
-                    "{} {}: {} ({} ms)",
-                    if r.pass { "pass" } else { "FAIL" },
-                    r.id,
-                    r.reason,
-                    r.latency_ms
-                ));
-                results.push(r);
-            }
-            self.time("eval", t);
-            self.bundle
-                .write("eval_results.csv", eval::to_csv(&results))?;
-            let passed = results.iter().filter(|r| r.pass).count();
-            self.db.add_event(
-                &self.id,
-                "eval",
-                &format!("{passed}/{} cases passed", results.len()),
-                Utc::now(),
-            )?;
-            rep.done(&format!("{passed}/{} passed", results.len()));
-        }
+        self.run_eval(rep, &serving.client).await?;
         if self.plan.stop.after_eval {
             return Ok(Ending::AfterEval);
         }
@@ -739,13 +899,51 @@ impl Session {
         Ok(Ending::AgentExited(status))
     }
 
+    /// The plan's fixed eval set against the served model; the results go to the bundle.
+    async fn run_eval(&mut self, rep: &mut Reporter, client: &AgentClient) -> anyhow::Result<()> {
+        let cases = self.eval_cases()?;
+        if cases.is_empty() {
+            return Ok(());
+        }
+        rep.step(
+            "eval",
+            &format!("running the fixed eval set ({} cases)", cases.len()),
+        );
+        let t = Instant::now();
+        let mut results: Vec<CaseResult> = Vec::new();
+        for case in &cases {
+            let r = eval::run_case(client, case).await;
+            rep.info(&format!(
+                "{} {}: {} ({} ms)",
+                if r.pass { "pass" } else { "FAIL" },
+                r.id,
+                r.reason,
+                r.latency_ms
+            ));
+            results.push(r);
+        }
+        self.time("eval", t);
+        self.bundle
+            .write("eval_results.csv", eval::to_csv(&results))?;
+        let passed = results.iter().filter(|r| r.pass).count();
+        self.db.add_event(
+            &self.id,
+            "eval",
+            &format!("{passed}/{} cases passed", results.len()),
+            Utc::now(),
+        )?;
+        rep.done(&format!("{passed}/{} passed", results.len()));
+        Ok(())
+    }
+
     /// Over SSH: the host's wall clock against ours, recorded (an event and, through the
     /// agent, environment_report.txt) and handed to the agent so that its deadline is the
     /// true one whatever its own clock says.
     async fn measure_host_clock(
         &mut self,
+        reached: &Reached,
     ) -> anyhow::Result<Option<super::remote_host::ClockOffset>> {
-        let Some(connected) = &self.connected else {
+        let Some(connected) = &reached.connection else {
             return Ok(None);
         };
         let clock = connected.clock_offset().await;
@@ -764,10 +962,11 @@ impl Session {
 
     /// Who can end billing at the deadline when this `up` is gone, as the agent itself
     /// reports it (whether it holds the instance's own key): said and recorded.
-    async fn say_who_ends_billing(&mut self, rep: &mut Reporter) -> anyhow::Result<()> {
-        let Some(client) = self.client.as_ref() else {
-            return Ok(());
-        };
+    async fn say_who_ends_billing(
+        &mut self,
+        rep: &mut Reporter,
+        client: &AgentClient,
+    ) -> anyhow::Result<()> {
         let layer1 = match client.health().await.ok().and_then(|h| h.ends_billing) {
             Some(e) => format!("the agent {e}"),
             None if self.plan.instance.provider.is_cloud() => {
@@ -796,7 +995,7 @@ impl Session {
 
     /// Provider ssh: the plan's host, trusted by its pinned `host_key`, else the user's
     /// known_hosts (`--accept-new-host-key` records a first-seen key there).
-    fn ssh_target(&self) -> anyhow::Result<crate::ssh::SshEndpoint> {
+    fn ssh_target(&self, accept_new: bool) -> anyhow::Result<crate::ssh::SshEndpoint> {
         let i = &self.plan.instance;
         Ok(crate::ssh::SshEndpoint {
             host: i.host.clone().context("the plan names no host")?,
@@ -812,24 +1011,28 @@ impl Session {
                 Some(fingerprint) => crate::ssh::HostKeyPolicy::Pinned {
                     fingerprint: fingerprint.clone(),
                 },
-                None => crate::ssh::HostKeyPolicy::KnownHosts {
-                    accept_new: self.accept_new_host_key,
-                },
+                None => crate::ssh::HostKeyPolicy::KnownHosts { accept_new },
             },
         })
     }
 
-    /// Write the agent's config and start it; the session row records what was launched.
+    /// Write the agent's config and start it; the session row records what was launched,
+    /// and the session holds the agent (for its stop) from here on.
     async fn start_agent(
         &mut self,
-        model: &plan::ModelSpec,
-        token_file: &Path,
-        token: &str,
-        ports: crate::plan::PortForward,
-    ) -> anyhow::Result<()> {
+        reached: &Reached,
+        start: AgentStart<'_>,
+    ) -> anyhow::Result<AgentClient> {
+        let AgentStart {
+            model,
+            token_file,
+            token,
+            ports,
+            placement,
+        } = start;
         let t = Instant::now();
         let local = self.plan.instance.provider == ProviderKind::Local;
-        let clock = self.measure_host_clock().await?;
+        let clock = self.measure_host_clock(reached).await?;
         let config = AgentConfig {
             protocol: PROTOCOL_VERSION,
             session_id: self.id.clone(),
@@ -859,7 +1062,7 @@ impl Session {
                 StopAction::Exit
             },
             gpus: self.plan.instance.gpus,
-            cuda_visible_devices: self.placement.clone(),
+            cuda_visible_devices: placement,
             self_terminate: self.self_terminate(),
             clock_offset_ms: clock.map(|c| c.offset_ms),
             clock_rtt_ms: clock.map(|c| c.rtt_ms),
@@ -868,7 +1071,7 @@ impl Session {
                 .ok()
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
         };
-        let (host, url_port, instance) = match self.connected.clone() {
+        let (host, url_port, instance) = match reached.connection.clone() {
             None => {
                 let config_path = self.work.join("agent.json");
                 std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
@@ -949,8 +1152,7 @@ impl Session {
         )?;
         self.time("controller_start_agent", t);
         self.host = Some(host);
-        self.client = Some(client);
-        Ok(())
+        Ok(client)
     }
 
     pub(super) fn eval_cases(&self) -> anyhow::Result<Vec<plan::EvalCase>> {
@@ -986,15 +1188,9 @@ impl Session {
             .unwrap_or_else(|| ".".into())
     }
 
-    async fn first_run(&mut self) -> anyhow::Result<String> {
-        let served = self
-            .served
-            .clone()
-            .unwrap_or_else(|| self.plan.model.clone());
-        let (agent, client) = (
-            self.host.as_ref().context("agent")?,
-            self.client.as_ref().context("agent client")?,
-        );
+    async fn first_run(&mut self, serving: &Serving) -> anyhow::Result<String> {
+        let Serving { client, served } = serving;
+        let agent = self.host.as_ref().context("agent")?;
         let t = Instant::now();
         let answer = client.chat(FIRST_RUN_PROMPT, FIRST_RUN_TOKENS, 0.0).await?;
         let ms = t.elapsed().as_millis() as u64;
@@ -1031,13 +1227,13 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(15);
 /// (its stop included, so that a daemon never takes over a long stop); it stops, and says
 /// so, when the row names another controller (a daemon took over while this process was
 /// stopped).
-struct Heartbeat {
+pub(super) struct Heartbeat {
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
 }
 
 impl Heartbeat {
-    fn start(home: &Path, id: &str, me: crate::db::Controller) -> Heartbeat {
+    pub(super) fn start(home: &Path, id: &str, me: crate::db::Controller) -> Heartbeat {
         let (stop, lost) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod emulator;
+pub mod postgres;
 pub mod sshd;
 
 pub struct Ctx {
@@ -50,6 +51,15 @@ impl Ctx {
 
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("gpuctl-home")
+    }
+
+    /// Point this context's gpuctl at a session store by its config file
+    /// (`$XDG_CONFIG_HOME/gpuctl/config.toml`, `database_url`), as a team member would.
+    pub fn use_database(&self, url: &str) {
+        self.write(
+            "xdg-config/gpuctl/config.toml",
+            format!("database_url = \"{url}\"\n"),
+        );
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -1,7 +1,8 @@
-//! Versioned migrations, tracked in `PRAGMA user_version`. Append only: a released
-//! migration is never edited, because teams' databases already hold it.
+//! Versioned migrations, one list for both backends: tracked in `PRAGMA user_version`
+//! (SQLite) or the `gpuctl_schema` table (PostgreSQL). Append only: a released migration
+//! is never edited, because teams' databases already hold it.
 
-use super::{Db, DbError};
+use crate::sql::{Backend, Sql, SqlError};
 
 const MIGRATIONS: &[&str] = &[
     // 1: sessions, events, evidence manifest.
@@ -99,33 +100,85 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN controller_heartbeat_at TEXT;
     "#,
+    // 7: team mode. Which machine the controller runs on (a PID means nothing on another
+    // host: there, only the heartbeat says it is alive), the index monthly caps read, and
+    // the daemons watching the store (`up` looks for one before renting).
+    r#"
+    ALTER TABLE sessions ADD COLUMN controller_machine INTEGER;
+    CREATE INDEX sessions_owner_created ON sessions(owner, created_at);
+    CREATE INDEX sessions_created_id ON sessions(created_at, id);
+    CREATE TABLE daemons (
+        machine     INTEGER NOT NULL,
+        pid         INTEGER NOT NULL,
+        start       INTEGER NOT NULL,
+        hostname    TEXT NOT NULL,
+        home        TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        seen_at     TEXT NOT NULL,
+        PRIMARY KEY (machine, pid, start)
+    );
+    "#,
 ];
 
-pub fn migrate(db: &mut Db) -> Result<(), DbError> {
-    let known = MIGRATIONS.len() as i64;
-    let path = db.path.clone();
-    let sql = |source| DbError::Sql {
-        path: path.clone(),
-        source,
-    };
-    let tx = db
-        .conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql)?;
-    let current: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sql)?;
-    if current > known {
-        return Err(DbError::TooNew {
-            path: path.clone(),
-            found: current,
-            known,
-        });
+/// How many migrations this build knows.
+pub const KNOWN: i64 = MIGRATIONS.len() as i64;
+
+/// A migration in PostgreSQL's words: the statements are written for SQLite, and differ
+/// only in these types and one insert.
+fn for_postgres(sql: &str) -> String {
+    sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("REAL", "DOUBLE PRECISION")
+        .replace(
+            "INSERT OR IGNORE INTO plans (sha256, text) SELECT plan_sha256, plan_text FROM sessions;",
+            "INSERT INTO plans (sha256, text) SELECT DISTINCT plan_sha256, plan_text FROM sessions ON CONFLICT DO NOTHING;",
+        )
+}
+
+/// The schema version the database holds.
+pub fn version(sql: &mut dyn Sql) -> Result<i64, SqlError> {
+    match sql.backend() {
+        Backend::Sqlite => sql
+            .query_opt("PRAGMA user_version", &[])?
+            .map(|r| r.int("user_version"))
+            .transpose()
+            .map(|v| v.unwrap_or(0)),
+        Backend::Postgres => {
+            sql.batch("CREATE TABLE IF NOT EXISTS gpuctl_schema (version BIGINT NOT NULL)")?;
+            Ok(sql
+                .query_opt("SELECT max(version) AS version FROM gpuctl_schema", &[])?
+                .and_then(|r| r.opt_int("version").ok().flatten())
+                .unwrap_or(0))
+        }
+    }
+}
+
+/// The advisory lock PostgreSQL migrations run under: several gpuctl processes may open a
+/// new database at once, and one migrates while the others wait.
+pub const LOCK: i64 = 7_450_717;
+
+/// Bring the schema up to date inside the caller's transaction. Returns the versions
+/// before and after; a database newer than this build is refused, untouched.
+pub fn migrate(sql: &mut dyn Sql) -> Result<Result<(i64, i64), i64>, SqlError> {
+    let current = version(sql)?;
+    if current > KNOWN {
+        return Ok(Err(current));
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(migration).map_err(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(sql)?;
+        let n = i as i64 + 1;
+        match sql.backend() {
+            Backend::Sqlite => {
+                sql.batch(migration)?;
+                sql.batch(&format!("PRAGMA user_version = {n}"))?;
+            }
+            Backend::Postgres => {
+                sql.batch(&for_postgres(migration))?;
+                sql.execute(
+                    "INSERT INTO gpuctl_schema (version) VALUES (?1)",
+                    &[n.into()],
+                )?;
+            }
+        }
     }
-    tx.commit().map_err(sql)
+    Ok(Ok((current, KNOWN)))
 }

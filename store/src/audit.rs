@@ -1,0 +1,237 @@
+//! What audits and budget caps read: the audit's columns streamed page by page, and the
+//! month-to-date spend a cap is checked against.
+
+use chrono::{DateTime, Utc};
+
+use crate::sessions::NewSession;
+use crate::sql::{Row, Sql, SqlError, Value};
+use crate::{Db, DbError, SessionState};
+
+/// What the audit selects.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub plan: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// The columns of the store an audit reads.
+#[derive(Debug, Clone)]
+pub struct AuditRaw {
+    pub id: String,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    pub plan_path: Option<String>,
+    pub plan_git_commit: Option<String>,
+    pub owner: Option<String>,
+    pub route: String,
+    pub provider: String,
+    pub instance_type: Option<String>,
+    pub price: Option<f64>,
+    pub catalog_price: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub state: SessionState,
+    pub stop_reason: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub max_total_usd: Option<f64>,
+    pub laptop_only: bool,
+}
+
+fn raw(r: &Row) -> Result<AuditRaw, SqlError> {
+    Ok(AuditRaw {
+        id: r.text("id")?,
+        plan_name: r.text("plan_name")?,
+        plan_sha256: r.text("plan_sha256")?,
+        plan_path: r.opt_text("plan_path")?,
+        plan_git_commit: r.opt_text("plan_git_commit")?,
+        owner: r.opt_text("owner")?,
+        route: r.text("route")?,
+        provider: r.text("provider")?,
+        instance_type: r.opt_text("instance_type")?,
+        price: r.opt_real("price_usd_per_hour")?,
+        catalog_price: r.opt_real("catalog_price_usd_per_hour")?,
+        created_at: r.time("created_at")?,
+        launched_at: r.opt_time("launched_at")?,
+        ended_at: r.opt_time("ended_at")?,
+        state: r.parsed("state")?,
+        stop_reason: r.opt_text("stop_reason")?,
+        cost_usd: r.opt_real("cost_usd")?,
+        max_total_usd: r.opt_real("max_total_usd")?,
+        laptop_only: r.opt_int("laptop_only")?.unwrap_or(0) != 0,
+    })
+}
+
+/// Rows an audit reads per round trip: memory stays flat over millions of sessions.
+const PAGE: usize = 5_000;
+
+impl Db {
+    /// Stream the audit's columns: stop_unconfirmed sessions first, then by creation time.
+    /// Rows are read a page at a time (keyset on creation time and id), never all at once.
+    pub fn audit_rows(
+        &self,
+        filter: &AuditFilter,
+        mut each: impl FnMut(AuditRaw) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        let mut conds = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(t) = filter.since {
+            args.push(t.into());
+            conds.push(format!("created_at >= ?{}", args.len()));
+        }
+        if let Some(t) = filter.until {
+            args.push(t.into());
+            conds.push(format!("created_at < ?{}", args.len()));
+        }
+        if let Some(p) = &filter.plan {
+            args.push(p.into());
+            conds.push(format!("plan_name = ?{}", args.len()));
+        }
+        if let Some(o) = &filter.owner {
+            args.push(o.into());
+            conds.push(format!("owner = ?{}", args.len()));
+        }
+        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd, laptop_only";
+        for unconfirmed in [true, false] {
+            let mut all = conds.clone();
+            all.push(if unconfirmed {
+                "state = 'stop_unconfirmed'".to_string()
+            } else {
+                "state != 'stop_unconfirmed'".to_string()
+            });
+            let n = args.len();
+            let first = format!(
+                "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id LIMIT {PAGE}",
+                all.join(" AND ")
+            );
+            let next = format!(
+                "SELECT {cols} FROM sessions WHERE {} AND (created_at, id) > (?{a}, ?{b}) ORDER BY created_at, id LIMIT {PAGE}",
+                all.join(" AND "),
+                a = n + 1,
+                b = n + 2
+            );
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let (stmt, mut params) = match &after {
+                    None => (first.clone(), args.clone()),
+                    Some(_) => (next.clone(), args.clone()),
+                };
+                if let Some((t, id)) = &after {
+                    params.push(t.into());
+                    params.push(id.into());
+                }
+                let page = self.run(move |sql| {
+                    sql.query(&stmt, &params)?
+                        .iter()
+                        .map(|r| Ok((raw(r)?, r.text("created_at")?)))
+                        .collect::<Result<Vec<_>, SqlError>>()
+                })?;
+                let len = page.len();
+                for (r, created) in page {
+                    after = Some((created, r.id.clone()));
+                    each(r)?;
+                }
+                if len < PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Month-to-date spend, as a cap counts it: what ended sessions cost, and what live ones
+/// may still cost (their `max_total_usd`, else their price to the deadline). A session
+/// that is running counts in full, so two `up`s cannot both spend the same last dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MonthSpend {
+    pub owner_usd: f64,
+    pub team_usd: f64,
+}
+
+/// What one session counts for against a cap.
+fn committed(r: &Row) -> Result<f64, SqlError> {
+    let state: SessionState = r.parsed("state")?;
+    if state.is_final() {
+        return Ok(r.opt_real("cost_usd")?.unwrap_or(0.0));
+    }
+    if let Some(m) = r.opt_real("max_total_usd")? {
+        return Ok(m);
+    }
+    let price = r.opt_real("price_usd_per_hour")?.unwrap_or(0.0);
+    let hours = (r.time("deadline")? - r.time("created_at")?)
+        .num_seconds()
+        .max(0) as f64
+        / 3600.0;
+    Ok(r.opt_real("cost_usd")?.unwrap_or(0.0).max(price * hours))
+}
+
+fn month_spend(
+    sql: &mut dyn Sql,
+    since: DateTime<Utc>,
+    owner: Option<&str>,
+) -> Result<MonthSpend, SqlError> {
+    let rows = sql.query(
+        "SELECT owner, state, cost_usd, max_total_usd, price_usd_per_hour, created_at, deadline FROM sessions WHERE created_at >= ?1",
+        &[since.into()],
+    )?;
+    let mut spend = MonthSpend::default();
+    for r in &rows {
+        let c = committed(r)?;
+        spend.team_usd += c;
+        if owner.is_some() && r.opt_text("owner")?.as_deref() == owner {
+            spend.owner_usd += c;
+        }
+    }
+    Ok(spend)
+}
+
+/// Caps a new session is checked against, with the month they count from.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub since: DateTime<Utc>,
+    pub owner_usd: Option<f64>,
+    pub team_usd: Option<f64>,
+    /// What the new session may spend at most.
+    pub this_plan_usd: f64,
+}
+
+impl Db {
+    /// The month-to-date spend of `owner` and of everyone.
+    pub fn month_spend(
+        &self,
+        since: DateTime<Utc>,
+        owner: Option<&str>,
+    ) -> Result<MonthSpend, DbError> {
+        let owner = owner.map(str::to_string);
+        self.run(move |sql| month_spend(sql, since, owner.as_deref()))
+    }
+
+    /// Record a new session only if the caps still hold with it: the check and the insert
+    /// are one transaction (serializable on PostgreSQL, one writer on SQLite), so two
+    /// sessions racing for the last dollars cannot both pass. Returns the spend it saw and
+    /// whether the session was recorded.
+    pub fn insert_session_within(
+        &self,
+        s: &NewSession,
+        caps: &Caps,
+    ) -> Result<(MonthSpend, bool), DbError> {
+        let (s, caps) = (s.clone(), caps.clone());
+        self.tx(move |sql| {
+            let spend = month_spend(sql, caps.since, s.owner.as_deref())?;
+            let over = caps
+                .owner_usd
+                .is_some_and(|cap| spend.owner_usd + caps.this_plan_usd > cap + 1e-9)
+                || caps
+                    .team_usd
+                    .is_some_and(|cap| spend.team_usd + caps.this_plan_usd > cap + 1e-9);
+            if over {
+                return Ok((spend, false));
+            }
+            crate::sessions::insert_session(sql, &s)?;
+            Ok((spend, true))
+        })
+    }
+}
