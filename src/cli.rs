@@ -39,6 +39,9 @@ pub enum Command {
     /// The agent's log of a session (the supervised server's lines with --server): from the
     /// host while it runs, from the evidence bundle after; -f follows until the stop
     Logs(LogsArgs),
+    /// A shell (or one command, after --) on a live session's host: the plan's identity,
+    /// the host key the session pinned (checked by gpuctl, then by OpenSSH)
+    Ssh(SshArgs),
     /// Stop sessions now, in order, with evidence and proof (safe to run twice)
     Down(DownArgs),
     /// What was spent, on what, against which plan, and whether every stop was proven
@@ -333,6 +336,15 @@ pub struct LogsArgs {
     /// Only the supervised server's lines (vLLM, SGLang, a command runtime)
     #[arg(long)]
     pub server: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Session id or unique prefix (default: the most recent session)
+    pub id: Option<String>,
+    /// A command to run instead of a shell (after --); its exit code is ssh's
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod ls;
 mod notebook;
 mod offers;
 mod plan;
+mod ssh;
 mod status;
 mod up;
 
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Ls(args) => ls::run(args),
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(args),
+        Command::Ssh(args) => ssh::run(args),
         Command::Down(args) => down::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Daemon(args) => daemon::run(args),

@@ -91,11 +91,13 @@ pub fn public_key_line(path: &Path) -> Result<String, SshError> {
 pub async fn connect(target: &SshEndpoint) -> Result<Session, SshError> {
     let addr = target.addr();
     let verdict = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(None));
     let checker = Checker {
         host: target.host.clone(),
         port: target.port,
         policy: target.host_key.clone(),
         verdict: verdict.clone(),
+        seen: seen.clone(),
     };
     let config = Arc::new(client::Config {
         // Keepalives notice a dead link in seconds instead of TCP's minutes.
@@ -156,6 +158,7 @@ pub async fn connect(target: &SshEndpoint) -> Result<Session, SshError> {
         _ => return Err(SshError::Protocol("the host key was not checked".into())),
     };
     let mut session = Session::new(handle, fingerprint, verdict);
+    session.host_key = seen.lock().ok().and_then(|s| s.clone());
     tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut session, target))
         .await
         .map_err(|_| SshError::Timeout {

@@ -45,12 +45,19 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// The fingerprint of a key written as `type base64`.
+pub fn fingerprint_of_line(line: &str) -> Option<String> {
+    PublicKey::from_openssh(line).ok().map(|k| fingerprint(&k))
+}
+
 /// The russh handler: it only checks the host key.
 pub struct Checker {
     pub host: String,
     pub port: u16,
     pub policy: HostKeyPolicy,
     pub verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
+    /// The key the host presented, as a known_hosts key (`type base64`).
+    pub seen: Arc<Mutex<Option<String>>>,
 }
 
 impl Checker {
@@ -108,13 +115,22 @@ impl russh::client::Handler for Checker {
         &mut self,
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let verdict = match server_public_key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
+        let key = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             // A host certificate is not trusted by itself: the key it certifies is checked.
             PublicKeyOrCertificate::Certificate(cert) => {
-                self.decide(&PublicKey::new(cert.public_key().clone(), ""))
+                PublicKey::new(cert.public_key().clone(), "")
             }
         };
+        let verdict = self.decide(&key);
+        if let (Ok(line), Ok(mut seen)) = (key.to_openssh(), self.seen.lock()) {
+            *seen = Some(
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
         let accepted = verdict.accepted();
         if let Ok(mut v) = self.verdict.lock() {
             *v = Some(verdict);

@@ -9,7 +9,7 @@ mod tunnel;
 
 pub use connect::{connect, public_key_line};
 pub use gpuctl_providers::{HostKeyPolicy, SshEndpoint};
-pub use hostkey::{fingerprint, user_known_hosts, HostKeyVerdict};
+pub use hostkey::{fingerprint, fingerprint_of_line, user_known_hosts, HostKeyVerdict};
 pub use remote::{sh_quote, Download, Exec, Session};
 pub use tunnel::{live, Shared, Tunnel};
 

@@ -17,6 +17,9 @@ pub struct Session {
     /// The host key fingerprint this session trusted (recorded with the session).
     pub fingerprint: String,
     pub verdict: Option<HostKeyVerdict>,
+    /// The accepted host key as a known_hosts key (`type base64`): what `gpuctl ssh` pins
+    /// for OpenSSH.
+    pub host_key: Option<String>,
 }
 
 /// What a remote command answered.
@@ -47,6 +50,7 @@ impl Session {
             handle,
             fingerprint,
             verdict,
+            host_key: None,
         }
     }
 
