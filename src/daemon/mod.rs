@@ -39,6 +39,10 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// How often a daemon renews its leases within a long sweep (they go stale after
+/// `HEARTBEAT_STALE`, 15 s).
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct DaemonOptions {
     /// Cron expression (with seconds) of the sweep.
     pub schedule: String,
@@ -183,10 +187,8 @@ impl Daemon {
     }
 
     /// One pass over the live sessions; returns how many there were.
-    fn sweep_once(&mut self) -> usize {
-        let now = Utc::now();
-        // The lease on every session this daemon holds: another daemon sharing the store
-        // takes them over only once this stops (killed, host gone, frozen).
+    /// Renew the lease on every session this daemon holds, and say it watches the store.
+    fn renew(&self, now: DateTime<Utc>) {
         let renewed = self.db.renew_leases(self.me, now).and_then(|_| {
             self.db
                 .daemon_seen(self.me, &hostname(), &self.home.display().to_string(), now)
@@ -198,6 +200,14 @@ impl Daemon {
                 &format!("cannot renew this daemon's leases ({e})"),
             );
         }
+    }
+
+    fn sweep_once(&mut self) -> usize {
+        let now = Utc::now();
+        // The lease on every session this daemon holds: another daemon sharing the store
+        // takes them over only once this stops (killed, host gone, frozen).
+        self.renew(now);
+        let mut renewed = std::time::Instant::now();
         let live = match self.db.live_sessions() {
             Ok(l) => l,
             Err(e) => {
@@ -212,6 +222,12 @@ impl Daemon {
         let ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
         self.armed.retain(|id, _| ids.contains(id.as_str()));
         for s in &live {
+            // A sweep that takes over thousands of sessions lasts seconds: the leases it
+            // already holds are renewed as it goes, or another daemon would take them back.
+            if renewed.elapsed() > LEASE_RENEW_EVERY {
+                self.renew(Utc::now());
+                renewed = std::time::Instant::now();
+            }
             if self.is_stopping(&s.id) {
                 continue;
             }
@@ -337,7 +353,19 @@ impl Daemon {
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             log(json, Some(&id), &format!("stopping: {reason}"));
-            let outcome = takeover::stop_recorded(&home, &id, me, &reason, json).await;
+            // Each stop on a thread and runtime of its own: its store calls block (SQLite's
+            // file, PostgreSQL's round trips), and must never hold up the sweep that renews
+            // this daemon's leases and arms the next deadlines.
+            let (h, i, r) = (home.clone(), id.clone(), reason.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(takeover::stop_recorded(&h, &i, me, &r, json)))
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the stop's thread ended: {e}")));
             let message = match outcome {
                 Ok(Outcome::Stopped(exit)) => match exit {
                     Exit::StopUnconfirmed => {

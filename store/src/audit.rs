@@ -101,6 +101,20 @@ impl Db {
             } else {
                 "state != 'stop_unconfirmed'".to_string()
             });
+            if let crate::Conn::Postgres(pg) = &self.conn {
+                // One query, streamed: PostgreSQL sends rows as they are read.
+                let stmt = format!(
+                    "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id",
+                    all.join(" AND ")
+                );
+                let rows = pg
+                    .stream(stmt, args.clone(), raw)
+                    .map_err(|e| self.err(e))?;
+                for r in rows {
+                    each(r.map_err(|e| self.err(e))?)?;
+                }
+                continue;
+            }
             let n = args.len();
             let first = format!(
                 "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id LIMIT {PAGE}",

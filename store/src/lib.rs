@@ -58,7 +58,7 @@ impl DbError {
     }
 }
 
-enum Conn {
+pub(crate) enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres(postgres::PgConn),
 }
@@ -208,9 +208,17 @@ impl Db {
     pub fn migrate(&self) -> Result<(i64, i64), DbError> {
         let outcome = match &self.conn {
             Conn::Sqlite(_) => self.tx(migrations::migrate)?,
-            Conn::Postgres(p) => p
-                .locked(migrations::LOCK, migrations::migrate)
-                .map_err(|e| self.err(e))?,
+            Conn::Postgres(p) => {
+                // Every command opens the store: a schema already current is only read,
+                // without the lock that migrations (rare) take.
+                let current = self.schema_version()?;
+                if current == SCHEMA_VERSION {
+                    Ok((current, current))
+                } else {
+                    p.locked(migrations::LOCK, migrations::migrate)
+                        .map_err(|e| self.err(e))?
+                }
+            }
         };
         match outcome {
             Ok(v) => Ok(v),

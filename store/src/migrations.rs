@@ -144,7 +144,14 @@ pub fn version(sql: &mut dyn Sql) -> Result<i64, SqlError> {
             .transpose()
             .map(|v| v.unwrap_or(0)),
         Backend::Postgres => {
-            sql.batch("CREATE TABLE IF NOT EXISTS gpuctl_schema (version BIGINT NOT NULL)")?;
+            // A new database has no table yet: version 0 (read without creating anything).
+            let exists = sql
+                .query_opt("SELECT to_regclass('gpuctl_schema')::text AS t", &[])?
+                .and_then(|r| r.opt_text("t").ok().flatten())
+                .is_some();
+            if !exists {
+                return Ok(0);
+            }
             Ok(sql
                 .query_opt("SELECT max(version) AS version FROM gpuctl_schema", &[])?
                 .and_then(|r| r.opt_int("version").ok().flatten())
@@ -163,6 +170,9 @@ pub fn migrate(sql: &mut dyn Sql) -> Result<Result<(i64, i64), i64>, SqlError> {
     let current = version(sql)?;
     if current > KNOWN {
         return Ok(Err(current));
+    }
+    if sql.backend() == Backend::Postgres {
+        sql.batch("CREATE TABLE IF NOT EXISTS gpuctl_schema (version BIGINT NOT NULL)")?;
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let n = i as i64 + 1;

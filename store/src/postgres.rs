@@ -182,6 +182,46 @@ impl PgConn {
         rx.recv().map_err(|_| SqlError::Closed)?
     }
 
+    /// One query's rows, streamed from the connection's thread as the server sends them
+    /// (a bounded channel: memory stays flat however many rows there are).
+    pub fn stream<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<crate::sql::Value>,
+        map: fn(&crate::sql::Row) -> Result<T, SqlError>,
+    ) -> Result<mpsc::Receiver<Result<T, SqlError>>, SqlError> {
+        let (tx, rx) = mpsc::sync_channel(4096);
+        let job: Job = Box::new(move |client| {
+            use postgres::fallible_iterator::FallibleIterator;
+            let sql = crate::sql::postgres_placeholders(&sql);
+            let mut rows = match client.query_raw(&sql, params.iter()) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let mut names = None;
+            loop {
+                let item = match rows.next() {
+                    Ok(Some(r)) => {
+                        let names = names.get_or_insert_with(|| crate::sql::pg_names(&r));
+                        crate::sql::pg_row(&r, names).and_then(|row| map(&row))
+                    }
+                    Ok(None) => return,
+                    Err(e) => Err(e.into()),
+                };
+                let failed = item.is_err();
+                // The reader went away (its caller failed): stop reading.
+                if tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        self.jobs.send(job).map_err(|_| SqlError::Closed)?;
+        Ok(rx)
+    }
+
     /// Run `f` as a plain statement sequence.
     pub fn run<R: Send + 'static>(
         &self,

@@ -822,27 +822,59 @@ impl Db {
     pub fn seed(&self, rows: &[SeedRow]) -> Result<(), DbError> {
         let rows = rows.to_vec();
         self.tx(move |sql| {
-            for r in &rows {
-                let s = &r.session;
-                sql.execute(INSERT_PLAN, &[(&s.plan_sha256).into(), (&s.plan_text).into()])?;
-                sql.execute(
-                    "INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, evidence_dir, updated_at, instance_id, launched_at, ended_at, cost_usd, stop_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?17, ?22, ?23, ?24, ?25, ?26)",
-                    &[
+            let mut plans: Vec<(&str, &str)> = rows
+                .iter()
+                .map(|r| (r.session.plan_sha256.as_str(), r.session.plan_text.as_str()))
+                .collect();
+            plans.sort();
+            plans.dedup_by(|a, b| a.0 == b.0);
+            for (sha, text) in plans {
+                sql.execute(INSERT_PLAN, &[sha.into(), text.into()])?;
+            }
+            // Many rows per statement: one round trip per chunk, on either backend.
+            for chunk in rows.chunks(SEED_CHUNK) {
+                let mut values = Vec::with_capacity(chunk.len());
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * SEED_COLUMNS);
+                let mut events = Vec::with_capacity(chunk.len());
+                let mut event_params: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                for r in chunk {
+                    let s = &r.session;
+                    let n = params.len();
+                    values.push(format!(
+                        "({})",
+                        (1..=SEED_COLUMNS).map(|i| format!("?{}", n + i)).collect::<Vec<_>>().join(", ")
+                    ));
+                    params.extend([
                         (&s.id).into(), (&s.plan_name).into(), (&s.plan_sha256).into(), "".into(), (&s.plan_path).into(),
                         (&s.plan_git_commit).into(), s.plan_git_dirty.into(), (&s.owner).into(), (&s.route).into(),
                         (&s.provider).into(), (&s.instance_type).into(), (&s.region).into(), s.price_usd_per_hour.into(),
                         s.catalog_price_usd_per_hour.into(), s.hourly_budget_usd.into(), s.max_total_usd.into(),
                         s.created_at.into(), s.deadline.into(), (&s.stop_cause).into(), r.state.as_str().into(),
-                        (&s.evidence_dir).into(), (&r.instance_id).into(), r.launched_at.into(), r.ended_at.into(),
-                        r.cost_usd.into(), (&r.stop_reason).into(),
-                    ],
+                        (&s.evidence_dir).into(), s.created_at.into(), (&r.instance_id).into(), r.launched_at.into(),
+                        r.ended_at.into(), r.cost_usd.into(), (&r.stop_reason).into(),
+                    ]);
+                    let m = event_params.len();
+                    events.push(format!("(?{}, ?{}, 'state', ?{}, 'seeded')", m + 1, m + 2, m + 3));
+                    event_params.extend([(&s.id).into(), s.created_at.into(), r.state.as_str().into()]);
+                }
+                sql.execute(
+                    &format!("INSERT INTO sessions (id, plan_name, plan_sha256, plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, deadline, stop_cause, state, evidence_dir, updated_at, instance_id, launched_at, ended_at, cost_usd, stop_reason) VALUES {}", values.join(", ")),
+                    &params,
                 )?;
-                insert_event(sql, &s.id, s.created_at, "state", Some(r.state), "seeded")?;
+                sql.execute(
+                    &format!("INSERT INTO events (session_id, at, kind, state, message) VALUES {}", events.join(", ")),
+                    &event_params,
+                )?;
             }
             Ok(())
         })
     }
 }
+
+/// Columns a seeded session row binds, and rows per statement (within SQLite's 32,766
+/// and PostgreSQL's 65,535 parameters).
+const SEED_COLUMNS: usize = 27;
+const SEED_CHUNK: usize = 500;
 
 /// A daemon watching the store, as it last said so.
 #[derive(Debug, Clone, Serialize)]

@@ -336,9 +336,14 @@ impl postgres::types::ToSql for Value {
     postgres::types::to_sql_checked!();
 }
 
-fn pg_row(r: &postgres::Row) -> Result<Row, SqlError> {
+/// The column names of a result, shared by all its rows.
+pub fn pg_names(r: &postgres::Row) -> Arc<[String]> {
+    r.columns().iter().map(|c| c.name().to_string()).collect()
+}
+
+pub fn pg_row(r: &postgres::Row, names: &Arc<[String]>) -> Result<Row, SqlError> {
     use postgres::types::Type;
-    let names: Arc<[String]> = r.columns().iter().map(|c| c.name().to_string()).collect();
+    let names = names.clone();
     let mut values = Vec::with_capacity(names.len());
     for (i, c) in r.columns().iter().enumerate() {
         let v = match *c.type_() {
@@ -380,11 +385,12 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, SqlError> {
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
-        self.0
-            .query(&postgres_placeholders(sql), &refs)?
-            .iter()
-            .map(pg_row)
-            .collect()
+        let rows = self.0.query(&postgres_placeholders(sql), &refs)?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let names = pg_names(first);
+        rows.iter().map(|r| pg_row(r, &names)).collect()
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), SqlError> {
