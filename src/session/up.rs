@@ -113,7 +113,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     };
     if !laptop_bound.is_empty() && !opts.laptop_only {
         eprintln!(
-            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this session store): if it sleeps or `up` dies, the instance bills until something here runs again. Run a daemon on an always-on host that shares the store (team mode, see README), or run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit); nothing was started",
+            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this session store): if it sleeps or `up` dies, the instance bills until something here runs again. Run `gpuctl daemon` on an always-on host that shares the session store (team mode, see README), or run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit); nothing was started",
             opts.plan_path.display(),
             laptop_bound.join(", ")
         );
