@@ -64,6 +64,50 @@ fn raw(r: &Row) -> Result<AuditRaw, SqlError> {
     })
 }
 
+/// The audit's columns from a SQLite row, by position (the SELECT above lists them).
+fn lite_raw(r: &rusqlite::Row) -> Result<AuditRaw, SqlError> {
+    fn time(r: &rusqlite::Row, i: usize, name: &str) -> Result<Option<DateTime<Utc>>, SqlError> {
+        let s: Option<String> = r.get(i)?;
+        s.map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| SqlError::Column {
+                    column: name.into(),
+                    problem: format!("{s:?}: {e}"),
+                })
+        })
+        .transpose()
+    }
+    let state: String = r.get(14)?;
+    Ok(AuditRaw {
+        id: r.get(0)?,
+        plan_name: r.get(1)?,
+        plan_sha256: r.get(2)?,
+        plan_path: r.get(3)?,
+        plan_git_commit: r.get(4)?,
+        owner: r.get(5)?,
+        route: r.get(6)?,
+        provider: r.get(7)?,
+        instance_type: r.get(8)?,
+        price: r.get(9)?,
+        catalog_price: r.get(10)?,
+        created_at: time(r, 11, "created_at")?.ok_or_else(|| SqlError::Column {
+            column: "created_at".into(),
+            problem: "is NULL".into(),
+        })?,
+        launched_at: time(r, 12, "launched_at")?,
+        ended_at: time(r, 13, "ended_at")?,
+        state: state.parse().map_err(|e: String| SqlError::Column {
+            column: "state".into(),
+            problem: e,
+        })?,
+        stop_reason: r.get(15)?,
+        cost_usd: r.get(16)?,
+        max_total_usd: r.get(17)?,
+        laptop_only: r.get::<_, Option<i64>>(18)?.unwrap_or(0) != 0,
+    })
+}
+
 /// Rows an audit reads per round trip: memory stays flat over millions of sessions.
 const PAGE: usize = 5_000;
 
@@ -112,6 +156,23 @@ impl Db {
                     .map_err(|e| self.err(e))?;
                 for r in rows {
                     each(r.map_err(|e| self.err(e))?)?;
+                }
+                continue;
+            }
+            if let crate::Conn::Sqlite(c) = &self.conn {
+                // One query, each row read straight into the audit's columns as SQLite
+                // reads it: no by-name values (a million rows make them the cost).
+                let stmt = format!(
+                    "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id",
+                    all.join(" AND ")
+                );
+                let sql_err = |e: rusqlite::Error| self.err(e.into());
+                let mut stmt = c.prepare(&stmt).map_err(sql_err)?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(args.iter()))
+                    .map_err(sql_err)?;
+                while let Some(r) = rows.next().map_err(sql_err)? {
+                    each(lite_raw(r).map_err(|e| self.err(e))?)?;
                 }
                 continue;
             }
