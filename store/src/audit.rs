@@ -108,12 +108,9 @@ fn lite_raw(r: &rusqlite::Row) -> Result<AuditRaw, SqlError> {
     })
 }
 
-/// Rows an audit reads per round trip: memory stays flat over millions of sessions.
-const PAGE: usize = 5_000;
-
 impl Db {
     /// Stream the audit's columns: stop_unconfirmed sessions first, then by creation time.
-    /// Rows are read a page at a time (keyset on creation time and id), never all at once.
+    /// Rows are handed on as they are read, never all held at once.
     pub fn audit_rows(
         &self,
         filter: &AuditFilter,
@@ -173,43 +170,6 @@ impl Db {
                     .map_err(sql_err)?;
                 while let Some(r) = rows.next().map_err(sql_err)? {
                     each(lite_raw(r).map_err(|e| self.err(e))?)?;
-                }
-                continue;
-            }
-            let n = args.len();
-            let first = format!(
-                "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id LIMIT {PAGE}",
-                all.join(" AND ")
-            );
-            let next = format!(
-                "SELECT {cols} FROM sessions WHERE {} AND (created_at, id) > (?{a}, ?{b}) ORDER BY created_at, id LIMIT {PAGE}",
-                all.join(" AND "),
-                a = n + 1,
-                b = n + 2
-            );
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let (stmt, mut params) = match &after {
-                    None => (first.clone(), args.clone()),
-                    Some(_) => (next.clone(), args.clone()),
-                };
-                if let Some((t, id)) = &after {
-                    params.push(t.into());
-                    params.push(id.into());
-                }
-                let page = self.run(move |sql| {
-                    sql.query(&stmt, &params)?
-                        .iter()
-                        .map(|r| Ok((raw(r)?, r.text("created_at")?)))
-                        .collect::<Result<Vec<_>, SqlError>>()
-                })?;
-                let len = page.len();
-                for (r, created) in page {
-                    after = Some((created, r.id.clone()));
-                    each(r)?;
-                }
-                if len < PAGE {
-                    break;
                 }
             }
         }
