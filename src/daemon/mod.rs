@@ -55,6 +55,8 @@ pub struct DaemonOptions {
 
 struct Daemon {
     home: PathBuf,
+    /// This machine's name, shown to other hosts in the daemons table.
+    hostname: String,
     me: Controller,
     json: bool,
     log_sweeps: bool,
@@ -121,6 +123,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
     let mut d = Daemon {
         db: Db::open(&home)?,
         home: home.clone(),
+        hostname: hostname(),
         me,
         json: opts.json,
         log_sweeps: opts.log_sweeps,
@@ -190,8 +193,12 @@ impl Daemon {
     /// Renew the lease on every session this daemon holds, and say it watches the store.
     fn renew(&self, now: DateTime<Utc>) {
         let renewed = self.db.renew_leases(self.me, now).and_then(|_| {
-            self.db
-                .daemon_seen(self.me, &hostname(), &self.home.display().to_string(), now)
+            self.db.daemon_seen(
+                self.me,
+                &self.hostname,
+                &self.home.display().to_string(),
+                now,
+            )
         });
         if let Err(e) = renewed {
             log(

@@ -323,6 +323,15 @@ struct Preflight {
     laptop_bound: Vec<String>,
 }
 
+/// A preflight refusal: said on stderr, naming the plan; nothing was started.
+fn refuse(opts: &UpOptions, why: impl std::fmt::Display) -> Exit {
+    eprintln!(
+        "error: {}: {why}; nothing was started",
+        opts.plan_path.display()
+    );
+    Exit::Refused
+}
+
 fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     let checked = plan::check_file(&opts.plan_path, now);
     for p in &checked.problems {
@@ -333,11 +342,7 @@ fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
         return Err(Exit::Refused);
     };
     if let Some(reason) = unsupported(&plan, opts) {
-        eprintln!(
-            "error: {}: {reason}; nothing was started",
-            opts.plan_path.display()
-        );
-        return Err(Exit::Refused);
+        return Err(refuse(opts, reason));
     }
     let agent_bin = match find_agent(opts.agent_bin.as_deref()) {
         Ok(p) => p,
@@ -348,26 +353,14 @@ fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     };
     let is_ssh = plan.instance.provider.uses_ssh();
     // GPUs are placed on this machine only; a host's GPUs are its runtime's to use.
-    let placement = match if is_ssh {
-        Ok(None)
+    let placement = if is_ssh {
+        None
     } else {
         super::local_host::place_gpus(&agent_bin, plan.instance.gpus)
-    } {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!(
-                "error: {}: {e}; nothing was started",
-                opts.plan_path.display()
-            );
-            return Err(Exit::Refused);
-        }
+            .map_err(|e| refuse(opts, e))?
     };
     let Some(api) = plan.api_port() else {
-        eprintln!(
-            "error: {}: the plan forwards no port; nothing was started",
-            opts.plan_path.display()
-        );
-        return Err(Exit::Refused);
+        return Err(refuse(opts, "the plan forwards no port"));
     };
     // Here the agent listens on the remote port itself; over SSH the tunnel takes the local one.
     let here = if is_ssh { api.local } else { api.remote };
@@ -379,16 +372,7 @@ fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     }
 
     let catalog_price = if plan.instance.provider.is_cloud() {
-        match super::cloud::precheck(&plan) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!(
-                    "error: {}: {e}; nothing was started",
-                    opts.plan_path.display()
-                );
-                return Err(Exit::Refused);
-            }
-        }
+        super::cloud::precheck(&plan).map_err(|e| refuse(opts, e))?
     } else {
         None
     };

@@ -123,7 +123,13 @@ impl ControllerKind {
 
 /// This machine, as a number that fits an INTEGER column: a hash of /etc/machine-id (else
 /// the hostname). Two machines sharing one PostgreSQL store tell their PIDs apart by it.
+/// Read once per process: a daemon asks for every session of every sweep.
 pub fn this_machine() -> u64 {
+    static MACHINE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MACHINE.get_or_init(machine_hash)
+}
+
+fn machine_hash() -> u64 {
     let id = std::fs::read_to_string("/etc/machine-id")
         .ok()
         .filter(|s| !s.trim().is_empty())
