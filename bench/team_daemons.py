@@ -5,7 +5,13 @@ mid-run. Reported: deadline lateness (deadline -> terminate confirmed and record
 sessions the survivors held all along, and for those the killed daemon held (taken over
 once its lease went stale); how many stops each session got; instances left billing.
 
-usage: bench/team_daemons.py [--sessions 10000] [--lead 60] [--spread 240] [--bin target/release]
+usage: bench/team_daemons.py [--sessions 10000] [--lead 60] [--spread 240] [--paced] [--bin target/release]
+
+By default the client's own paces are lifted (GPUCTL_EMULATOR_UNPACED=1, honoured for a
+loopback API only) along with the emulator's rate limits: the figures are gpuctl's own
+machinery (claims, leases, takeover, stop, record). With --paced the Vast client keeps its
+published per-endpoint pace (DELETE one per 3.1 s per process), which is what bounds a
+team on one real Vast key.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time, urllib.request
 from datetime import datetime
@@ -31,6 +37,7 @@ def main():
     ap.add_argument("--lead", type=int, default=60)
     ap.add_argument("--spread", type=int, default=240)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--paced", action="store_true")
     a = ap.parse_args()
     gpuctl = os.path.join(a.bin, "gpuctl")
     with Postgres() as pg:
@@ -51,6 +58,8 @@ def main():
             json.dump(ids, f)
         base = dict(os.environ, GPUCTL_DATABASE_URL=url, GPUCTL_VAST_API=f"{api}/vast/api/v0",
                     VAST_API_KEY="emulator-key")
+        if not a.paced:
+            base["GPUCTL_EMULATOR_UNPACED"] = "1"
         t = time.time()
         subprocess.run([gpuctl, "debug", "seed", "--count", str(a.sessions), "--instances",
                         os.path.join(homes[0], "instances.json"), "--deadline-in", f"{a.lead}s",
@@ -63,6 +72,7 @@ def main():
         while time.time() < kill_at:
             time.sleep(1)
         killed = daemons[0]
+        split = sorted(int(n) for _, n in pg.psql("team", "SELECT controller_pid, count(*) FROM sessions WHERE state NOT IN ('stopped','failed') GROUP BY controller_pid"))
         held = int(pg.psql("team", f"SELECT count(*) FROM sessions WHERE controller_pid = {killed.pid} AND state NOT IN ('stopped','failed')")[0][0])
         killed.kill()
         killed.wait()
@@ -91,8 +101,10 @@ def main():
         if ended and state == "stopped":
             late = (ts(ended) - ts(deadline)).total_seconds() * 1000
             (orphans if int(from_killed) > 0 else survivors).append(late)
-    print(f"{a.sessions} live sessions, 3 daemons on one PostgreSQL store, deadlines over {a.spread} s; "
+    print(f"{a.sessions} live sessions, 3 daemons on one PostgreSQL store, deadlines over {a.spread} s, "
+          f"client paces {'on' if a.paced else 'lifted'}; "
           f"daemon 1 SIGKILLed at {killed_at:%H:%M:%S} holding {held} live sessions; {os.cpu_count()} CPUs")
+    print(f"live sessions per holder just before the kill: {split}")
     print(f"seeded in {seed_s:.1f} s; final states {states}; stops per session: min {min(stops)} max {max(stops)}; "
           f"instances still billing: {billing}")
     print("| sessions | count | lateness p50 / p99 / max |")

@@ -42,6 +42,9 @@ pub enum Command {
     /// A shell (or one command, after --) on a live session's host: the plan's identity,
     /// the host key the session pinned (checked by gpuctl, then by OpenSSH)
     Ssh(SshArgs),
+    /// Move a serving session's hard stop later (within its budget and the team's policy):
+    /// the agent's watchdog, `up` and the daemon all take the new deadline
+    Extend(ExtendArgs),
     /// Stop sessions now, in order, with evidence and proof (safe to run twice)
     Down(DownArgs),
     /// What was spent, on what, against which plan, and whether every stop was proven
@@ -53,6 +56,10 @@ pub enum Command {
     /// (or database_url in $XDG_CONFIG_HOME/gpuctl/config.toml) names a PostgreSQL server
     #[command(subcommand)]
     Db(DbAction),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `gpuctl man > gpuctl.1`
+    Man,
     /// Internal tools for tests; not part of the interface
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -336,6 +343,28 @@ pub struct LogsArgs {
     /// Only the supervised server's lines (vLLM, SGLang, a command runtime)
     #[arg(long)]
     pub server: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// How much later the hard stop comes (like 30m or 1h)
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "to", required_unless_present = "to")]
+    pub by: Option<std::time::Duration>,
+    /// The new hard stop (RFC 3339, like 2026-12-02T18:00:00Z)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -225,6 +225,67 @@ fn two_daemons_share_the_store_and_the_survivor_stops_each_session_once() {
     assert!(emu.violations().is_empty(), "{:?}", emu.violations());
 }
 
+/// The live sessions `ctx`'s daemon holds, by `daemon status --json`.
+fn held_by_daemon(ctx: &Ctx) -> usize {
+    ctx.run(["daemon", "status", "--json"]).json()["sessions"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn a_daemon_joining_the_store_gets_a_share_of_the_sessions() {
+    let pg = Postgres::start();
+    let url = pg.database("balance");
+    let (host_a, host_b) = (Ctx::new(), Ctx::new());
+    host_a.use_database(&url);
+    host_b.use_database(&url);
+    let emu = Emulator::start(free_port(), &[]);
+    let ids = emu.call(
+        "POST",
+        "/_emulator/instances",
+        &serde_json::json!({ "provider": "vast", "instance_type": "RTX 3090", "count": 40, "name_prefix": "gpuctl-balance-" }),
+    );
+    let instances = host_a.path("instances.json");
+    std::fs::write(&instances, ids.to_string()).expect("instances");
+    // Deadlines 10 minutes ahead: nothing is due while the daemons split the sessions.
+    let instances = instances.to_str().expect("path");
+    let seeded = host_a.run([
+        "debug",
+        "seed",
+        "--count",
+        "40",
+        "--deadline-in",
+        "600s",
+        "--spread",
+        "60s",
+        "--instances",
+        instances,
+    ]);
+    assert_eq!(seeded.code, 0, "seed: {}", seeded.stderr);
+    let _a = start_daemon(&host_a, &emu, "daemon-a.log");
+    wait_until("daemon A holds all 40", Duration::from_secs(60), || {
+        held_by_daemon(&host_a) == 40
+    });
+    let _b = start_daemon(&host_b, &emu, "daemon-b.log");
+    wait_until(
+        "daemon B is handed a share",
+        Duration::from_secs(90),
+        || held_by_daemon(&host_b) >= 15,
+    );
+    wait_until(
+        "every session held by one of them",
+        Duration::from_secs(30),
+        || held_by_daemon(&host_a) + held_by_daemon(&host_b) == 40,
+    );
+    let (a, b) = (held_by_daemon(&host_a), held_by_daemon(&host_b));
+    assert!(a <= 25 && b <= 25, "an even split: A {a}, B {b}");
+    // Handing over is not a stop: nothing was terminated.
+    assert!(
+        emu.instances().iter().all(|i| i["billing"] == true),
+        "no instance stopped"
+    );
+}
+
 #[test]
 fn two_ups_racing_for_the_last_dollars_of_a_team_cap_start_once() {
     let pg = Postgres::start();

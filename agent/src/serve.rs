@@ -23,6 +23,12 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 type StopRx = watch::Receiver<Option<StopReason>>;
 type StopTx = watch::Sender<Option<StopReason>>;
+/// The deadline in force (the controller's clock): the config's, until `gpuctl extend`.
+pub type SharedDeadline = Arc<std::sync::Mutex<chrono::DateTime<Utc>>>;
+
+fn deadline_of(d: &SharedDeadline) -> chrono::DateTime<Utc> {
+    *d.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What the final record says about the end.
 struct Ending {
@@ -46,6 +52,7 @@ impl Ending {
 /// The evidence side of the agent: the GPU sampler and the final record.
 struct Closer {
     cfg: AgentConfig,
+    deadline: SharedDeadline,
     /// The agent's own folder (where the controller's heartbeat lands).
     dir: std::path::PathBuf,
     /// The instance's own key, when the provider gave one (layer 1 ends billing).
@@ -76,7 +83,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
 
     // Arm the watchdog before anything slow: the deadline holds even during model load.
-    spawn_watchdog(&cfg, stop_tx.clone());
+    let dir = config_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let deadline = Arc::new(std::sync::Mutex::new(cfg.deadline));
+    spawn_watchdog(&cfg, dir.clone(), deadline.clone(), stop_tx.clone());
 
     let mut report = envreport::report(&evidence);
     report.push_str(&clock_lines(&cfg));
@@ -107,10 +119,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let mut closer = Closer {
         cfg: cfg.clone(),
-        dir: config_path
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default(),
+        deadline: deadline.clone(),
+        dir,
         scoped,
         server_pid: None,
         evidence: evidence.clone(),
@@ -181,8 +191,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         token: loaded.token,
         model_id: cfg.model.id.clone(),
         session_id: cfg.session_id.clone(),
-        deadline: cfg.deadline,
+        deadline: deadline.clone(),
         started_at: Utc::now(),
+        activity: crate::api::Activity::new(),
         log: request_log,
         stopping: AtomicBool::new(false),
         ends_billing,
@@ -204,6 +215,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             let _ = rx.wait_for(|d| *d).await;
         });
     let server_task = tokio::spawn(async move { server_task.await });
+    if let Some(idle) = cfg.idle_secs {
+        spawn_idle_watch(state.clone(), Duration::from_secs(idle), stop_tx.clone());
+    }
 
     let reason = wait_stop(&mut stop_rx).await;
     state.stopping.store(true, Ordering::SeqCst);
@@ -294,6 +308,12 @@ impl DeadlineClock {
         }
     }
 
+    /// `gpuctl extend`: the deadline moves later by `by` on both clocks.
+    fn extend(&mut self, by: chrono::Duration) {
+        self.wall += by;
+        self.monotonic += by.to_std().unwrap_or_default();
+    }
+
     /// Time left until `before` ahead of the deadline, by the earlier clock.
     fn left(&self, before: Duration) -> Duration {
         let wall = (self.wall - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -302,29 +322,100 @@ impl DeadlineClock {
             .saturating_duration_since(std::time::Instant::now());
         wall.min(mono).saturating_sub(before)
     }
+}
 
-    /// Sleep until `before` ahead of the deadline, looking at the wall clock every second.
-    async fn wait(&self, before: Duration) {
+fn spawn_watchdog(
+    cfg: &AgentConfig,
+    dir: std::path::PathBuf,
+    deadline: SharedDeadline,
+    stop: StopTx,
+) {
+    let mut clock = DeadlineClock::new(cfg);
+    let grace = Duration::from_secs(cfg.grace_secs);
+    tokio::spawn(async move {
+        let mut graced = false;
         loop {
-            let left = self.left(before);
+            if let Some(new) = take_deadline_request(&dir) {
+                let current = deadline_of(&deadline);
+                if new > current {
+                    // Both clocks move by the same amount: the monotonic one still guards
+                    // against a host clock stepped later.
+                    clock.extend(new - current);
+                    *deadline.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                    graced = false;
+                    log!(
+                        "deadline extended: {} -> {}",
+                        current.to_rfc3339(),
+                        new.to_rfc3339()
+                    );
+                } else {
+                    log!(
+                        "deadline request {} ignored: not after {}",
+                        new.to_rfc3339(),
+                        current.to_rfc3339()
+                    );
+                }
+                let applied = dir.join(gpuctl_protocol::DEADLINE_APPLIED);
+                let tmp = dir.join(format!("{}.tmp", gpuctl_protocol::DEADLINE_APPLIED));
+                let written = std::fs::write(&tmp, deadline_of(&deadline).to_rfc3339())
+                    .and_then(|_| std::fs::rename(&tmp, &applied));
+                if let Err(e) = written {
+                    log!("cannot answer the deadline request: {e}");
+                }
+            }
+            if !graced && clock.left(grace).is_zero() {
+                graced = true;
+                log!(
+                    "grace period: the deadline is {}",
+                    deadline_of(&deadline).to_rfc3339()
+                );
+            }
+            let left = clock.left(Duration::ZERO);
             if left.is_zero() {
+                log!("deadline reached: stopping");
+                let _ = stop.send(Some(StopReason::Deadline));
                 return;
             }
-            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            let next = if graced {
+                left
+            } else {
+                clock.left(grace).max(Duration::from_millis(1))
+            };
+            tokio::time::sleep(next.min(Duration::from_secs(1))).await;
+        }
+    });
+}
+
+/// A deadline `gpuctl extend` left in the agent's folder (read once, then removed).
+fn take_deadline_request(dir: &Path) -> Option<chrono::DateTime<Utc>> {
+    let path = dir.join(gpuctl_protocol::DEADLINE_REQUEST);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    match chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        Ok(t) => Some(t.with_timezone(&Utc)),
+        Err(e) => {
+            log!("deadline request {:?} ignored: {e}", text.trim());
+            None
         }
     }
 }
 
-fn spawn_watchdog(cfg: &AgentConfig, stop: StopTx) {
-    let clock = DeadlineClock::new(cfg);
-    let grace = Duration::from_secs(cfg.grace_secs);
-    let deadline = cfg.deadline;
+/// `stop.idle`: stop once no API request has come for `idle` (counted from when serving
+/// began, then from each request).
+fn spawn_idle_watch(state: Arc<AppState>, idle: Duration, stop: StopTx) {
     tokio::spawn(async move {
-        clock.wait(grace).await;
-        log!("grace period: the deadline is {}", deadline.to_rfc3339());
-        clock.wait(Duration::ZERO).await;
-        log!("deadline reached: stopping");
-        let _ = stop.send(Some(StopReason::Deadline));
+        loop {
+            let quiet = state.activity.quiet_for();
+            if quiet >= idle {
+                log!(
+                    "idle: no API request for {} s (stop.idle): stopping",
+                    quiet.as_secs()
+                );
+                let _ = stop.send(Some(StopReason::Idle));
+                return;
+            }
+            tokio::time::sleep((idle - quiet).min(Duration::from_secs(1))).await;
+        }
     });
 }
 
@@ -373,15 +464,13 @@ impl Closer {
         }
         let stop_action = match &self.cfg.stop_action {
             StopAction::Exit => None,
-            StopAction::Command(argv) if ending.reason == StopReason::Deadline => {
-                Some(run_stop_action(argv))
-            }
+            StopAction::Command(argv) if ending.reason.is_own() => Some(run_stop_action(argv)),
             StopAction::Command(_) => Some("not run: the stop was not the deadline".to_string()),
         };
         let mut record = FinalRecord {
             session_id: self.cfg.session_id.clone(),
             stopped_at: Utc::now(),
-            deadline: self.cfg.deadline,
+            deadline: deadline_of(&self.deadline),
             reason: ending.reason,
             stopped: ending.stopped,
             stop_action,
@@ -393,7 +482,7 @@ impl Closer {
             self_terminate: None,
         };
         self.write_record(&record)?;
-        if record.reason == StopReason::Deadline {
+        if record.reason.is_own() {
             if let Some(answer) = self.end_billing().await {
                 record.self_terminate = Some(answer);
                 self.write_record(&record)?;

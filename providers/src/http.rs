@@ -70,6 +70,18 @@ impl Answer {
     }
 }
 
+/// Whether a URL's host is this machine (127.0.0.1, ::1 or localhost).
+fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or("").trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The request timeout: 30 s, or `GPUCTL_API_TIMEOUT_MS` (tests shorten it).
 fn timeout() -> Duration {
     std::env::var("GPUCTL_API_TIMEOUT_MS")
@@ -97,6 +109,13 @@ impl Api {
         })
     }
 
+    /// Benchmarks of gpuctl's own machinery run against the emulator with its rate limits
+    /// off and `GPUCTL_EMULATOR_UNPACED=1`; the lift applies to a loopback API base only,
+    /// so it can never send a real provider more than its documented limits allow.
+    fn unpaced(&self) -> bool {
+        std::env::var("GPUCTL_EMULATOR_UNPACED").is_ok_and(|v| v == "1") && is_loopback(&self.base)
+    }
+
     /// API calls made so far through this client.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -104,6 +123,9 @@ impl Api {
 
     /// Wait until every pace in `paces` allows one more request, and take that slot.
     async fn wait_turn(&self, paces: &[Pace]) {
+        if self.unpaced() {
+            return;
+        }
         let start = {
             let mut next = NEXT_SLOT.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -206,5 +228,18 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, ProviderErr
             )));
         }
         out.extend_from_slice(&chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_bases_can_be_unpaced() {
+        assert!(super::is_loopback("http://127.0.0.1:8080/vast/api/v0"));
+        assert!(super::is_loopback("http://[::1]:9/x"));
+        assert!(super::is_loopback("http://localhost:9"));
+        assert!(!super::is_loopback("https://console.vast.ai/api/v0"));
+        assert!(!super::is_loopback("https://127.0.0.1.example.com/"));
+        assert!(!super::is_loopback("not a url"));
     }
 }

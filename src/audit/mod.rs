@@ -43,6 +43,8 @@ pub const STOP_UNCONFIRMED: &str = "stop_unconfirmed";
 pub const PLAN_CHANGED: &str = "plan_changed";
 /// Run with `up --laptop-only` (a choice, shown; not a problem `--strict` fails on).
 pub const LAPTOP_ONLY: &str = "laptop_only";
+/// `gpuctl extend` moved the hard stop (shown; within the budget by construction).
+pub const EXTENDED: &str = "extended";
 
 /// Whether a plan file still reads as what the session ran (cached per path).
 #[derive(Default)]
@@ -97,6 +99,9 @@ pub fn audit(raw: Raw, now: DateTime<Utc>, plans: &mut PlanFiles) -> Row {
     }
     if raw.laptop_only {
         flags.push(LAPTOP_ONLY);
+    }
+    if raw.extended {
+        flags.push(EXTENDED);
     }
     Row {
         session_id: raw.id,
@@ -157,6 +162,8 @@ pub struct Totals {
     pub plan_changed: u64,
     /// Sessions run with `up --laptop-only` (shown, not a failure for `--strict`).
     pub laptop_only: u64,
+    /// Sessions whose hard stop `gpuctl extend` moved.
+    pub extended: u64,
 }
 
 impl Totals {
@@ -170,6 +177,7 @@ impl Totals {
                 OVER_BUDGET => self.over_budget += 1,
                 STOP_UNCONFIRMED => self.stop_unconfirmed += 1,
                 LAPTOP_ONLY => self.laptop_only += 1,
+                EXTENDED => self.extended += 1,
                 _ => self.plan_changed += 1,
             }
         }
@@ -224,6 +232,7 @@ mod tests {
             cost_usd: cost,
             max_total_usd: Some(1.0),
             laptop_only: false,
+            extended: false,
         }
     }
 

@@ -130,6 +130,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
         AuditBy::Provider => By::Provider,
         AuditBy::Month => By::Month,
     });
+    // Totals alone need no order (the HTML page lists flagged sessions in order).
+    filter.any_order = by.is_some() && args.html.is_none();
     let db = open_db()?;
     let now = Utc::now();
     let mut plans = PlanFiles::default();
@@ -258,8 +260,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
     if args.format == AuditFormat::Table {
         writeln!(
             out,
-            "total: {} session(s), {:.2} billed hours, ${:.2}; flags: {} over budget, {} stop unconfirmed, {} plan changed after launch; {} run with --laptop-only",
-            all.sessions, all.billed_hours, all.cost_usd, all.over_budget, all.stop_unconfirmed, all.plan_changed, all.laptop_only
+            "total: {} session(s), {:.2} billed hours, ${:.2}; flags: {} over budget, {} stop unconfirmed, {} plan changed after launch; {} run with --laptop-only; {} extended",
+            all.sessions, all.billed_hours, all.cost_usd, all.over_budget, all.stop_unconfirmed, all.plan_changed, all.laptop_only, all.extended
         )?;
     }
     out.flush()?;

@@ -7,6 +7,7 @@ mod debug;
 mod down;
 mod eval;
 mod evidence;
+mod extend;
 mod logs;
 mod ls;
 mod notebook;
@@ -33,7 +34,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Ssh(args) => ssh::run(args),
+        Command::Extend(args) => extend::run(args),
         Command::Down(args) => down::run(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "gpuctl", &mut std::io::stdout());
+            Ok(Exit::Done)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(Exit::Done)
+        }
         Command::Audit(args) => audit::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Db(action) => db::run(action),

@@ -39,6 +39,38 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// A daemon hands a session back only while its deadline is at least this far ahead.
+const HANDOVER_LEAD_S: i64 = 30;
+
+/// Whether a session needs its stop within a few seconds (or now): claimed by whichever
+/// daemon sees it, whatever its share.
+fn urgent(s: &SessionRecord, now: DateTime<Utc>) -> bool {
+    s.stop_requested_at.is_some()
+        || s.state == SessionState::StopUnconfirmed
+        || s.deadline - now < chrono::Duration::seconds(5)
+}
+
+/// How a store's live sessions split over the daemons watching it.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    daemons: usize,
+    /// Held by this daemon at the sweep's start.
+    held: usize,
+    /// This daemon's fair share (rounded up).
+    each: usize,
+}
+
+impl Share {
+    fn of(live: &[SessionRecord], daemons: usize, me: Controller) -> Share {
+        let daemons = daemons.max(1);
+        Share {
+            daemons,
+            held: live.iter().filter(|s| s.controller() == Some(me)).count(),
+            each: live.len().div_ceil(daemons),
+        }
+    }
+}
+
 /// How often a daemon renews its leases within a long sweep (they go stale after
 /// `HEARTBEAT_STALE`, 15 s).
 const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -228,6 +260,8 @@ impl Daemon {
         };
         let ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
         self.armed.retain(|id, _| ids.contains(id.as_str()));
+        let share = Share::of(&live, watching(&self.db, now).len(), self.me);
+        let mut held = share.held;
         for s in &live {
             // A sweep that takes over thousands of sessions lasts seconds: the leases it
             // already holds are renewed as it goes, or another daemon would take them back.
@@ -244,9 +278,16 @@ impl Daemon {
                 continue;
             }
             if s.controller() != Some(self.me) {
+                // Several daemons on one store split its sessions: one at its share leaves
+                // the rest to the others, unless the session needs a stop soon.
+                if held >= share.each && !urgent(s, now) {
+                    continue;
+                }
                 let why = s.controller().and_then(|c| crate::procs::gone(&c, s));
                 match self.db.claim(&s.id, self.me, crate::procs::gone, now) {
-                    Ok(Claim::Taken { from }) => log(
+                    Ok(Claim::Taken { from }) => {
+                        held += 1;
+                        log(
                         self.json,
                         Some(&s.id),
                         &match (from, why) {
@@ -261,7 +302,8 @@ impl Daemon {
                                 s.deadline.format("%H:%M:%S%.3f UTC")
                             ),
                         },
-                    ),
+                        )
+                    }
                     Ok(_) => continue,
                     Err(e) => {
                         log(
@@ -289,7 +331,49 @@ impl Daemon {
                 self.start_stop(&s.id, "deadline".into());
             }
         }
+        self.rebalance(&live, share, now);
         live.len()
+    }
+
+    /// Above its share (it started first, or a daemon joined the store since), a daemon
+    /// hands back the sessions with the latest deadlines, far enough ahead that the daemon
+    /// that claims them has sweeps to spare.
+    fn rebalance(&self, live: &[SessionRecord], share: Share, now: DateTime<Utc>) {
+        let excess = share.held.saturating_sub(share.each + share.each / 20 + 1);
+        if excess == 0 {
+            return;
+        }
+        let why = format!(
+            "{} daemons watch the store; this one held {} of {} live sessions",
+            share.daemons,
+            share.held,
+            live.len()
+        );
+        let mut released = 0;
+        // `live` is in deadline order: the latest first.
+        for s in live.iter().rev() {
+            if released == excess || s.deadline - now < chrono::Duration::seconds(HANDOVER_LEAD_S) {
+                break;
+            }
+            if s.controller() != Some(self.me) || self.is_stopping(&s.id) || urgent(s, now) {
+                continue;
+            }
+            match self.db.release(&s.id, self.me, &why, now) {
+                Ok(true) => released += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    log(self.json, None, &format!("cannot hand sessions back ({e})"));
+                    return;
+                }
+            }
+        }
+        if released > 0 {
+            log(
+                self.json,
+                None,
+                &format!("handed {released} session(s) back to the store: {why}"),
+            );
+        }
     }
 
     /// A timer at the session's deadline, so that the stop does not wait for a sweep.

@@ -149,6 +149,9 @@ pub struct StopSpec {
     pub on_stop: OnStop,
     pub stop_command: Vec<String>,
     pub after_eval: bool,
+    /// Stop once no API request has come for this long (the hard stop still applies).
+    #[serde(with = "humantime_serde_compat")]
+    pub idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]

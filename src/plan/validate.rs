@@ -794,6 +794,7 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
     let hard = t.datetime(cx, "hard_stop_time");
     let max_duration = t.duration(cx, "max_duration");
     let grace = t.duration(cx, "grace");
+    let idle = t.duration(cx, "idle");
     let on_stop_raw = optional(cx, &mut t, "on_stop");
     let on_stop = match &on_stop_raw {
         Some(o) => one_of(
@@ -885,6 +886,15 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
             );
         }
     }
+    if let Some(i) = &idle {
+        if i.value.is_zero() {
+            cx.push(
+                Problem::error(t.field("idle"), i.span.clone(), "is zero")
+                    .why("the session would stop before its first request")
+                    .fix("give the idle window as a duration such as \"20m\", or remove `idle`"),
+            );
+        }
+    }
     if let Some(g) = &grace {
         if g.value > Duration::from_secs(3600) {
             cx.push(
@@ -937,6 +947,7 @@ fn read_stop(cx: &mut Ctx, mut t: TableView, now: DateTime<Utc>) -> Option<StopR
             on_stop: on_stop?,
             stop_command: command,
             after_eval,
+            idle: idle.map(|i| i.value),
         },
         on_stop_span: on_stop_raw.map(|o| o.span).unwrap_or(table_span),
     })

@@ -158,6 +158,11 @@ impl Session {
         ending: Ending,
         started: Instant,
     ) -> Stopped {
+        // `gpuctl extend` may have moved the deadline since the start: lateness and the
+        // record count from the one in force.
+        if let Ok(r) = self.db.get_session(&self.id) {
+            self.deadline = r.deadline;
+        }
         let mut run = self.begin_stop(rep, ending);
         self.stop_serving(&mut run).await;
         let t = Instant::now();
@@ -308,6 +313,14 @@ impl Session {
             std::fs::read_to_string(self.bundle.path(evidence_files::FINAL_RECORD))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok());
+        // The agent stopped itself for `stop.idle`: that is the session's reason.
+        if matches!(run.ending, Ending::AgentExited(_))
+            && final_record
+                .as_ref()
+                .is_some_and(|r| r["reason"].as_str() == Some("idle"))
+        {
+            run.ending = Ending::Idle(self.plan.stop.idle.unwrap_or_default());
+        }
         // Lateness of a deadline stop: when serving stopped (the agent's own record when it
         // stopped first), against the deadline in the database.
         let agent_stop = final_record
@@ -480,7 +493,7 @@ impl Session {
         let agent_reason = final_record.and_then(|r| r["reason"].as_str());
         let mut failure = match &run.ending {
             Ending::Failed(msg) => Some(msg.clone()),
-            Ending::AgentExited(s) if agent_reason != Some("deadline") => {
+            Ending::AgentExited(s) if !matches!(agent_reason, Some("deadline" | "idle")) => {
                 Some(format!("the agent exited before the deadline: {s}"))
             }
             _ => None,

@@ -56,6 +56,8 @@ pub(super) enum Ending {
     Failed(String),
     /// `gpuctl down`, or the daemon for a reason it names.
     Requested(String),
+    /// `stop.idle`: the agent saw no API request for this long and stopped.
+    Idle(Duration),
 }
 
 impl Ending {
@@ -67,6 +69,10 @@ impl Ending {
             Ending::AgentExited(s) => format!("the agent exited on its own: {s}"),
             Ending::Failed(s) => format!("failed: {s}"),
             Ending::Requested(s) => s.clone(),
+            Ending::Idle(d) => format!(
+                "idle: no API request for {} (stop.idle)",
+                humantime::format_duration(*d)
+            ),
         }
     }
 }
@@ -1054,6 +1060,7 @@ impl Session {
                 .to_std()
                 .ok()
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
+            idle_secs: self.plan.stop.idle.map(|d| d.as_secs().max(1)),
         };
         let (host, url_port, instance) = match reached.connection.clone() {
             None => {

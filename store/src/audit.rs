@@ -14,6 +14,8 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
     pub plan: Option<String>,
     pub owner: Option<String>,
+    /// Rows may come in any order (only totals are printed): no sort on the server.
+    pub any_order: bool,
 }
 
 /// The columns of the store an audit reads.
@@ -38,45 +40,75 @@ pub struct AuditRaw {
     pub cost_usd: Option<f64>,
     pub max_total_usd: Option<f64>,
     pub laptop_only: bool,
+    /// `gpuctl extend` moved its hard stop.
+    pub extended: bool,
 }
 
-fn raw(r: &Row) -> Result<AuditRaw, SqlError> {
+/// The audit's columns from a PostgreSQL row, by position (the SELECT below lists them).
+fn pg_raw(r: &postgres::Row) -> Result<AuditRaw, SqlError> {
+    fn get<'a, T: postgres::types::FromSql<'a>>(
+        r: &'a postgres::Row,
+        i: usize,
+    ) -> Result<T, SqlError> {
+        r.try_get(i).map_err(|e| SqlError::Column {
+            column: r
+                .columns()
+                .get(i)
+                .map(|c| c.name().to_string())
+                .unwrap_or_default(),
+            problem: e.to_string(),
+        })
+    }
+    fn time(r: &postgres::Row, i: usize) -> Result<Option<DateTime<Utc>>, SqlError> {
+        get::<Option<&str>>(r, i)?
+            .map(|s| parse_time(s, r.columns().get(i).map_or("", |c| c.name())))
+            .transpose()
+    }
+    let state: &str = get(r, 14)?;
     Ok(AuditRaw {
-        id: r.text("id")?,
-        plan_name: r.text("plan_name")?,
-        plan_sha256: r.text("plan_sha256")?,
-        plan_path: r.opt_text("plan_path")?,
-        plan_git_commit: r.opt_text("plan_git_commit")?,
-        owner: r.opt_text("owner")?,
-        route: r.text("route")?,
-        provider: r.text("provider")?,
-        instance_type: r.opt_text("instance_type")?,
-        price: r.opt_real("price_usd_per_hour")?,
-        catalog_price: r.opt_real("catalog_price_usd_per_hour")?,
-        created_at: r.time("created_at")?,
-        launched_at: r.opt_time("launched_at")?,
-        ended_at: r.opt_time("ended_at")?,
-        state: r.parsed("state")?,
-        stop_reason: r.opt_text("stop_reason")?,
-        cost_usd: r.opt_real("cost_usd")?,
-        max_total_usd: r.opt_real("max_total_usd")?,
-        laptop_only: r.opt_int("laptop_only")?.unwrap_or(0) != 0,
+        id: get(r, 0)?,
+        plan_name: get(r, 1)?,
+        plan_sha256: get(r, 2)?,
+        plan_path: get(r, 3)?,
+        plan_git_commit: get(r, 4)?,
+        owner: get(r, 5)?,
+        route: get(r, 6)?,
+        provider: get(r, 7)?,
+        instance_type: get(r, 8)?,
+        price: get(r, 9)?,
+        catalog_price: get(r, 10)?,
+        created_at: time(r, 11)?.ok_or_else(|| SqlError::Column {
+            column: "created_at".into(),
+            problem: "is NULL".into(),
+        })?,
+        launched_at: time(r, 12)?,
+        ended_at: time(r, 13)?,
+        state: state.parse().map_err(|e: String| SqlError::Column {
+            column: "state".into(),
+            problem: e,
+        })?,
+        stop_reason: get(r, 15)?,
+        cost_usd: get(r, 16)?,
+        max_total_usd: get(r, 17)?,
+        laptop_only: get::<Option<i64>>(r, 18)?.unwrap_or(0) != 0,
+        extended: get::<Option<&str>>(r, 19)? == Some("extended"),
     })
+}
+
+fn parse_time(s: &str, column: &str) -> Result<DateTime<Utc>, SqlError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| SqlError::Column {
+            column: column.into(),
+            problem: format!("{s:?}: {e}"),
+        })
 }
 
 /// The audit's columns from a SQLite row, by position (the SELECT above lists them).
 fn lite_raw(r: &rusqlite::Row) -> Result<AuditRaw, SqlError> {
     fn time(r: &rusqlite::Row, i: usize, name: &str) -> Result<Option<DateTime<Utc>>, SqlError> {
         let s: Option<String> = r.get(i)?;
-        s.map(|s| {
-            DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| SqlError::Column {
-                    column: name.into(),
-                    problem: format!("{s:?}: {e}"),
-                })
-        })
-        .transpose()
+        s.map(|s| parse_time(&s, name)).transpose()
     }
     let state: String = r.get(14)?;
     Ok(AuditRaw {
@@ -105,6 +137,7 @@ fn lite_raw(r: &rusqlite::Row) -> Result<AuditRaw, SqlError> {
         cost_usd: r.get(16)?,
         max_total_usd: r.get(17)?,
         laptop_only: r.get::<_, Option<i64>>(18)?.unwrap_or(0) != 0,
+        extended: r.get::<_, Option<String>>(19)?.as_deref() == Some("extended"),
     })
 }
 
@@ -134,7 +167,12 @@ impl Db {
             args.push(o.into());
             conds.push(format!("owner = ?{}", args.len()));
         }
-        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd, laptop_only";
+        let cols = "id, plan_name, plan_sha256, plan_path, plan_git_commit, owner, route, provider, instance_type, price_usd_per_hour, catalog_price_usd_per_hour, created_at, launched_at, ended_at, state, stop_reason, cost_usd, max_total_usd, laptop_only, stop_cause";
+        let order = if filter.any_order {
+            ""
+        } else {
+            " ORDER BY created_at, id"
+        };
         for unconfirmed in [true, false] {
             let mut all = conds.clone();
             all.push(if unconfirmed {
@@ -145,11 +183,11 @@ impl Db {
             if let crate::Conn::Postgres(pg) = &self.conn {
                 // One query, streamed: PostgreSQL sends rows as they are read.
                 let stmt = format!(
-                    "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id",
+                    "SELECT {cols} FROM sessions WHERE {}{order}",
                     all.join(" AND ")
                 );
                 let rows = pg
-                    .stream(stmt, args.clone(), raw)
+                    .stream(stmt, args.clone(), pg_raw)
                     .map_err(|e| self.err(e))?;
                 for r in rows {
                     each(r.map_err(|e| self.err(e))?)?;
@@ -160,7 +198,7 @@ impl Db {
                 // One query, each row read straight into the audit's columns as SQLite
                 // reads it: no by-name values (a million rows make them the cost).
                 let stmt = format!(
-                    "SELECT {cols} FROM sessions WHERE {} ORDER BY created_at, id",
+                    "SELECT {cols} FROM sessions WHERE {}{order}",
                     all.join(" AND ")
                 );
                 let sql_err = |e: rusqlite::Error| self.err(e.into());

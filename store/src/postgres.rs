@@ -182,44 +182,65 @@ impl PgConn {
         rx.recv().map_err(|_| SqlError::Closed)?
     }
 
-    /// One query's rows, streamed from the connection's thread as the server sends them
-    /// (a bounded channel: memory stays flat however many rows there are).
+    /// One query's rows, streamed from the connection's thread as the server sends them,
+    /// each read by `map` straight from the driver's row (a million rows make by-name values
+    /// the cost), handed over in batches (one wake-up per batch, not per row) through a
+    /// bounded channel: memory stays flat however many rows there are.
     pub fn stream<T: Send + 'static>(
         &self,
         sql: String,
         params: Vec<crate::sql::Value>,
-        map: fn(&crate::sql::Row) -> Result<T, SqlError>,
-    ) -> Result<mpsc::Receiver<Result<T, SqlError>>, SqlError> {
-        let (tx, rx) = mpsc::sync_channel(4096);
+        map: fn(&postgres::Row) -> Result<T, SqlError>,
+    ) -> Result<impl Iterator<Item = Result<T, SqlError>>, SqlError> {
+        const BATCH: usize = 1024;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Result<T, SqlError>>>(8);
         let job: Job = Box::new(move |client| {
             use postgres::fallible_iterator::FallibleIterator;
             let sql = crate::sql::postgres_placeholders(&sql);
-            let mut rows = match client.query_raw(&sql, params.iter()) {
-                Ok(r) => r,
+            // A read-only transaction of its own, so that its settings end with it: a
+            // million-row sort in memory rather than on disk, and no JIT for a plain scan.
+            let mut txn = match client.transaction().and_then(|mut t| {
+                t.batch_execute(
+                    "SET TRANSACTION READ ONLY; SET LOCAL work_mem = '256MB'; SET LOCAL jit = off",
+                )?;
+                Ok(t)
+            }) {
+                Ok(t) => t,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into()));
+                    let _ = tx.send(vec![Err(e.into())]);
                     return;
                 }
             };
-            let mut names = None;
-            loop {
-                let item = match rows.next() {
-                    Ok(Some(r)) => {
-                        let names = names.get_or_insert_with(|| crate::sql::pg_names(&r));
-                        crate::sql::pg_row(&r, names).and_then(|row| map(&row))
-                    }
-                    Ok(None) => return,
-                    Err(e) => Err(e.into()),
-                };
-                let failed = item.is_err();
-                // The reader went away (its caller failed): stop reading.
-                if tx.send(item).is_err() || failed {
+            let mut rows = match txn.query_raw(&sql, params.iter()) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(vec![Err(e.into())]);
                     return;
+                }
+            };
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let (item, last) = match rows.next() {
+                    Ok(Some(r)) => {
+                        let item = map(&r);
+                        let failed = item.is_err();
+                        (Some(item), failed)
+                    }
+                    Ok(None) => (None, true),
+                    Err(e) => (Some(Err(e.into())), true),
+                };
+                batch.extend(item);
+                if last || batch.len() == BATCH {
+                    // The reader went away (its caller failed): stop reading.
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.send(full).is_err() || last {
+                        return;
+                    }
                 }
             }
         });
         self.jobs.send(job).map_err(|_| SqlError::Closed)?;
-        Ok(rx)
+        Ok(rx.into_iter().flatten())
     }
 
     /// Run `f` as a plain statement sequence.

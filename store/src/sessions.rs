@@ -705,6 +705,37 @@ impl Db {
         }
     }
 
+    /// Hand a session back to the team's daemons (one holding more than its share when
+    /// several watch the store): the controller columns go NULL only if `me` still holds
+    /// it, and the next daemon to sweep claims it. Returns whether it was released.
+    pub fn release(
+        &self,
+        id: &str,
+        me: Controller,
+        why: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError> {
+        let (i, message) = (
+            id.to_string(),
+            format!(
+                "released by gpuctl {} (pid {}): {why}",
+                me.kind.as_str(),
+                me.pid
+            ),
+        );
+        self.tx(move |sql| {
+            let [pid, start, _, machine] = controller_params(Some(me));
+            let n = sql.execute(
+                "UPDATE sessions SET controller_pid = NULL, controller_start = NULL, controller_kind = NULL, controller_machine = NULL, controller_heartbeat_at = NULL, updated_at = ?2 WHERE id = ?1 AND state NOT IN ('stopped', 'failed') AND stop_requested_at IS NULL AND controller_pid = ?3 AND controller_start = ?4 AND controller_machine = ?5",
+                &[i.as_str().into(), at.into(), pid, start, machine],
+            )?;
+            if n == 1 {
+                insert_event(sql, &i, at, "release", None, &message)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
     /// `gpuctl down`: ask whoever drives the session to stop it now.
     pub fn request_stop(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<(), DbError> {
         let i = id.to_string();

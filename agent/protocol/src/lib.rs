@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a type below changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Written by the controller, read by the agent at start (`gpuctl-agent serve --config FILE`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// counts it down on its monotonic clock, which no wall-clock step can move.
     #[serde(default)]
     pub remaining_ms: Option<u64>,
+    /// `stop.idle`: stop once no API request has come for this many seconds (the hard
+    /// stop still applies).
+    #[serde(default)]
+    pub idle_secs: Option<u64>,
 }
 
 /// Where the agent may end its own instance's billing.
@@ -70,6 +74,12 @@ pub struct SelfTerminate {
 /// The file on the host the controller touches while it watches the session (every few
 /// seconds): at the deadline, the agent ends billing itself only when it is stale.
 pub const CONTROLLER_HEARTBEAT: &str = "controller.alive";
+/// `gpuctl extend` writes the new deadline (RFC 3339, the controller's clock) to this file
+/// in the agent's folder; the agent moves its watchdog by the difference (never earlier)
+/// and answers in [`DEADLINE_APPLIED`] with the deadline it now keeps.
+pub const DEADLINE_REQUEST: &str = "deadline.request";
+pub const DEADLINE_APPLIED: &str = "deadline.applied";
+
 /// How old the heartbeat may be for the controller to count as present.
 pub const CONTROLLER_HEARTBEAT_STALE_SECS: u64 = 10;
 
@@ -193,6 +203,16 @@ pub enum StopReason {
     Signal,
     Requested,
     ServerFailed,
+    /// `stop.idle`: no API request for the plan's idle window.
+    Idle,
+}
+
+impl StopReason {
+    /// The stops the agent reaches on its own (no one asked): after these it runs the
+    /// plan's stop action and, with no controller watching, ends its instance's billing.
+    pub fn is_own(self) -> bool {
+        matches!(self, StopReason::Deadline | StopReason::Idle)
+    }
 }
 
 /// How long the agent gives a supervised server after SIGTERM before SIGKILL.

@@ -41,7 +41,10 @@ pub struct AppState {
     pub token: String,
     pub model_id: String,
     pub session_id: String,
-    pub deadline: DateTime<Utc>,
+    /// The deadline in force (moved by `gpuctl extend`).
+    pub deadline: crate::serve::SharedDeadline,
+    /// When the last API request came (`stop.idle`).
+    pub activity: Activity,
     pub started_at: DateTime<Utc>,
     pub log: RequestLog,
     pub stopping: AtomicBool,
@@ -50,6 +53,38 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+/// When the last API request arrived or finished, on the monotonic clock.
+pub struct Activity {
+    base: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            base: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last request (or since serving began).
+    pub fn quiet_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
 
 pub fn app(state: Shared) -> Router {
     Router::new()
@@ -80,7 +115,17 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
             if state.stopping.load(Ordering::SeqCst) {
                 return ApiError::unavailable("the session is stopping").into_response();
             }
-            next.run(req).await
+            // Model requests count as activity (`stop.idle`); the controller's health
+            // checks do not.
+            let api = req.uri().path().starts_with("/v1/");
+            if api {
+                state.activity.touch();
+            }
+            let response = next.run(req).await;
+            if api {
+                state.activity.touch();
+            }
+            response
         }
         _ => ApiError::unauthorized().into_response(),
     }
@@ -93,7 +138,7 @@ async fn health(State(state): State<Shared>) -> Json<AgentStatus> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         ready: true,
         model: state.model_id.clone(),
-        deadline: state.deadline,
+        deadline: *state.deadline.lock().unwrap_or_else(|p| p.into_inner()),
         ends_billing: state.ends_billing.clone(),
     })
 }
