@@ -14,6 +14,7 @@ pub mod eval;
 pub mod evidence;
 pub mod exit;
 pub mod home;
+pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod procs;

@@ -325,3 +325,314 @@ fn completions_and_the_man_page_cover_the_commands() {
     let bad = ctx.run(["completions", "tcsh"]);
     assert_eq!(bad.code, 2);
 }
+
+/// A webhook receiver on 127.0.0.1: records each JSON body; with `hold`, it reads the
+/// request and keeps the connection open without answering until `release` is set.
+struct Hook {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hook {
+    fn start(hold: bool) -> Hook {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, r) = (bodies.clone(), release.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(50) {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let Ok(n) = conn.read(&mut chunk) else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            break Some(rest[..len].to_string());
+                        }
+                    }
+                };
+                if let Some(body) = body {
+                    if let Ok(v) = serde_json::from_str(&body) {
+                        b.lock().expect("lock").push(v);
+                    }
+                }
+                if hold {
+                    // Bounded: at most a minute per connection.
+                    let start = Instant::now();
+                    while !r.load(std::sync::atomic::Ordering::SeqCst)
+                        && start.elapsed() < Duration::from_secs(60)
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook {
+            port,
+            bodies,
+            release,
+        }
+    }
+
+    /// A URL with a secret in it, as a Slack webhook has.
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/services/T000/B000/{SECRET}", self.port)
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|b| b["event"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.release
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+const SECRET: &str = "XyZsecretWEBHOOKtoken123";
+
+fn with_notify(plan: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(plan).expect("plan");
+    std::fs::write(
+        plan,
+        format!("{text}\n[notify]\nwebhook_env = \"GPUCTL_TEST_WEBHOOK\"\n"),
+    )
+    .expect("write");
+    plan.to_path_buf()
+}
+
+/// No file gpuctl wrote (bundle, database, run folder) holds the webhook URL.
+fn assert_no_secret(ctx: &Ctx) {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(ctx.dir.path(), &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "the webhook URL leaked into {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn alerts_reach_the_webhook_on_the_budget_mark_and_the_stop_and_never_leak_its_url() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let hook = Hook::start(false);
+    // $36/h is a cent a second: max_total_usd = $0.20 buys 20 s, the 80 % mark at 16 s.
+    let plan = ctx.write(
+        "budget.toml",
+        format!(
+            r#"schema = 1
+[plan]
+name = "budget-alerts"
+goal = "alert at the budget mark and at the stop"
+route = "rented_gpu"
+why = "I need SSH access to a host I rent, within a small budget"
+can_prove = "the alerts"
+cannot_prove = "GPU serving"
+[model]
+id = "smollm2"
+runtime = "candle"
+path = "{model}"
+[instance]
+provider = "ssh"
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+host_key = "{fp}"
+gpus = 0
+hourly_price_usd = 36.0
+[budget]
+hourly_usd = 40.0
+max_total_usd = 0.20
+[stop]
+max_duration = "10m"
+grace = "3s"
+[fallback]
+route = "local_cpu"
+[access]
+method = "ssh_key"
+identity_file = "{key}"
+ports = [{{ local = {local}, remote = {remote} }}]
+[evidence]
+copy_back = ["environment_report.txt"]
+shutdown_proof = "process_exited"
+dir = "{evidence}"
+"#,
+            model = common::model_path().display(),
+            port = sshd.port,
+            user = sshd.user,
+            fp = sshd.host_fingerprint,
+            key = sshd.client_key.display(),
+            local = free_port(),
+            remote = free_port(),
+            evidence = ctx.path("bundles").display(),
+        ),
+    );
+    with_notify(&plan);
+    let out = ctx
+        .command()
+        .env("GPUCTL_TEST_WEBHOOK", hook.url())
+        .args(["up", "--json"])
+        .arg(&plan)
+        .output()
+        .expect("up");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = hook.events();
+    assert!(events.iter().any(|e| e == "budget"), "{events:?}");
+    assert!(events.iter().any(|e| e == "stop"), "{events:?}");
+    let stop = hook
+        .bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|b| b["event"] == "stop")
+        .cloned()
+        .expect("stop");
+    assert!(
+        stop["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("budget-alerts")),
+        "a Slack-readable text: {stop:#}"
+    );
+    assert!(
+        stop["session_id"].is_string() && stop["at"].is_string(),
+        "{stop:#}"
+    );
+    assert_no_secret(&ctx);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(SECRET)
+            && !String::from_utf8_lossy(&out.stderr).contains(SECRET)
+    );
+}
+
+#[test]
+fn an_unconfirmed_stop_is_alerted_and_a_hanging_webhook_does_not_hold_the_stop() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let emu = Emulator::start(sshd.port, &[]);
+    let hook = Hook::start(true);
+    let c = Cloud {
+        stop: "after_eval = false",
+        max_duration: "5m",
+        ..after_eval("vast", "RTX_3090", None)
+    };
+    let p = with_notify(&plan(&ctx, &sshd, &c, free_port()));
+    let mut cmd = ctx.command();
+    emu.env(&mut cmd);
+    let mut up = cmd
+        .env("GPUCTL_STOP_CONFIRM_WINDOW", "4s")
+        .env("GPUCTL_TEST_WEBHOOK", hook.url())
+        .args(["up", "--json"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("up");
+    let s = common::wait_serving(&ctx, Duration::from_secs(120));
+    let id = s["id"].as_str().expect("id").to_string();
+    // The terminate is accepted but never completes: the stop stays unconfirmed.
+    emu.fault("vast", "terminate", "never_complete", 1);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    // The webhook holds every connection open: the stop is recorded all the same.
+    let s = wait_for(
+        &ctx,
+        &id,
+        Duration::from_secs(90),
+        "recorded while the webhook hangs",
+        |s| s["session"]["state"] == "stop_unconfirmed",
+    );
+    assert!(
+        hook.events().iter().any(|e| e == "stop_unconfirmed"),
+        "{:?}",
+        hook.events()
+    );
+    assert_eq!(s["session"]["state"], "stop_unconfirmed");
+    hook.release
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = up.wait();
+    assert_no_secret(&ctx);
+}
+
+#[test]
+fn a_webhook_url_written_into_a_plan_is_refused() {
+    let ctx = Ctx::new();
+    let plan = local_plan(&ctx, free_port(), "");
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    std::fs::write(
+        &plan,
+        format!(
+            "{text}\n[notify]\nwebhook_env = \"https://hooks.example.com/services/{SECRET}\"\n"
+        ),
+    )
+    .expect("write");
+    let check = ctx.run([
+        std::ffi::OsStr::new("plan"),
+        std::ffi::OsStr::new("check"),
+        plan.as_os_str(),
+    ]);
+    assert_eq!(check.code, 2, "{}", check.stdout);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        said.contains("notify.webhook_env") && said.contains("is a URL"),
+        "{said}"
+    );
+    // A [notify] without a variable name is refused too.
+    std::fs::write(&plan, format!("{text}\n[notify]\n")).expect("write");
+    let check = ctx.run([
+        std::ffi::OsStr::new("plan"),
+        std::ffi::OsStr::new("check"),
+        plan.as_os_str(),
+    ]);
+    assert_eq!(check.code, 2, "{}", check.stdout);
+}

@@ -81,6 +81,8 @@ async fn down(args: DownArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Done
     };
+    // Alerts of the stops still in flight get a bounded moment before the process exits.
+    crate::notify::flush(Duration::from_secs(6));
     Ok(exit)
 }
 

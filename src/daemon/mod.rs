@@ -427,6 +427,7 @@ impl Daemon {
                 s.deadline.format("%H:%M:%S UTC")
             );
             let _ = self.db.add_event(&s.id, "budget", &msg, now);
+            crate::notify::Alerter::for_record(s).send("budget", &msg);
             log(self.json, Some(&s.id), &msg);
         }
     }

@@ -107,6 +107,14 @@ pub struct Plan {
     pub access: Access,
     pub evidence: EvidenceSpec,
     pub eval: EvalSpec,
+    /// `[notify]`: alerts (optional).
+    pub notify: Option<Notify>,
+}
+
+/// Where alerts go: the environment variable holding a webhook URL (never the URL).
+#[derive(Debug, Clone, Serialize)]
+pub struct Notify {
+    pub webhook_env: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -345,6 +345,10 @@ fn read_plan(
         let t = root.table(cx, "eval");
         read_eval(cx, t, plan_dir)
     };
+    let notify = {
+        let t = root.table(cx, "notify");
+        read_notify(cx, t)
+    };
     root.finish(cx);
 
     let (head, model, instance, budget, stop, fallback, access, evidence) = (
@@ -368,6 +372,7 @@ fn read_plan(
         access: access.spec,
         evidence: evidence.spec,
         eval: eval.unwrap_or_default(),
+        notify,
     };
     let spans = Spans {
         privacy: head.privacy_level.span,
@@ -1171,6 +1176,49 @@ fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<A
 struct EvidenceRead {
     spec: EvidenceSpec,
     proof_span: Range<usize>,
+}
+
+/// `[notify]`: where alerts go. The webhook URL is a secret, so the plan names the
+/// environment variable that holds it, never the URL.
+fn read_notify(cx: &mut Ctx, mut t: TableView) -> Option<Notify> {
+    if !t.is_present() {
+        return None;
+    }
+    let env = t.string(cx, "webhook_env");
+    if env.is_none() && t.raw("webhook_env").is_none() {
+        cx.push(
+            Problem::error("notify.webhook_env", t.missing_span(), "[notify] names no webhook_env")
+                .fix("add `webhook_env = \"GPUCTL_WEBHOOK_URL\"` (the variable holding the URL), or remove [notify]"),
+        );
+    }
+    t.finish(cx);
+    let env = env?;
+    let name_ok = !env.value.is_empty()
+        && !env.value.starts_with(|c: char| c.is_ascii_digit())
+        && env
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !name_ok {
+        let looks_like_url = env.value.contains("://");
+        cx.push(
+            Problem::error(
+                "notify.webhook_env",
+                env.span.clone(),
+                if looks_like_url {
+                    "is a URL; a webhook URL is a secret and never goes in a plan".to_string()
+                } else {
+                    format!("{:?} is not an environment variable name", env.value)
+                },
+            )
+            .why("plans are shared in git; the URL lets anyone post to the channel")
+            .fix("write `webhook_env = \"GPUCTL_WEBHOOK_URL\"` and export GPUCTL_WEBHOOK_URL=<the URL> where gpuctl runs"),
+        );
+        return None;
+    }
+    Some(Notify {
+        webhook_env: env.value,
+    })
 }
 
 fn read_evidence(cx: &mut Ctx, mut t: TableView) -> Option<EvidenceRead> {

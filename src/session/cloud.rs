@@ -255,6 +255,7 @@ impl Session {
                 );
                 rep.warn(&msg);
                 self.db.add_event(&self.id, "fallback", &msg, Utc::now())?;
+                self.alerter().send("fallback", &msg);
             }
             let catalog = price_of(kind, &t).map(|p| p.usd_per_hour);
             if let (Some(p), Some(h)) = (catalog, hourly) {

@@ -555,6 +555,22 @@ impl Session {
         if let Err(e) = &recorded {
             run.db_errors.push(format!("{e:#}"));
         }
+        // After the record: an alert never delays the stop or its proof.
+        let (event, said) = match state {
+            SessionState::StopUnconfirmed => (
+                "stop_unconfirmed",
+                format!("{message}; it may still bill, and the stop is retried"),
+            ),
+            SessionState::Failed => (
+                "failure",
+                format!(
+                    "{message}; failed: {}",
+                    outcome.failure.as_deref().unwrap_or("see the bundle")
+                ),
+            ),
+            _ => ("stop", format!("{message} ({})", end.reason)),
+        };
+        self.alerter().send(event, &said);
         rep.done(&message);
         rep.result(json!({
             "session_id": self.id,

@@ -238,6 +238,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         pending_launch: None,
     };
 
+    let alerts = session.alerter();
+    if let Some(problem) = alerts.problem() {
+        rep.warn(&problem);
+    }
     let heartbeat = Heartbeat::start(&home, &id, me);
     let started = Instant::now();
     let meter = budget_warning(
@@ -247,6 +251,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         session.plan.budget.max_total_usd,
         now,
         rep.is_json(),
+        alerts,
     );
     let ending = {
         let run = session.run(&mut rep, opts.accept_new_host_key, placement);
@@ -291,6 +296,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     let stopped = session.finish(&mut rep, ending, started).await;
     let exit = session.publish(&mut rep, stopped).await;
     meter.abort();
+    // Alerts of the stop still in flight get a bounded moment (the stop is already done).
+    crate::notify::flush(Duration::from_secs(6));
     if session.no_capacity && session.plan.fallback.route == Some(Route::LocalCpu) {
         if !opts.fallback {
             rep.warn("no capacity: the plan's fallback route is local_cpu; `gpuctl up --fallback` runs it at once");
@@ -304,6 +311,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
             );
             rep.warn(&msg);
             session.db.add_event(&id, "fallback", &msg, Utc::now())?;
+            session.alerter().send("fallback", &msg);
             drop(session);
             return Box::pin(up(UpOptions {
                 plan_path: path,
@@ -511,6 +519,7 @@ fn budget_warning(
     max_total: Option<f64>,
     launched: DateTime<Utc>,
     json: bool,
+    alerts: crate::notify::Alerter,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(at) = max_total.and_then(|m| super::budget::warn_at(price, m, launched)) else {
@@ -524,6 +533,7 @@ fn budget_warning(
                 max_total.unwrap_or_default()
             );
             let _ = db.add_event(&id, "budget", &msg, Utc::now());
+            alerts.send("budget", &msg);
             if json {
                 println!(
                     "{}",
@@ -643,6 +653,11 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 impl Session {
+    /// Alerts about this session (the plan's `[notify]`).
+    pub(super) fn alerter(&self) -> crate::notify::Alerter {
+        crate::notify::Alerter::for_plan(&self.plan, &self.id)
+    }
+
     pub(super) fn transition(&mut self, state: SessionState, message: &str) -> anyhow::Result<()> {
         self.db.transition(&self.id, state, message, Utc::now())?;
         Ok(())
@@ -794,6 +809,7 @@ impl Session {
                     );
                     rep.warn(&msg);
                     self.db.add_event(&self.id, "fallback", &msg, Utc::now())?;
+                    self.alerter().send("fallback", &msg);
                     model.id = fallback.model;
                     model.args = fallback.args;
                 }
