@@ -148,6 +148,7 @@ max_duration = "2h"                        # hard stop, counted from `up` (or ha
 grace = "2m"                               # evidence is collected in this window before the stop
 on_stop = "terminate"                      # terminate | stop | command
 after_eval = false
+idle = "30m"                               # also stop after 30 minutes without an API request
 
 [fallback]
 route = "local_cpu"                        # fallback_route
@@ -170,4 +171,7 @@ prompt = "What is the capital of France?"
 expect_contains = "Paris"
 max_tokens = 32
 max_latency_ms = 5000
+
+[notify]
+webhook_env = "GPUCTL_WEBHOOK_URL"         # alerts go to the URL in this variable (never the URL here)
 "#;
