@@ -636,3 +636,138 @@ fn a_webhook_url_written_into_a_plan_is_refused() {
     ]);
     assert_eq!(check.code, 2, "{}", check.stdout);
 }
+
+/// A wheel of a tiny package, made by hand (no index, no build backend): `dir/*.whl`.
+fn build_wheel(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("wheel dir");
+    let script = r#"
+import sys, zipfile
+d = sys.argv[1]
+files = {
+    "gpuctltestpkg/__init__.py": "VERSION = '1.0'\n",
+    "gpuctltestpkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpuctltestpkg\nVersion: 1.0\n",
+    "gpuctltestpkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: gpuctl-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = "".join(f"{n},,\n" for n in files) + "gpuctltestpkg-1.0.dist-info/RECORD,,\n"
+with zipfile.ZipFile(f"{d}/gpuctltestpkg-1.0-py3-none-any.whl", "w") as z:
+    for n, t in files.items():
+        z.writestr(n, t)
+    z.writestr("gpuctltestpkg-1.0.dist-info/RECORD", record)
+"#;
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .status()
+        .expect("python3");
+    assert!(ok.success(), "the test wheel");
+}
+
+fn host_python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An SSH-route plan (the test's sshd) that stops after its eval, with `setup` as its
+/// [setup] section.
+fn setup_plan(ctx: &Ctx, sshd: &Sshd, name: &str, setup: &str) -> std::path::PathBuf {
+    let plan = common::sshd::ssh_plan(
+        ctx,
+        sshd,
+        name,
+        (free_port(), free_port()),
+        "max_duration = \"10m\"\ngrace = \"3s\"\nafter_eval = true",
+    );
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    std::fs::write(&plan, format!("{text}\n[setup]\n{setup}\n")).expect("write");
+    plan
+}
+
+fn up_to_the_end(ctx: &Ctx, plan: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = ctx
+        .command()
+        .args(["up", "--json"])
+        .arg(plan)
+        .output()
+        .expect("up");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "session")
+        .and_then(|v| v["session_id"].as_str().map(String::from))
+        .unwrap_or_else(|| {
+            panic!(
+                "no session:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (out.status.code().unwrap_or(-1), status(ctx, &id))
+}
+
+#[test]
+fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_stops() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let wheels = ctx.path("wheels");
+    build_wheel(&wheels);
+    let setup = format!(
+        "python = \"{}\"\npip = [\"--no-index\", \"--find-links\", \"{}\", \"gpuctltestpkg==1.0\"]\ncommands = [\"python -c 'import gpuctltestpkg; print(gpuctltestpkg.VERSION)' > setup-check.txt\"]",
+        host_python(),
+        wheels.display()
+    );
+    let check = ctx.run([
+        std::ffi::OsStr::new("plan"),
+        std::ffi::OsStr::new("check"),
+        setup_plan(&ctx, &sshd, "setup-a", &setup).as_os_str(),
+    ]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-a", &setup));
+    assert_eq!(code, 0, "{s:#}");
+    let report = bundle_file(&s, "environment_report.txt");
+    assert!(
+        report.contains("gpuctltestpkg==1.0"),
+        "the versions installed are reported:\n{report}"
+    );
+    let setup_log = bundle_file(&s, "setup.log");
+    assert!(setup_log.contains("--- pip install"), "{setup_log}");
+    assert!(!bundle_file(&s, "agent.log").contains("setup: reusing"));
+
+    // The same [setup] again: the environment is reused, and the agent says so.
+    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-b", &setup));
+    assert_eq!(code, 0, "{s:#}");
+    assert!(
+        bundle_file(&s, "agent.log").contains("setup: reusing"),
+        "{}",
+        bundle_file(&s, "agent.log")
+    );
+    assert!(bundle_file(&s, "environment_report.txt").contains("gpuctltestpkg==1.0"));
+
+    // A setup command that fails: the session fails, and is still stopped and proven.
+    let failing = format!(
+        "python = \"{}\"\ncommands = [\"echo about to fail; exit 3\"]",
+        host_python()
+    );
+    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-c", &failing));
+    assert_eq!(code, 1, "{s:#}");
+    assert_eq!(s["session"]["state"], "failed", "{s:#}");
+    let failure = s["session"]["failure_reason"].as_str().unwrap_or_default();
+    assert!(failure.contains("[setup] failed"), "{failure}");
+    let proof: serde_json::Value =
+        serde_json::from_str(&bundle_file(&s, "shutdown_proof.json")).expect("proof");
+    assert_eq!(proof["confirmed"], true, "{proof:#}");
+    assert!(bundle_file(&s, "setup.log").contains("about to fail"));
+
+    // An unpinned requirement is a warning, not a refusal.
+    let loose = setup_plan(&ctx, &sshd, "setup-d", "pip = [\"vllm\"]");
+    let check = ctx.run([
+        std::ffi::OsStr::new("plan"),
+        std::ffi::OsStr::new("check"),
+        loose.as_os_str(),
+    ]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    assert!(format!("{}{}", check.stdout, check.stderr).contains("is not pinned"));
+}

@@ -14,6 +14,7 @@ mod log;
 mod metrics;
 mod reqlog;
 mod serve;
+mod setup;
 mod supervise;
 
 use std::process::ExitCode;

@@ -83,9 +83,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
 
     // Arm the watchdog before anything slow: the deadline holds even during model load.
-    let dir = config_path
-        .parent()
-        .map(std::path::Path::to_path_buf)
+    // Absolute: a remote agent is started as `--config agent.json` in its folder, and
+    // `[setup]`'s environments live two levels above it.
+    let dir = std::path::absolute(config_path)
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_default();
     let deadline = Arc::new(std::sync::Mutex::new(cfg.deadline));
     spawn_watchdog(&cfg, dir.clone(), deadline.clone(), stop_tx.clone());
@@ -127,6 +129,56 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         sampler_stop,
         sampler,
     };
+
+    if let Some(setup) = cfg.setup.clone() {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let (dir, log_path, flag) = (
+            closer.dir.clone(),
+            evidence.join(evidence_files::SETUP_LOG),
+            interrupted.clone(),
+        );
+        let mut job =
+            tokio::task::spawn_blocking(move || crate::setup::run(&setup, &dir, &log_path, flag));
+        let result = tokio::select! {
+            r = &mut job => r.unwrap_or_else(|e| Err(anyhow::anyhow!("setup ended abnormally: {e}"))),
+            reason = wait_stop(&mut stop_rx) => {
+                interrupted.store(true, Ordering::SeqCst);
+                let _ = job.await;
+                return closer
+                    .finish(Ending::new(reason, vec!["setup (interrupted)".into()]))
+                    .await;
+            }
+        };
+        match result {
+            Ok(ready) => {
+                // The versions actually installed, beside the rest of the environment.
+                let report = evidence.join(evidence_files::ENVIRONMENT_REPORT);
+                let mut text = std::fs::read_to_string(&report).unwrap_or_default();
+                text.push_str(&format!(
+                    "\n[setup] environment {}\n{}\n",
+                    ready.venv.display(),
+                    ready.versions
+                ));
+                if let Err(e) = std::fs::write(&report, text) {
+                    log!("cannot add the setup's versions to the environment report: {e}");
+                }
+                // The supervised server (and anything it starts) runs in the environment.
+                let path = std::env::var("PATH").unwrap_or_default();
+                std::env::set_var(
+                    "PATH",
+                    format!("{}:{path}", ready.venv.join("bin").display()),
+                );
+                std::env::set_var("VIRTUAL_ENV", &ready.venv);
+            }
+            Err(e) => {
+                log!("setup failed: {e:#}");
+                let mut ending = Ending::new(StopReason::ServerFailed, vec!["setup".into()]);
+                ending.failure = Some(format!("[setup] failed: {e:#}"));
+                closer.finish(ending).await?;
+                return Err(e);
+            }
+        }
+    }
 
     let request_log = crate::reqlog::RequestLog::create(
         &evidence.join(evidence_files::REQUESTS),

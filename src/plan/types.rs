@@ -109,6 +109,25 @@ pub struct Plan {
     pub eval: EvalSpec,
     /// `[notify]`: alerts (optional).
     pub notify: Option<Notify>,
+    /// `[setup]`: the host's Python environment (optional).
+    pub setup: Option<Setup>,
+}
+
+/// `[setup]`: built on the host by the agent before the model loads, once per distinct
+/// section (its hash names the environment), then reused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub python: Option<String>,
+    pub pip: Vec<String>,
+    pub commands: Vec<String>,
+}
+
+impl Setup {
+    /// The environment's name: sha256 of the section as the agent receives it (16 hex).
+    pub fn key(&self) -> String {
+        let canonical = serde_json::json!({ "python": self.python, "pip": self.pip, "commands": self.commands });
+        crate::evidence::sha256_hex(canonical.to_string().as_bytes())[..16].to_string()
+    }
 }
 
 /// Where alerts go: the environment variable holding a webhook URL (never the URL).

@@ -349,6 +349,10 @@ fn read_plan(
         let t = root.table(cx, "notify");
         read_notify(cx, t)
     };
+    let setup = {
+        let t = root.table(cx, "setup");
+        read_setup(cx, t)
+    };
     root.finish(cx);
 
     let (head, model, instance, budget, stop, fallback, access, evidence) = (
@@ -373,6 +377,7 @@ fn read_plan(
         evidence: evidence.spec,
         eval: eval.unwrap_or_default(),
         notify,
+        setup,
     };
     let spans = Spans {
         privacy: head.privacy_level.span,
@@ -1176,6 +1181,59 @@ fn read_access(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<A
 struct EvidenceRead {
     spec: EvidenceSpec,
     proof_span: Range<usize>,
+}
+
+/// `[setup]`: a virtual environment built on the host before the model loads.
+fn read_setup(cx: &mut Ctx, mut t: TableView) -> Option<Setup> {
+    if !t.is_present() {
+        return None;
+    }
+    let python = t.string(cx, "python");
+    let pip = t.string_array(cx, "pip");
+    let commands = t.string_array(cx, "commands");
+    t.finish(cx);
+    if let Some(p) = &python {
+        let ok = p.value.split('.').count() == 2
+            && p.value
+                .split('.')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            cx.push(
+                Problem::error(
+                    "setup.python",
+                    p.span.clone(),
+                    format!("{:?} is not a Python version", p.value),
+                )
+                .fix("write the major and minor version, like python = \"3.12\""),
+            );
+        }
+    }
+    for r in pip.iter().flat_map(|p| p.value.iter()) {
+        let pinned = r.value.starts_with('-')
+            || r.value.contains("==")
+            || r.value.contains(" @ ")
+            || r.value.ends_with(".whl");
+        if !pinned {
+            cx.push(
+                Problem::warning(
+                    "setup.pip",
+                    r.span.clone(),
+                    format!("{:?} is not pinned", r.value),
+                )
+                .why("an unpinned requirement installs whatever is newest the day the session runs: two sessions of one plan can differ")
+                .fix(format!("pin it, like \"{}==1.2.3\"", r.value.split(['<', '>', '=', '~', '!', '[']).next().unwrap_or(&r.value).trim())),
+            );
+        }
+    }
+    let list = |v: Option<Sp<Vec<Sp<String>>>>| -> Vec<String> {
+        v.map(|a| a.value.into_iter().map(|s| s.value).collect())
+            .unwrap_or_default()
+    };
+    Some(Setup {
+        python: python.map(|p| p.value),
+        pip: list(pip),
+        commands: list(commands),
+    })
 }
 
 /// `[notify]`: where alerts go. The webhook URL is a secret, so the plan names the

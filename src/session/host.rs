@@ -229,6 +229,10 @@ impl Host {
                     ));
                 }
                 bundle.copy_in(&work.join("agent.log"), evidence_files::AGENT_LOG)?;
+                bundle.copy_in(
+                    &ev.join(evidence_files::SETUP_LOG),
+                    evidence_files::SETUP_LOG,
+                )?;
                 bundle.copy_in(&work.join("agent-oom-attempt.log"), "agent-oom-attempt.log")?;
                 let _ = copy_back;
                 Ok(out)

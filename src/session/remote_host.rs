@@ -771,6 +771,12 @@ impl RemoteAgent {
             format!("{}/agent.log", self.dir),
             evidence_files::AGENT_LOG.to_string(),
         ));
+        // Only sessions with a [setup] have it: not being there is not news.
+        let optional = [evidence_files::SETUP_LOG];
+        wanted.push((
+            format!("{}/evidence/{}", self.dir, evidence_files::SETUP_LOG),
+            evidence_files::SETUP_LOG.to_string(),
+        ));
         for e in extra {
             let name = Path::new(e)
                 .file_name()
@@ -797,6 +803,9 @@ impl RemoteAgent {
                 Download::Copied { cut: false, .. } => "present".to_string(),
                 Download::Copied { bytes, cut: true } => format!("cut at {bytes} bytes"),
             };
+            if status == "missing" && optional.contains(&name.as_str()) {
+                continue;
+            }
             out.push((name, status));
         }
         Ok(out)

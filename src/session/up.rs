@@ -1077,6 +1077,16 @@ impl Session {
                 .ok()
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
             idle_secs: self.plan.stop.idle.map(|d| d.as_secs().max(1)),
+            setup: self
+                .plan
+                .setup
+                .as_ref()
+                .map(|s| gpuctl_protocol::SetupConfig {
+                    key: s.key(),
+                    python: s.python.clone(),
+                    pip: s.pip.clone(),
+                    commands: s.commands.clone(),
+                }),
         };
         let (host, url_port, instance) = match reached.connection.clone() {
             None => {

@@ -59,6 +59,30 @@ pub struct AgentConfig {
     /// stop still applies).
     #[serde(default)]
     pub idle_secs: Option<u64>,
+    /// The plan's `[setup]`, run by the agent (its watchdog already armed) before the model
+    /// loads or the server starts.
+    #[serde(default)]
+    pub setup: Option<SetupConfig>,
+}
+
+/// `[setup]`: a Python virtual environment with pinned packages and commands, built once
+/// per distinct setup on a host and reused: it lives in `venvs/<key>` beside the
+/// `sessions`/`run` folder that holds the agent's own folder (`<agent dir>/../../venvs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetupConfig {
+    /// The hash of the plan's `[setup]` section (hex): the environment's name.
+    pub key: String,
+    /// "3.12": `python3.12` on the host's PATH, else `python3` if it is that version.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// `pip install` arguments: pinned requirements, and options (those starting with -).
+    #[serde(default)]
+    pub pip: Vec<String>,
+    /// Shell commands run (`sh -c`) in order with the environment active, once when the
+    /// environment is built.
+    #[serde(default)]
+    pub commands: Vec<String>,
 }
 
 /// Where the agent may end its own instance's billing.
@@ -298,6 +322,8 @@ pub mod evidence_files {
     pub const GPU_METRICS: &str = "gpu_metrics.csv";
     pub const AGENT_LOG: &str = "agent.log";
     pub const FINAL_RECORD: &str = "final_record.json";
+    /// `[setup]`'s output (pip, the commands), when the plan has one.
+    pub const SETUP_LOG: &str = "setup.log";
 }
 
 #[cfg(test)]
