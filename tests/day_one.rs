@@ -771,3 +771,212 @@ fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_
     assert_eq!(check.code, 0, "{}", check.stdout);
     assert!(format!("{}{}", check.stdout, check.stderr).contains("is not pinned"));
 }
+
+const HF_TOKEN: &str = "hf_testTOKENnotArealOne42";
+
+/// Serves one file over HTTP on 127.0.0.1 and records each request's Authorization header.
+struct FileServer {
+    port: u16,
+    auth: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    fn start(file: std::path::PathBuf) -> FileServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let auth = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = auth.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(20) {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let a = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("authorization: ")
+                            .or_else(|| l.strip_prefix("Authorization: "))
+                    })
+                    .unwrap_or("")
+                    .to_string();
+                seen.lock().expect("lock").push(a);
+                let body = std::fs::read(&file).expect("model file");
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n", body.len());
+                let _ = conn.write_all(&body);
+            }
+        });
+        FileServer { port, auth }
+    }
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An SSH-route plan whose model is downloaded on the host from `url`.
+fn fetch_plan(ctx: &Ctx, sshd: &Sshd, name: &str, url: &str, sha: &str) -> std::path::PathBuf {
+    let plan = common::sshd::ssh_plan(
+        ctx,
+        sshd,
+        name,
+        (free_port(), free_port()),
+        "max_duration = \"10m\"\ngrace = \"3s\"\nafter_eval = true",
+    );
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    let path_line = format!("path = \"{}\"", common::model_path().display());
+    assert!(text.contains(&path_line));
+    std::fs::write(
+        &plan,
+        text.replace(&path_line, &format!("url = \"{url}\"\nsha256 = \"{sha}\"")),
+    )
+    .expect("write");
+    plan
+}
+
+/// Every file under `dir` (the model cache left out: it holds the weights).
+fn files_hold(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "models") {
+                    stack.push(p);
+                }
+            } else if String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default())
+                .contains(needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn the_model_is_fetched_on_the_host_checked_cached_and_the_hub_token_never_leaks() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let server = FileServer::start(common::model_path());
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let url = format!("{base}/SmolLM2-135M-Instruct.Q4_1.gguf?sig=abc");
+    let sha = sha256_of(&common::model_path());
+    // The process list, sampled all through the session: the token is in no argv.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (w, leaks) = (
+        watching.clone(),
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let l = leaks.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut samples = 0;
+        while w.load(std::sync::atomic::Ordering::SeqCst) && samples < 3000 {
+            samples += 1;
+            let ps = std::process::Command::new("ps")
+                .args(["-eo", "args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for line in ps.lines().filter(|l| l.contains(HF_TOKEN)) {
+                l.lock().expect("lock").push(line.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        samples
+    });
+    let up = |plan: &std::path::Path| {
+        let out = ctx
+            .command()
+            .env("HF_TOKEN", HF_TOKEN)
+            .env("HF_ENDPOINT", &base)
+            .args(["up", "--json"])
+            .arg(plan)
+            .output()
+            .expect("up");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let id = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "session")
+            .and_then(|v| v["session_id"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("no session:\n{stdout}"));
+        assert!(
+            !stdout.contains(HF_TOKEN) && !String::from_utf8_lossy(&out.stderr).contains(HF_TOKEN)
+        );
+        (out.status.code().unwrap_or(-1), status(&ctx, &id))
+    };
+    let (code, s) = up(&fetch_plan(&ctx, &sshd, "fetch-a", &url, &sha));
+    assert_eq!(code, 0, "{s:#}");
+    let log = bundle_file(&s, "agent.log");
+    assert!(
+        log.contains("fetch: downloading") && log.contains("sha256 checked"),
+        "{log}"
+    );
+    assert!(!log.contains("sig=abc"), "the URL's query is never logged");
+    assert!(
+        server
+            .auth
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|a| a == &format!("Bearer {HF_TOKEN}")),
+        "the hub token reached the host and went with the download"
+    );
+    // Again: from the host's cache, checked then.
+    let (code, s) = up(&fetch_plan(&ctx, &sshd, "fetch-b", &url, &sha));
+    assert_eq!(code, 0, "{s:#}");
+    assert!(bundle_file(&s, "agent.log").contains("fetch: reusing"));
+    // A wrong hash: refused before anything serves it; the session still stops, proven.
+    let wrong = "0".repeat(64);
+    let (code, s) = up(&fetch_plan(
+        &ctx,
+        &sshd,
+        "fetch-c",
+        &format!("{base}/other.gguf"),
+        &wrong,
+    ));
+    assert_eq!(code, 1, "{s:#}");
+    let failure = s["session"]["failure_reason"].as_str().unwrap_or_default();
+    assert!(failure.contains("does not match model.sha256"), "{failure}");
+    let proof: serde_json::Value =
+        serde_json::from_str(&bundle_file(&s, "shutdown_proof.json")).expect("proof");
+    assert_eq!(proof["confirmed"], true, "{proof:#}");
+
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.join().expect("sampler");
+    assert!(samples > 0);
+    assert!(
+        leaks.lock().expect("lock").is_empty(),
+        "the token in a process list: {:?}",
+        leaks.lock().expect("lock")
+    );
+    assert_eq!(
+        files_hold(ctx.dir.path(), HF_TOKEN),
+        Vec::<std::path::PathBuf>::new(),
+        "no file here holds the token"
+    );
+    assert_eq!(
+        files_hold(&sshd.remote_home(), HF_TOKEN),
+        Vec::<std::path::PathBuf>::new(),
+        "no file on the host holds it"
+    );
+    assert!(!sshd.log().contains(HF_TOKEN));
+}

@@ -9,6 +9,7 @@ mod billing;
 mod config;
 mod engine;
 mod envreport;
+mod fetch;
 mod gpu;
 mod log;
 mod metrics;

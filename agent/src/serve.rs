@@ -68,7 +68,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel::<Option<StopReason>>(None);
     spawn_signal_handler(stop_tx.clone());
     let loaded = config::load(config_path)?;
-    let cfg = loaded.config.clone();
+    let mut cfg = loaded.config.clone();
+    // The hub token: read from its 0600 file into this process's environment (the
+    // runtime inherits it; it never appears in an argv), and the file removed at once.
+    let hf_token = cfg.hf_token_file.as_ref().and_then(|f| {
+        let t = std::fs::read_to_string(f).ok();
+        let _ = std::fs::remove_file(f);
+        t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    });
+    if let Some(t) = &hf_token {
+        std::env::set_var("HF_TOKEN", t);
+    }
     // Placement: before anything touches CUDA, and inherited by a supervised server.
     if let Some(devices) = &cfg.cuda_visible_devices {
         std::env::set_var("CUDA_VISIBLE_DEVICES", devices);
@@ -174,6 +184,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 log!("setup failed: {e:#}");
                 let mut ending = Ending::new(StopReason::ServerFailed, vec!["setup".into()]);
                 ending.failure = Some(format!("[setup] failed: {e:#}"));
+                closer.finish(ending).await?;
+                return Err(e);
+            }
+        }
+    }
+
+    if let Some(f) = cfg.model.fetch.clone() {
+        let fetched = tokio::select! {
+            r = crate::fetch::fetch(&f, &closer.dir, hf_token.as_deref()) => r,
+            reason = wait_stop(&mut stop_rx) => {
+                return closer
+                    .finish(Ending::new(reason, vec!["model fetch (interrupted)".into()]))
+                    .await;
+            }
+        };
+        match fetched {
+            Ok(path) => cfg.model.path = Some(path.display().to_string()),
+            Err(e) => {
+                log!("model fetch failed: {e:#}");
+                let mut ending = Ending::new(StopReason::ServerFailed, vec!["model fetch".into()]);
+                ending.failure = Some(format!("model fetch failed: {e:#}"));
                 closer.finish(ending).await?;
                 return Err(e);
             }

@@ -53,11 +53,16 @@ pub fn server_argv(
     api_key: &str,
 ) -> anyhow::Result<Vec<String>> {
     let port_s = port.to_string();
+    // A file fetched on the host (`model.url`) is served from where it was put.
+    let model_ref = match (&model.fetch, &model.path) {
+        (Some(_), Some(p)) => p.clone(),
+        _ => model.id.clone(),
+    };
     let mut argv: Vec<String> = match model.runtime {
         Runtime::Vllm => [
             "vllm",
             "serve",
-            &model.id,
+            &model_ref,
             "--host",
             "127.0.0.1",
             "--port",
@@ -70,7 +75,7 @@ pub fn server_argv(
             "-m",
             "sglang.launch_server",
             "--model-path",
-            &model.id,
+            &model_ref,
             "--host",
             "127.0.0.1",
             "--port",
@@ -88,7 +93,7 @@ pub fn server_argv(
                 .map(|a| {
                     a.replace("{port}", &port_s)
                         .replace("{host}", "127.0.0.1")
-                        .replace("{model}", &model.id)
+                        .replace("{model}", &model_ref)
                 })
                 .collect()
         }
@@ -410,6 +415,7 @@ mod tests {
             path: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             command: command.iter().map(|s| s.to_string()).collect(),
+            fetch: None,
         }
     }
 

@@ -141,6 +141,9 @@ pub struct ModelSpec {
     pub id: String,
     pub runtime: Runtime,
     pub path: Option<String>,
+    /// One file downloaded on the host (with `sha256`, checked before it is served).
+    pub url: Option<String>,
+    pub sha256: Option<String>,
     pub args: Vec<String>,
     pub command: Vec<String>,
 }

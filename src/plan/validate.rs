@@ -554,11 +554,63 @@ fn read_model(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<Mo
         )
     });
     let path = optional(cx, &mut t, "path");
+    let url = optional(cx, &mut t, "url");
+    let sha256 = optional(cx, &mut t, "sha256");
     let args = server_args(cx, &mut t, "args");
     let command = t.string_array(cx, "command");
     match (runtime, &path) {
-        (Some(Runtime::Candle), None) if t.raw("path").is_none() => missing(cx, &t, "path", "candle serves weights from a file on the host", "add `path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"` (a GGUF file or a safetensors folder)"),
+        (Some(Runtime::Candle), None) if t.raw("path").is_none() && t.raw("url").is_none() => missing(cx, &t, "path", "candle serves weights from a file on the host", "add `path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"` (a GGUF file or a safetensors folder)"),
         _ => {}
+    }
+    match (&url, &sha256) {
+        (Some(u), None) => cx.push(
+            Problem::error(t.field("url"), u.span.clone(), "has no sha256 beside it")
+                .why("a downloaded model is checked before it is served: a changed or truncated file must not answer the eval")
+                .fix("add `sha256 = \"<64 hex digits>\"` (sha256sum of the file)"),
+        ),
+        (None, Some(s)) => cx.push(
+            Problem::error(t.field("sha256"), s.span.clone(), "checks a download, but there is no url")
+                .fix("add `url = \"https://...\"`, or remove sha256"),
+        ),
+        _ => {}
+    }
+    if let (Some(u), Some(p)) = (&url, &path) {
+        cx.push(
+            Problem::error(
+                t.field("url"),
+                u.span.clone(),
+                "and model.path both name the weights",
+            )
+            .fix(format!(
+                "keep one: the file at {:?} is fetched to the host and served from there",
+                p.value
+            )),
+        );
+    }
+    if let Some(s) = &sha256 {
+        if s.value.len() != 64
+            || !s
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            cx.push(
+                Problem::error(
+                    t.field("sha256"),
+                    s.span.clone(),
+                    "is not 64 lowercase hex digits",
+                )
+                .fix("write the file's sha256 as `sha256sum` prints it"),
+            );
+        }
+    }
+    if let Some(u) = &url {
+        if !(u.value.starts_with("https://") || u.value.starts_with("http://")) {
+            cx.push(
+                Problem::error(t.field("url"), u.span.clone(), "is not an http(s) URL")
+                    .fix("give the file's https URL, like https://huggingface.co/<repo>/resolve/<revision>/<file>"),
+            );
+        }
     }
     let command_list: Vec<String> = command
         .as_ref()
@@ -585,6 +637,8 @@ fn read_model(cx: &mut Ctx, mut t: TableView, route: Option<Route>) -> Option<Mo
             id: id?.value,
             runtime: runtime?,
             path: path.map(|p| p.value),
+            url: url.map(|u| u.value),
+            sha256: sha256.map(|s| s.value),
             args,
             command: command_list,
         },

@@ -178,6 +178,7 @@ impl Session {
         self.time("collect_evidence", t);
         let timings = self.write_timings(rep, &mut run, started);
         let _ = std::fs::remove_file(self.work.join("token"));
+        let _ = std::fs::remove_file(self.work.join("hf_token"));
         let failure = self.failure_of(&run, final_record.as_ref());
         Stopped {
             run,

@@ -364,6 +364,15 @@ impl RemoteAgent {
         session
             .write_file(&sftp, &remote_config.token_file, token.as_bytes(), 0o600)
             .await?;
+        // The hub token: to the session's folder on the host (0600), never an argv; the
+        // local copy goes at once.
+        if let Some(local) = &config.hf_token_file {
+            let hf = std::fs::read(local).context("reading the hub token file")?;
+            let _ = std::fs::remove_file(local);
+            let remote = format!("{dir}/hf_token");
+            session.write_file(&sftp, &remote, &hf, 0o600).await?;
+            remote_config.hf_token_file = Some(remote);
+        }
         session
             .write_file(
                 &sftp,

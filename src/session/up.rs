@@ -558,7 +558,10 @@ fn unsupported(plan: &Plan, opts: &UpOptions) -> Option<String> {
         return Some("the free_colab route runs in a notebook, not through `up`".into());
     }
     // The model of an ssh session is on the host; only this machine's file can be checked here.
-    if plan.model.runtime != Runtime::Candle || plan.instance.provider.uses_ssh() {
+    if plan.model.runtime != Runtime::Candle
+        || plan.instance.provider.uses_ssh()
+        || plan.model.url.is_some()
+    {
         return None;
     }
     let path = plan.model.path.as_deref().unwrap_or_default();
@@ -652,7 +655,51 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `HF_TOKEN` may be sent with a download from `url`: to Hugging Face's hosts, or
+/// to the one `HF_ENDPOINT` names (a mirror), over https or to this machine; never
+/// elsewhere.
+pub(super) fn hub_token_may_go_to(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if u.scheme() != "https" && !loopback {
+        return false;
+    }
+    let mirror = std::env::var("HF_ENDPOINT")
+        .ok()
+        .and_then(|e| reqwest::Url::parse(&e).ok())
+        .is_some_and(|e| {
+            e.host_str() == u.host_str() && e.port_or_known_default() == u.port_or_known_default()
+        });
+    host == "huggingface.co" || host.ends_with(".huggingface.co") || host == "hf.co" || mirror
+}
+
 impl Session {
+    /// The controller's `HF_TOKEN` for the host, when the session needs it (a vLLM or
+    /// SGLang hub model, or a download from the hub): a 0600 file in the run folder that the
+    /// agent reads and deletes (over SFTP to the host's session folder for a remote one).
+    fn hf_token_file(&self, model: &plan::ModelSpec) -> anyhow::Result<Option<PathBuf>> {
+        let needed = matches!(model.runtime, Runtime::Vllm | Runtime::Sglang)
+            || model.url.as_deref().is_some_and(hub_token_may_go_to);
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        match (needed, token) {
+            (true, Some(t)) => {
+                let f = self.work.join("hf_token");
+                write_private(&f, t.trim())?;
+                Ok(Some(f))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Alerts about this session (the plan's `[notify]`).
     pub(super) fn alerter(&self) -> crate::notify::Alerter {
         crate::notify::Alerter::for_plan(&self.plan, &self.id)
@@ -1060,6 +1107,14 @@ impl Session {
                 }),
                 args: model.args.clone(),
                 command: model.command.clone(),
+                fetch: match (&model.url, &model.sha256) {
+                    (Some(url), Some(sha)) => Some(gpuctl_protocol::ModelFetch {
+                        url: url.clone(),
+                        sha256: sha.clone(),
+                        send_token: hub_token_may_go_to(url),
+                    }),
+                    _ => None,
+                },
             },
             // At its deadline the agent runs the plan's stop command itself (no network needed).
             stop_action: if self.plan.stop.on_stop == crate::plan::OnStop::Command {
@@ -1077,6 +1132,7 @@ impl Session {
                 .ok()
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
             idle_secs: self.plan.stop.idle.map(|d| d.as_secs().max(1)),
+            hf_token_file: self.hf_token_file(model)?.map(|f| f.display().to_string()),
             setup: self
                 .plan
                 .setup

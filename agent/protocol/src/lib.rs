@@ -63,6 +63,11 @@ pub struct AgentConfig {
     /// loads or the server starts.
     #[serde(default)]
     pub setup: Option<SetupConfig>,
+    /// File (mode 0600, in the agent's folder) holding the controller's `HF_TOKEN`: the
+    /// agent reads it into its environment for the runtime and the fetch, and deletes it
+    /// at its stop. Never the token itself, never argv.
+    #[serde(default)]
+    pub hf_token_file: Option<String>,
 }
 
 /// `[setup]`: a Python virtual environment with pinned packages and commands, built once
@@ -121,6 +126,22 @@ pub struct ModelConfig {
     /// replaced by the agent.
     #[serde(default)]
     pub command: Vec<String>,
+    /// `model.url` + `model.sha256`: one file the agent downloads on the host (into a cache
+    /// shared by sessions, `<agent dir>/../../models/<sha256>/`), checks, and serves.
+    #[serde(default)]
+    pub fetch: Option<ModelFetch>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFetch {
+    pub url: String,
+    /// Lowercase hex.
+    pub sha256: String,
+    /// Whether the hub token may go with the request (a Hugging Face host, or the one
+    /// `HF_ENDPOINT` names): never to any other server.
+    #[serde(default)]
+    pub send_token: bool,
 }
 
 /// How the model is served.
