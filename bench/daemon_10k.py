@@ -34,7 +34,10 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
     a = ap.parse_args()
     home = tempfile.mkdtemp(prefix="daemon10k-")
-    emu = subprocess.Popen([os.path.join(a.bin, "gpuctl-cloud-emulator"), "--boot-ms", "0", "--terminate-ms", "0"],
+    # Both rate limits lifted (the emulator's, and the client's own pace, for a loopback API
+    # only): one Vast key allows a terminate every 3.1 s, and the figures are gpuctl's own.
+    emu = subprocess.Popen([os.path.join(a.bin, "gpuctl-cloud-emulator"), "--boot-ms", "0", "--terminate-ms", "0",
+                            "--vast-rate-limits", "off"],
                            stdout=subprocess.PIPE, text=True)
     url = emu.stdout.readline().strip()
     req = urllib.request.Request(f"{url}/_emulator/instances", method="POST", headers={"Content-Type": "application/json"},
@@ -43,7 +46,8 @@ def main():
     ids = json.load(urllib.request.urlopen(req))
     with open(os.path.join(home, "instances.json"), "w") as f:
         json.dump(ids, f)
-    env = dict(os.environ, GPUCTL_HOME=home, GPUCTL_VAST_API=f"{url}/vast/api/v0", VAST_API_KEY="emulator-key")
+    env = dict(os.environ, GPUCTL_HOME=home, GPUCTL_VAST_API=f"{url}/vast/api/v0", VAST_API_KEY="emulator-key",
+               GPUCTL_EMULATOR_UNPACED="1")
     t = time.time()
     subprocess.run([os.path.join(a.bin, "gpuctl"), "debug", "seed", "--count", str(a.sessions), "--instances",
                     os.path.join(home, "instances.json"), "--deadline-in", f"{a.lead}s", "--spread", f"{a.spread}s"],

@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Run one bounded LLM experiment on rented compute and prove that it stopped"
 )]
 pub struct Cli {
+    /// Diagnostics on stderr: -v what gpuctl does, -vv in detail (provider requests, SSH,
+    /// the store). RUST_LOG, when set, decides instead. Secrets are never in them.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }

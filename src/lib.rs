@@ -8,6 +8,7 @@ pub mod cli;
 pub mod colab;
 pub mod commands;
 pub mod daemon;
+pub mod diagnostics;
 /// The session store (its own crate: SQLite by default, PostgreSQL for a team).
 pub use gpuctl_store as db;
 pub mod eval;

@@ -5,6 +5,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     gpuctl_providers::install_tls();
     let cli = gpuctl::cli::Cli::parse();
+    gpuctl::diagnostics::init(cli.verbose);
     match gpuctl::commands::run(cli) {
         Ok(exit) => exit.into(),
         Err(e) => {

@@ -71,6 +71,17 @@ pub fn alive(c: &Controller) -> bool {
 /// `HEARTBEAT_STALE` (stopped or frozen). On another machine (a team's shared store) its
 /// PID means nothing here: only the heartbeat (else the row's last update) says it lives.
 pub fn gone(c: &Controller, s: &crate::db::SessionRecord) -> Option<String> {
+    gone_given(c, s, alive)
+}
+
+/// `gone`, with whether a process on this machine is alive asked of `is_alive` (a daemon's
+/// sweep asks it once per controller, not once per session: thousands of sessions share a
+/// few controllers).
+pub fn gone_given(
+    c: &Controller,
+    s: &crate::db::SessionRecord,
+    is_alive: impl FnOnce(&Controller) -> bool,
+) -> Option<String> {
     let now = chrono::Utc::now();
     let stale = |t: chrono::DateTime<chrono::Utc>| {
         (now - t).to_std().unwrap_or_default() > crate::session::up::HEARTBEAT_STALE
@@ -84,7 +95,7 @@ pub fn gone(c: &Controller, s: &crate::db::SessionRecord) -> Option<String> {
             )
         });
     }
-    if !alive(c) {
+    if !is_alive(c) {
         return Some("is gone".into());
     }
     s.controller_heartbeat_at

@@ -54,6 +54,7 @@ impl Reporter {
     /// Begin a step; the previous one, if any, is closed as done.
     pub fn step(&mut self, name: &str, message: &str) {
         self.done("");
+        tracing::info!(session = self.session.as_deref(), step = name, "{message}");
         if self.json {
             self.emit("step", json!({ "step": name, "message": message }));
         } else if self.session.is_none() && std::io::stderr().is_terminal() {
@@ -106,6 +107,7 @@ impl Reporter {
     }
 
     pub fn warn(&self, message: &str) {
+        tracing::warn!(session = self.session.as_deref(), "{message}");
         if self.json {
             self.emit("warning", json!({ "message": message }));
         } else if let Some(bar) = &self.bar {

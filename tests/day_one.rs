@@ -907,7 +907,7 @@ fn the_model_is_fetched_on_the_host_checked_cached_and_the_hub_token_never_leaks
             .command()
             .env("HF_TOKEN", HF_TOKEN)
             .env("HF_ENDPOINT", &base)
-            .args(["up", "--json"])
+            .args(["-vv", "up", "--json"])
             .arg(plan)
             .output()
             .expect("up");
@@ -979,4 +979,48 @@ fn the_model_is_fetched_on_the_host_checked_cached_and_the_hub_token_never_leaks
         "no file on the host holds it"
     );
     assert!(!sshd.log().contains(HF_TOKEN));
+}
+
+#[test]
+fn diagnostics_say_what_gpuctl_does_and_never_carry_a_key() {
+    let ctx = Ctx::new();
+    let sshd = Sshd::start();
+    let emu = Emulator::start(sshd.port, &[]);
+    let c = after_eval("vast", "RTX_3090", None);
+    let p = plan(&ctx, &sshd, &c, free_port());
+    let quiet = common::emulator::gpuctl(&ctx, &emu, &["offers", p.to_str().expect("path")]);
+    assert!(
+        !quiet.stderr.contains("provider request"),
+        "quiet by default: {}",
+        quiet.stderr
+    );
+    let loud = common::emulator::gpuctl(&ctx, &emu, &["-vv", "offers", p.to_str().expect("path")]);
+    assert!(
+        loud.stderr.contains("provider request"),
+        "-vv shows the requests: {}",
+        loud.stderr
+    );
+    assert!(loud.stderr.contains("status=200"), "{}", loud.stderr);
+    assert!(
+        !loud.stderr.contains(&emu.key),
+        "the API key is never in a diagnostic"
+    );
+    // JSON lines for machines, and RUST_LOG decides when set.
+    let mut cmd = ctx.command();
+    emu.env(&mut cmd);
+    let out = cmd
+        .env("RUST_LOG", "gpuctl_providers=debug")
+        .env("GPUCTL_LOG_FORMAT", "json")
+        .args(["offers"])
+        .arg(&p)
+        .output()
+        .expect("offers");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("provider request"))
+        .expect("a JSON diagnostic");
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(v["fields"]["message"], "provider request", "{v}");
+    assert!(!stderr.contains(&emu.key));
 }

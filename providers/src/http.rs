@@ -170,6 +170,14 @@ impl Api {
                 }
             })?;
             let status = resp.status();
+            // The path without its query, the method and the status: never the key.
+            tracing::debug!(
+                api = %self.base,
+                method = %method,
+                path = path.split('?').next().unwrap_or(""),
+                status = status.as_u16(),
+                "provider request"
+            );
             if status == StatusCode::TOO_MANY_REQUESTS && throttled < MAX_429 {
                 throttled += 1;
                 let wait = resp
@@ -179,6 +187,7 @@ impl Api {
                     .and_then(|v| v.parse::<u64>().ok())
                     .map(Duration::from_secs)
                     .unwrap_or(Duration::from_secs(1 << throttled));
+                tracing::info!(api = %self.base, wait_s = wait.min(Duration::from_secs(30)).as_secs(), "HTTP 429: waiting before the next try");
                 tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
                 continue;
             }

@@ -206,9 +206,31 @@ impl Daemon {
             .is_some_and(|c| c != self.me && crate::procs::gone(&c, s).is_none())
     }
 
+    /// `driven_by_other` within a sweep: each controller's process looked up once.
+    fn driven_by_other_cached(
+        &self,
+        s: &SessionRecord,
+        alive: &mut HashMap<(u32, u64, u64), bool>,
+    ) -> bool {
+        s.controller().is_some_and(|c| {
+            c != self.me
+                && crate::procs::gone_given(&c, s, |c| {
+                    *alive
+                        .entry((c.pid, c.start, c.machine))
+                        .or_insert_with(|| crate::procs::alive(c))
+                })
+                .is_none()
+        })
+    }
+
     fn sweep(&mut self) {
         let started = std::time::Instant::now();
         let live = self.sweep_once();
+        tracing::debug!(
+            live,
+            ms = started.elapsed().as_millis() as u64,
+            "daemon sweep"
+        );
         if self.log_sweeps {
             log(
                 self.json,
@@ -247,7 +269,7 @@ impl Daemon {
         // takes them over only once this stops (killed, host gone, frozen).
         self.renew(now);
         let mut renewed = std::time::Instant::now();
-        let live = match self.db.live_sessions() {
+        let live = match self.db.live_sessions_brief() {
             Ok(l) => l,
             Err(e) => {
                 log(
@@ -262,6 +284,7 @@ impl Daemon {
         self.armed.retain(|id, _| ids.contains(id.as_str()));
         let share = Share::of(&live, watching(&self.db, now).len(), self.me);
         let mut held = share.held;
+        let mut alive = HashMap::new();
         for s in &live {
             // A sweep that takes over thousands of sessions lasts seconds: the leases it
             // already holds are renewed as it goes, or another daemon would take them back.
@@ -274,7 +297,7 @@ impl Daemon {
             }
             self.arm(s);
             self.meter(s, now);
-            if self.driven_by_other(s) {
+            if self.driven_by_other_cached(s, &mut alive) {
                 continue;
             }
             if s.controller() != Some(self.me) {
@@ -427,12 +450,16 @@ impl Daemon {
                 s.deadline.format("%H:%M:%S UTC")
             );
             let _ = self.db.add_event(&s.id, "budget", &msg, now);
-            crate::notify::Alerter::for_record(s).send("budget", &msg);
+            // The sweep's rows carry no plan text: the alert reads the session whole.
+            if let Ok(full) = self.db.get_session(&s.id) {
+                crate::notify::Alerter::for_record(&full).send("budget", &msg);
+            }
             log(self.json, Some(&s.id), &msg);
         }
     }
 
     fn start_stop(&self, id: &str, reason: String) {
+        tracing::info!(session = id, reason = %reason, "daemon stop");
         if let Ok(mut set) = self.stopping.lock() {
             if !set.insert(id.to_string()) {
                 return;

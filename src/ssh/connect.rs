@@ -90,6 +90,7 @@ pub fn public_key_line(path: &Path) -> Result<String, SshError> {
 /// Connect, verify the host key, authenticate. Nothing is sent to a host whose key is refused.
 pub async fn connect(target: &SshEndpoint) -> Result<Session, SshError> {
     let addr = target.addr();
+    tracing::debug!(host = %addr, user = %target.user, "ssh connect");
     let verdict = Arc::new(Mutex::new(None));
     let seen = Arc::new(Mutex::new(None));
     let checker = Checker {

@@ -60,6 +60,8 @@ impl Session {
 
     /// Run `cmd` through the remote shell; fails if it takes longer than `timeout`.
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<Exec, SshError> {
+        // The commands gpuctl sends carry no secret (tokens go by SFTP, in 0600 files).
+        tracing::debug!(command = cmd, "ssh exec");
         let run = async {
             let mut channel = self.handle.channel_open_session().await?;
             channel.exec(true, cmd).await?;

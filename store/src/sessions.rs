@@ -162,6 +162,9 @@ pub struct EvidenceRow {
     pub status: String,
 }
 
+/// The plan text of a session row: stored once per sha256 in `plans` (older rows inline).
+const PLAN_TEXT_COLUMN: &str =
+    "coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text) AS plan_text";
 const COLUMNS: &str = "id, plan_name, plan_sha256, coalesce((SELECT text FROM plans WHERE plans.sha256 = sessions.plan_sha256), plan_text) AS plan_text, plan_path, plan_git_commit, plan_git_dirty, owner, route, provider, instance_type, region, instance_id, host, host_key_fingerprint, price_usd_per_hour, catalog_price_usd_per_hour, hourly_budget_usd, max_total_usd, created_at, launched_at, deadline, stop_cause, ended_at, state, stop_reason, failure_reason, cost_usd, controller_pid, evidence_dir, updated_at, handle, controller_start, controller_kind, controller_machine, stop_requested_at, stop_attempts, next_stop_attempt_at, stop_lateness_ms, budget_warned_at, provider_key_sha256, laptop_only, controller_heartbeat_at";
 
 fn session_from_row(r: &Row) -> Result<SessionRecord, SqlError> {
@@ -691,6 +694,7 @@ impl Db {
                 Ok(n == 1)
             })?;
             if won {
+                tracing::info!(session = id, by = me.pid, "claimed");
                 return Ok(Claim::Taken {
                     from: why.map(|(p, _)| p),
                 });
@@ -746,6 +750,21 @@ impl Db {
             )
         })?;
         self.add_event(id, "stop_requested", &format!("stop requested by {by}"), at)
+    }
+
+    /// The live sessions without their plan text (empty): what a daemon's sweep reads every
+    /// second. Thousands of plans a second were most of a team daemon's work; a stop reads
+    /// its session again whole.
+    pub fn live_sessions_brief(&self) -> Result<Vec<SessionRecord>, DbError> {
+        self.run(|sql| {
+            sessions(sql.query(
+                &format!(
+                    "SELECT {} FROM sessions WHERE state NOT IN ('stopped', 'failed') ORDER BY deadline",
+                    COLUMNS.replace(PLAN_TEXT_COLUMN, "'' AS plan_text")
+                ),
+                &[],
+            )?)
+        })
     }
 
     /// Every session that is not final (stop_unconfirmed included), oldest deadline first.
