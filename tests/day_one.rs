@@ -751,8 +751,46 @@ fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_
         "python = \"{}\"\ncommands = [\"echo about to fail; exit 3\"]",
         host_python()
     );
-    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-c", &failing));
+    // With [notify]: the failure is alerted too.
+    let hook = Hook::start(false);
+    let failing_plan = with_notify(&setup_plan(&ctx, &sshd, "setup-c", &failing));
+    let out = ctx
+        .command()
+        .env("GPUCTL_TEST_WEBHOOK", hook.url())
+        .args(["up", "--json"])
+        .arg(&failing_plan)
+        .output()
+        .expect("up");
+    let code = out.status.code().unwrap_or(-1);
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "session")
+        .and_then(|v| v["session_id"].as_str().map(String::from))
+        .expect("session id");
+    let s = status(&ctx, &id);
     assert_eq!(code, 1, "{s:#}");
+    let failure_alerts: Vec<serde_json::Value> = hook
+        .bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|b| b["event"] == "failure")
+        .cloned()
+        .collect();
+    assert_eq!(
+        failure_alerts.len(),
+        1,
+        "one failure alert: {:?}",
+        hook.events()
+    );
+    assert!(
+        failure_alerts[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("[setup] failed")),
+        "{:#}",
+        failure_alerts[0]
+    );
     assert_eq!(s["session"]["state"], "failed", "{s:#}");
     let failure = s["session"]["failure_reason"].as_str().unwrap_or_default();
     assert!(failure.contains("[setup] failed"), "{failure}");
