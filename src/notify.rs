@@ -77,29 +77,29 @@ impl Alerter {
     /// Why alerts cannot go out from this process, if the plan asks for them (said once
     /// by `up` before it starts anything).
     pub fn problem(&self) -> Option<String> {
+        self.webhook()?.err()
+    }
+
+    /// The webhook URL from this process's environment (None: the plan has no [notify]),
+    /// or why there is none usable.
+    fn webhook(&self) -> Option<Result<String, String>> {
         let env = self.webhook_env.as_ref()?;
-        match std::env::var(env) {
-            Err(_) => Some(format!(
+        Some(match std::env::var(env) {
+            Err(_) => Err(format!(
                 "[notify] webhook_env names {env}, which is not set here: no alerts will be sent from this process (export {env}=<the webhook URL>)"
             )),
-            Ok(url) if !(url.starts_with("https://") || url.starts_with("http://")) => Some(format!(
-                "{env} does not hold an http(s) URL: no alerts will be sent"
-            )),
-            Ok(_) => None,
-        }
+            Ok(url) if !(url.starts_with("https://") || url.starts_with("http://")) => Err(
+                format!("{env} does not hold an http(s) URL: no alerts will be sent"),
+            ),
+            Ok(url) => Ok(url),
+        })
     }
 
     /// Send `event` in the background; returns at once.
     pub fn send(&self, event: &'static str, message: &str) {
-        let Some(env) = &self.webhook_env else {
+        let (Some(env), Some(Ok(url))) = (&self.webhook_env, self.webhook()) else {
             return;
         };
-        let Ok(url) = std::env::var(env) else {
-            return;
-        };
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return;
-        }
         let alert = Alert {
             text: format!(
                 "gpuctl: session {} ({}, {}): {event}: {message}",

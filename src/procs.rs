@@ -50,6 +50,13 @@ pub fn group_members(pgid: i32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// This machine's name (shown to other hosts in the daemons table, and in events).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// This process, as the controller of a session.
 pub fn me(kind: ControllerKind) -> Controller {
     let pid = std::process::id();

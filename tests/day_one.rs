@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,37 +22,15 @@ impl Drop for Guard {
     }
 }
 
-/// `up --json` in the background with `env`, returned once it serves: (process, id).
+/// `up --json` in the background (with the emulator's environment if any), returned once
+/// it serves: (process, id).
 fn up_until_serving(ctx: &Ctx, plan: &std::path::Path, emu: Option<&Emulator>) -> (Guard, String) {
     let mut cmd = ctx.command();
     if let Some(e) = emu {
         e.env(&mut cmd);
         cmd.env("GPUCTL_STOP_CONFIRM_WINDOW", "6s");
     }
-    let mut child = cmd
-        .args(["up", "--json"])
-        .arg(plan)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut id = None;
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        seen.push(line.clone());
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["event"] == "session" {
-            id = v["session_id"].as_str().map(String::from);
-        }
-        if v["event"] == "step" && v["step"] == "serve" {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    let id = id.unwrap_or_else(|| panic!("no session before serving:\n{}", seen.join("\n")));
+    let (child, id) = common::up_until_serving(cmd, plan);
     (Guard(child), id)
 }
 
@@ -92,6 +69,41 @@ fn bundle_file(s: &serde_json::Value, name: &str) -> String {
     let dir = s["session"]["evidence_dir"].as_str().expect("evidence dir");
     std::fs::read_to_string(std::path::Path::new(dir).join(name))
         .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// How `up --json` to its end went.
+struct Ended {
+    code: i32,
+    status: serde_json::Value,
+    stdout: String,
+    stderr: String,
+}
+
+/// `up --json PLAN` to its end (`flags` before `up`, such as -vv; `env` added), then the
+/// session's status.
+fn up_to_the_end(ctx: &Ctx, plan: &std::path::Path, flags: &[&str], env: &[(&str, &str)]) -> Ended {
+    let out = ctx
+        .command()
+        .envs(env.iter().copied())
+        .args(flags)
+        .args(["up", "--json"])
+        .arg(plan)
+        .output()
+        .expect("up");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let id = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "session")
+        .and_then(|v| v["session_id"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no session:\n{stdout}\n{stderr}"));
+    Ended {
+        code: out.status.code().unwrap_or(-1),
+        status: status(ctx, &id),
+        stdout,
+        stderr,
+    }
 }
 
 /// The time stamp of the agent log's first line containing `needle`.
@@ -265,26 +277,9 @@ fn stop_idle_ends_a_session_nobody_uses_with_reason_idle() {
     let ctx = Ctx::new();
     let port = free_port();
     let plan = local_plan(&ctx, port, "idle = \"6s\"");
-    let out = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(&plan)
-        .output()
-        .expect("up");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "session")
-        .and_then(|v| v["session_id"].as_str().map(String::from))
-        .expect("session id");
-    let s = status(&ctx, &id);
+    let ended = up_to_the_end(&ctx, &plan, &[], &[]);
+    assert_eq!(ended.code, 0, "{}\n{}", ended.stdout, ended.stderr);
+    let s = ended.status;
     assert_eq!(s["session"]["state"], "stopped", "{s:#}");
     let reason = s["session"]["stop_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("idle"), "reason idle: {reason}");
@@ -512,19 +507,9 @@ dir = "{evidence}"
         ),
     );
     with_notify(&plan);
-    let out = ctx
-        .command()
-        .env("GPUCTL_TEST_WEBHOOK", hook.url())
-        .args(["up", "--json"])
-        .arg(&plan)
-        .output()
-        .expect("up");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = hook.url();
+    let out = up_to_the_end(&ctx, &plan, &[], &[("GPUCTL_TEST_WEBHOOK", &url)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let events = hook.events();
     assert!(events.iter().any(|e| e == "budget"), "{events:?}");
     assert!(events.iter().any(|e| e == "stop"), "{events:?}");
@@ -547,10 +532,7 @@ dir = "{evidence}"
         "{stop:#}"
     );
     assert_no_secret(&ctx);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(SECRET)
-            && !String::from_utf8_lossy(&out.stderr).contains(SECRET)
-    );
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
 }
 
 #[test]
@@ -685,28 +667,6 @@ fn setup_plan(ctx: &Ctx, sshd: &Sshd, name: &str, setup: &str) -> std::path::Pat
     plan
 }
 
-fn up_to_the_end(ctx: &Ctx, plan: &std::path::Path) -> (i32, serde_json::Value) {
-    let out = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(plan)
-        .output()
-        .expect("up");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let id = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "session")
-        .and_then(|v| v["session_id"].as_str().map(String::from))
-        .unwrap_or_else(|| {
-            panic!(
-                "no session:\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    (out.status.code().unwrap_or(-1), status(ctx, &id))
-}
-
 #[test]
 fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_stops() {
     let ctx = Ctx::new();
@@ -725,7 +685,9 @@ fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_
     ]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
 
-    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-a", &setup));
+    let Ended {
+        code, status: s, ..
+    } = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-a", &setup), &[], &[]);
     assert_eq!(code, 0, "{s:#}");
     let report = bundle_file(&s, "environment_report.txt");
     assert!(
@@ -737,7 +699,9 @@ fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_
     assert!(!bundle_file(&s, "agent.log").contains("setup: reusing"));
 
     // The same [setup] again: the environment is reused, and the agent says so.
-    let (code, s) = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-b", &setup));
+    let Ended {
+        code, status: s, ..
+    } = up_to_the_end(&ctx, &setup_plan(&ctx, &sshd, "setup-b", &setup), &[], &[]);
     assert_eq!(code, 0, "{s:#}");
     assert!(
         bundle_file(&s, "agent.log").contains("setup: reusing"),
@@ -754,21 +718,10 @@ fn setup_builds_a_pinned_environment_on_the_host_once_and_a_failing_setup_still_
     // With [notify]: the failure is alerted too.
     let hook = Hook::start(false);
     let failing_plan = with_notify(&setup_plan(&ctx, &sshd, "setup-c", &failing));
-    let out = ctx
-        .command()
-        .env("GPUCTL_TEST_WEBHOOK", hook.url())
-        .args(["up", "--json"])
-        .arg(&failing_plan)
-        .output()
-        .expect("up");
-    let code = out.status.code().unwrap_or(-1);
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "session")
-        .and_then(|v| v["session_id"].as_str().map(String::from))
-        .expect("session id");
-    let s = status(&ctx, &id);
+    let url = hook.url();
+    let Ended {
+        code, status: s, ..
+    } = up_to_the_end(&ctx, &failing_plan, &[], &[("GPUCTL_TEST_WEBHOOK", &url)]);
     assert_eq!(code, 1, "{s:#}");
     let failure_alerts: Vec<serde_json::Value> = hook
         .bodies
@@ -941,25 +894,14 @@ fn the_model_is_fetched_on_the_host_checked_cached_and_the_hub_token_never_leaks
         samples
     });
     let up = |plan: &std::path::Path| {
-        let out = ctx
-            .command()
-            .env("HF_TOKEN", HF_TOKEN)
-            .env("HF_ENDPOINT", &base)
-            .args(["-vv", "up", "--json"])
-            .arg(plan)
-            .output()
-            .expect("up");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let id = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["event"] == "session")
-            .and_then(|v| v["session_id"].as_str().map(String::from))
-            .unwrap_or_else(|| panic!("no session:\n{stdout}"));
-        assert!(
-            !stdout.contains(HF_TOKEN) && !String::from_utf8_lossy(&out.stderr).contains(HF_TOKEN)
+        let out = up_to_the_end(
+            &ctx,
+            plan,
+            &["-vv"],
+            &[("HF_TOKEN", HF_TOKEN), ("HF_ENDPOINT", &base)],
         );
-        (out.status.code().unwrap_or(-1), status(&ctx, &id))
+        assert!(!out.stdout.contains(HF_TOKEN) && !out.stderr.contains(HF_TOKEN));
+        (out.code, out.status)
     };
     let (code, s) = up(&fetch_plan(&ctx, &sshd, "fetch-a", &url, &sha));
     assert_eq!(code, 0, "{s:#}");

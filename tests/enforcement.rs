@@ -50,32 +50,7 @@ fn plan_stopping_in(ctx: &Ctx, port: u16, secs: i64, name: &str) -> std::path::P
 
 /// `up --json` in the background, returned once it serves: (process, session id).
 fn up_until_serving(ctx: &Ctx, plan: &std::path::Path) -> (Guard, String) {
-    let mut child = ctx
-        .command()
-        .args(["up", "--json"])
-        .arg(plan)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut id = None;
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        seen.push(line.clone());
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["event"] == "session" {
-            id = v["session_id"].as_str().map(String::from);
-        }
-        if v["event"] == "step" && v["step"] == "serve" {
-            break;
-        }
-    }
-    // Keep draining, so that the process never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let id = id.unwrap_or_else(|| panic!("no session event before serving:\n{}", seen.join("\n")));
+    let (child, id) = common::up_until_serving(ctx.command(), plan);
     (Guard(child), id)
 }
 

@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use gpuctl_protocol::{AgentConfig, PROTOCOL_VERSION};
 
+/// A folder sessions on this host share, beside theirs: `<agent dir>/../../<name>`
+/// (`~/.gpuctl/` on an SSH host, `$GPUCTL_HOME` locally): `venvs`, `models`.
+pub fn shared_dir(agent_dir: &Path, name: &str) -> PathBuf {
+    agent_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(agent_dir)
+        .join(name)
+}
+
 pub struct Loaded {
     pub config: AgentConfig,
     pub token: String,

@@ -35,11 +35,7 @@ pub fn shown(url: &str) -> String {
 
 /// Where the file of `fetch` is kept on this host.
 fn cache_dir(agent_dir: &Path, fetch: &ModelFetch) -> PathBuf {
-    let base = agent_dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(agent_dir);
-    base.join("models").join(&fetch.sha256)
+    crate::config::shared_dir(agent_dir, "models").join(&fetch.sha256)
 }
 
 /// The file's name: the URL's last path segment, kept to safe characters.

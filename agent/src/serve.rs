@@ -172,21 +172,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 if let Err(e) = std::fs::write(&report, text) {
                     log!("cannot add the setup's versions to the environment report: {e}");
                 }
-                // The supervised server (and anything it starts) runs in the environment.
-                let path = std::env::var("PATH").unwrap_or_default();
-                std::env::set_var(
-                    "PATH",
-                    format!("{}:{path}", ready.venv.join("bin").display()),
-                );
-                std::env::set_var("VIRTUAL_ENV", &ready.venv);
+                crate::setup::activate_here(&ready.venv);
             }
-            Err(e) => {
-                log!("setup failed: {e:#}");
-                let mut ending = Ending::new(StopReason::ServerFailed, vec!["setup".into()]);
-                ending.failure = Some(format!("[setup] failed: {e:#}"));
-                closer.finish(ending).await?;
-                return Err(e);
-            }
+            Err(e) => return closer.failed_before_serving("[setup]", e).await,
         }
     }
 
@@ -201,13 +189,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         };
         match fetched {
             Ok(path) => cfg.model.path = Some(path.display().to_string()),
-            Err(e) => {
-                log!("model fetch failed: {e:#}");
-                let mut ending = Ending::new(StopReason::ServerFailed, vec!["model fetch".into()]);
-                ending.failure = Some(format!("model fetch failed: {e:#}"));
-                closer.finish(ending).await?;
-                return Err(e);
-            }
+            Err(e) => return closer.failed_before_serving("model fetch", e).await,
         }
     }
 
@@ -585,6 +567,16 @@ impl Closer {
 }
 
 impl Closer {
+    /// A step before serving (`[setup]`, the model fetch) failed: the session ends failed,
+    /// with its final record, and the agent exits with the error.
+    async fn failed_before_serving(&mut self, what: &str, e: anyhow::Error) -> anyhow::Result<()> {
+        log!("{what} failed: {e:#}");
+        let mut ending = Ending::new(StopReason::ServerFailed, vec![what.into()]);
+        ending.failure = Some(format!("{what} failed: {e:#}"));
+        self.finish(ending).await?;
+        Err(e)
+    }
+
     fn write_record(&self, record: &FinalRecord) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(record)?;
         std::fs::write(self.evidence.join(evidence_files::FINAL_RECORD), json)

@@ -20,11 +20,7 @@ const READY: &str = ".gpuctl-ready";
 
 /// Where the environment of `setup` lives for an agent whose folder is `agent_dir`.
 pub fn venv_dir(agent_dir: &Path, setup: &SetupConfig) -> PathBuf {
-    let base = agent_dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(agent_dir);
-    base.join("venvs").join(&setup.key)
+    crate::config::shared_dir(agent_dir, "venvs").join(&setup.key)
 }
 
 /// What the session runs with after setup: the environment's folder.
@@ -118,11 +114,22 @@ pub fn run(
     Ok(Ready { venv, versions })
 }
 
-/// PATH and VIRTUAL_ENV of the environment, for a command or the supervised server.
-pub fn activate(cmd: &mut Command, venv: &Path) {
+/// PATH with the environment's `bin` first.
+fn path_with(venv: &Path) -> String {
     let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("{}:{path}", venv.join("bin").display()))
-        .env("VIRTUAL_ENV", venv);
+    format!("{}:{path}", venv.join("bin").display())
+}
+
+/// PATH and VIRTUAL_ENV of the environment, for one setup command.
+fn activate(cmd: &mut Command, venv: &Path) {
+    cmd.env("PATH", path_with(venv)).env("VIRTUAL_ENV", venv);
+}
+
+/// The same for this process, so that the supervised server it starts (and anything that
+/// starts) runs in the environment.
+pub fn activate_here(venv: &Path) {
+    std::env::set_var("PATH", path_with(venv));
+    std::env::set_var("VIRTUAL_ENV", venv);
 }
 
 /// `python3.X` on PATH, else `python3` when it is that version (or any, when none asked).

@@ -71,12 +71,12 @@ impl Answer {
 }
 
 /// Whether a URL's host is this machine (127.0.0.1, ::1 or localhost).
-fn is_loopback(url: &str) -> bool {
+pub fn is_loopback(url: &str) -> bool {
     let Ok(u) = reqwest::Url::parse(url) else {
         return false;
     };
     let host = u.host_str().unwrap_or("").trim_matches(['[', ']']);
-    host == "localhost"
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())

@@ -17,6 +17,7 @@ mod vast;
 pub use catalog::{catalog, price_of, Price};
 pub use credentials::{api_key, credentials_file, env_var, ApiKey};
 pub use endpoint::{HostKeyPolicy, SshEndpoint};
+pub use http::is_loopback;
 pub use kind::{ProviderKind, UnknownProvider};
 pub use lambda::{ssh_key_name_for, Lambda};
 pub use provider::{

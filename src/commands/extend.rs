@@ -121,10 +121,11 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
 /// Who asked, for the event: user, host and process (never a secret).
 fn who() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{host} (gpuctl extend, pid {})", std::process::id())
+    format!(
+        "{user}@{} (gpuctl extend, pid {})",
+        crate::procs::hostname(),
+        std::process::id()
+    )
 }
 
 /// The rules a new deadline must keep, each refusal naming the limit and the latest

@@ -32,13 +32,6 @@ pub fn watching(db: &Db, now: DateTime<Utc>) -> Vec<crate::db::DaemonRecord> {
     db.daemons_seen_since(since).unwrap_or_default()
 }
 
-/// This machine's name, for the daemons table (shown to other hosts).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// A daemon hands a session back only while its deadline is at least this far ahead.
 const HANDOVER_LEAD_S: i64 = 30;
 
@@ -155,7 +148,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
     let mut d = Daemon {
         db: Db::open(&home)?,
         home: home.clone(),
-        hostname: hostname(),
+        hostname: crate::procs::hostname(),
         me,
         json: opts.json,
         log_sweeps: opts.log_sweeps,
@@ -200,14 +193,10 @@ impl Daemon {
             .unwrap_or(false)
     }
 
-    /// Whether another live process (an `up`, a `down`) drives the session.
-    fn driven_by_other(&self, s: &SessionRecord) -> bool {
-        s.controller()
-            .is_some_and(|c| c != self.me && crate::procs::gone(&c, s).is_none())
-    }
-
-    /// `driven_by_other` within a sweep: each controller's process looked up once.
-    fn driven_by_other_cached(
+    /// Whether another live process (an `up`, a `down`) drives the session. `alive`
+    /// remembers each controller's process within one sweep (thousands of sessions share a
+    /// few controllers).
+    fn driven_by_other(
         &self,
         s: &SessionRecord,
         alive: &mut HashMap<(u32, u64, u64), bool>,
@@ -297,7 +286,7 @@ impl Daemon {
             }
             self.arm(s);
             self.meter(s, now);
-            if self.driven_by_other_cached(s, &mut alive) {
+            if self.driven_by_other(s, &mut alive) {
                 continue;
             }
             if s.controller() != Some(self.me) {
@@ -426,7 +415,7 @@ impl Daemon {
             return;
         }
         // A live `up` stops at the deadline itself; if it has died, the next sweep takes over.
-        if self.driven_by_other(&s) {
+        if self.driven_by_other(&s, &mut HashMap::new()) {
             return;
         }
         self.start_stop(id, "deadline".into());

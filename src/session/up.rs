@@ -662,15 +662,10 @@ pub(super) fn hub_token_may_go_to(url: &str) -> bool {
     let Ok(u) = reqwest::Url::parse(url) else {
         return false;
     };
-    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
-    let loopback = host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if u.scheme() != "https" && !loopback {
+    if u.scheme() != "https" && !gpuctl_providers::is_loopback(url) {
         return false;
     }
+    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
     let mirror = std::env::var("HF_ENDPOINT")
         .ok()
         .and_then(|e| reqwest::Url::parse(&e).ok())

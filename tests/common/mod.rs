@@ -292,3 +292,38 @@ pub fn up_serving(ctx: &Ctx, plan: &Path) -> (std::process::Child, serde_json::V
         .expect("up");
     (up, wait_serving(ctx, std::time::Duration::from_secs(60)))
 }
+
+/// Run `cmd` (a `gpuctl` command with its environment, to which `up --json PLAN` is
+/// added) in the background, returned once it serves: (process, session id). Its output
+/// keeps being drained so it never blocks on a full pipe.
+pub fn up_until_serving(
+    mut cmd: std::process::Command,
+    plan: &Path,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .args(["up", "--json"])
+        .arg(plan)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut id = None;
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push(line.clone());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["event"] == "session" {
+            id = v["session_id"].as_str().map(String::from);
+        }
+        if v["event"] == "step" && v["step"] == "serve" {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let id = id.unwrap_or_else(|| panic!("no session event before serving:\n{}", seen.join("\n")));
+    (child, id)
+}
