@@ -110,6 +110,16 @@ pub fn gone_given(
         .then(|| "still exists but has stopped saying it is alive (stopped or frozen)".into())
 }
 
+/// Live processes whose command line contains `needle` (a `/proc` scan).
+pub fn with_cmdline(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| cmdline_contains(*pid, needle))
+        .collect()
+}
+
 /// Whether `pid` is a live process whose command line contains `needle` (checked before
 /// signalling a PID read from a record).
 pub fn cmdline_contains(pid: u32, needle: &str) -> bool {

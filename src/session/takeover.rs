@@ -120,6 +120,22 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         .and_then(|h| h.work().map(Path::to_path_buf))
         .unwrap_or_else(|| home.join("run").join(&record.id));
     let host = match &handle {
+        // A local `up` killed between starting its agent and recording the handle leaves
+        // an agent nobody named: found by its config path in its command line.
+        None if record.provider == "local" => {
+            let config = work.join("agent.json");
+            crate::procs::with_cmdline(&config.display().to_string())
+                .first()
+                .map(|pid| super::host::Host::Local {
+                    agent: Box::new(super::local_host::LocalAgent::adopt(
+                        *pid,
+                        plan.api_port().map_or(0, |p| p.remote),
+                        &config,
+                        &work.join("agent.log"),
+                    )),
+                    work: work.clone(),
+                })
+        }
         None => None,
         Some(h) => match tokio::time::timeout(Duration::from_secs(30), h.reattach()).await {
             Ok(Ok(host)) => Some(host),
