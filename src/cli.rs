@@ -15,6 +15,10 @@ pub struct Cli {
     /// the store). RUST_LOG, when set, decides instead. Secrets are never in them.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Output for scripts on standard output: one JSON document per command, or JSON Lines
+    /// events from `up` and the daemon. Messages for people stay on standard error
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,15 +76,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DbAction {
     /// Which store, where, its schema version and how many sessions it holds
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Create the store or bring its schema up to date (every command does it on open)
-    Migrate {
-        #[arg(long)]
-        json: bool,
-    },
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,9 +117,6 @@ pub struct PlanCheckArgs {
     /// Plan files to check
     #[arg(required = true)]
     pub plans: Vec<PathBuf>,
-    /// Print the result as JSON on standard output
-    #[arg(long)]
-    pub json: bool,
     /// Treat warnings as refusals
     #[arg(long)]
     pub deny_warnings: bool,
@@ -130,9 +125,6 @@ pub struct PlanCheckArgs {
 #[derive(Debug, Args)]
 pub struct PlanShowArgs {
     pub plan: PathBuf,
-    /// Print the validated plan as JSON instead of the route card
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,9 +134,6 @@ pub struct UpArgs {
     /// The gpuctl-agent binary to deploy (default: next to gpuctl)
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
-    /// Print JSON Lines events on standard output instead of progress
-    #[arg(long)]
-    pub json: bool,
     /// Accept a plan that opens public ports
     #[arg(long)]
     pub allow_public_ports: bool,
@@ -175,8 +164,6 @@ pub struct DownArgs {
     /// Give up waiting for a stop after this long (the stop itself goes on)
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,9 +218,6 @@ pub struct DaemonArgs {
     /// At most this many stops at once
     #[arg(long, default_value_t = 32)]
     pub parallel_stops: usize,
-    /// JSON Lines on standard output instead of text on standard error
-    #[arg(long)]
-    pub json: bool,
     /// Log every sweep with its duration and the number of live sessions (benchmarks)
     #[arg(long, hide = true)]
     pub log_sweeps: bool,
@@ -251,10 +235,7 @@ pub enum DaemonAction {
         print: bool,
     },
     /// Say whether a daemon runs for this GPUCTL_HOME (exit 0 yes, 1 no)
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -273,8 +254,6 @@ pub struct EvalArgs {
     /// Write eval_results.csv here
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,8 +267,6 @@ pub struct EvidenceArgs {
     /// `verify`: check MANIFEST.sha256 and that every file the plan asked for is there
     #[arg(value_parser = ["verify"])]
     pub action: Option<String>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,8 +277,6 @@ pub enum EvidenceImport {
         plan: PathBuf,
         /// The zip the notebook's last cell made
         zip: PathBuf,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -320,14 +295,10 @@ pub struct NotebookArgs {
 #[derive(Debug, Args)]
 pub struct OffersArgs {
     pub plan: PathBuf,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    #[arg(long)]
-    pub json: bool,
     /// List cloud instances tagged by gpuctl that no live session owns (asks each provider
     /// whose API key is set)
     #[arg(long)]
@@ -359,9 +330,6 @@ pub struct ExtendArgs {
     /// The new hard stop (RFC 3339, like 2026-12-02T18:00:00Z)
     #[arg(long)]
     pub to: Option<String>,
-    /// One JSON object on stdout
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -384,8 +352,6 @@ pub struct SshArgs {
 pub struct StatusArgs {
     /// Session id or unique prefix (default: the most recent session)
     pub id: Option<String>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,9 +17,10 @@ const OURS: [&str; 4] = [
 ];
 
 pub fn init(verbose: u8) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
-        _ => {
+    let settings = crate::settings::settings();
+    let filter = match &settings.rust_log {
+        Some(spec) => EnvFilter::new(spec),
+        None => {
             let level = match verbose {
                 0 => return,
                 1 => "info",
@@ -33,7 +34,7 @@ pub fn init(verbose: u8) {
             )
         }
     };
-    let json = std::env::var("GPUCTL_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let json = settings.log_json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

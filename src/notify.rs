@@ -84,8 +84,8 @@ impl Alerter {
     /// or why there is none usable.
     fn webhook(&self) -> Option<Result<String, String>> {
         let env = self.webhook_env.as_ref()?;
-        Some(match std::env::var(env) {
-            Err(_) => Err(format!(
+        Some(match crate::settings::secret(env).ok_or(()) {
+            Err(()) => Err(format!(
                 "[notify] webhook_env names {env}, which is not set here: no alerts will be sent from this process (export {env}=<the webhook URL>)"
             )),
             Ok(url) if !(url.starts_with("https://") || url.starts_with("http://")) => Err(
@@ -120,9 +120,10 @@ impl Alerter {
             .name("gpuctl-alert".into())
             .spawn(move || {
                 if let Err(e) = deliver(&url, &alert) {
-                    eprintln!(
-                        "warning: the {} alert for session {} was not delivered to ${env}: {e}",
-                        alert.event, alert.session_id
+                    crate::warning!(
+                        "the {} alert for session {} was not delivered to ${env}: {e}",
+                        alert.event,
+                        alert.session_id
                     );
                 }
                 IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);

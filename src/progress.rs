@@ -1,5 +1,6 @@
-//! What `up` shows while it works: a spinner per step on a terminal, plain lines
-//! otherwise, or JSON Lines on stdout with `--json` (for scripts).
+//! What `up` (and the daemon, per session) shows while it works: a spinner per step on a
+//! terminal, plain lines otherwise, or JSON Lines events on stdout with `--json`. Written
+//! through the process's `output::Printer`.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -7,29 +8,33 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::output::printer;
+
 pub struct Reporter {
     json: bool,
-    bar: Option<ProgressBar>,
+    /// Whether this step shows a spinner (a terminal, and one session per process).
+    spinning: bool,
     step: Option<(String, Instant)>,
     /// The session these lines are about, where one process reports on many (the daemon).
     session: Option<String>,
 }
 
 impl Reporter {
-    pub fn new(json: bool) -> Reporter {
+    /// Progress in the process's output mode.
+    pub fn new() -> Reporter {
         Reporter {
-            json,
-            bar: None,
+            json: crate::output::json(),
+            spinning: false,
             step: None,
             session: None,
         }
     }
 
     /// Plain lines (never a spinner) tagged with the session id: for the daemon's log.
-    pub fn for_session(json: bool, id: &str) -> Reporter {
+    pub fn for_session(id: &str) -> Reporter {
         Reporter {
             session: Some(id.to_string()),
-            ..Reporter::new(json)
+            ..Reporter::new()
         }
     }
 
@@ -41,14 +46,7 @@ impl Reporter {
     }
 
     fn emit(&self, event: &str, fields: serde_json::Value) {
-        let mut obj = json!({ "at": chrono::Utc::now().to_rfc3339(), "event": event });
-        if let (Some(o), Some(s)) = (obj.as_object_mut(), &self.session) {
-            o.insert("session_id".into(), json!(s));
-        }
-        if let (Some(o), serde_json::Value::Object(f)) = (obj.as_object_mut(), fields) {
-            o.extend(f);
-        }
-        println!("{obj}");
+        printer().event(event, self.session.as_deref(), fields);
     }
 
     /// Begin a step; the previous one, if any, is closed as done.
@@ -65,9 +63,10 @@ impl Reporter {
             );
             bar.set_message(message.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
-            self.bar = Some(bar);
+            printer().start_spinner(bar);
+            self.spinning = true;
         } else {
-            eprintln!("{}==> {message}", self.tag());
+            crate::note!("{}==> {message}", self.tag());
         }
         self.step = Some((name.to_string(), Instant::now()));
     }
@@ -78,31 +77,28 @@ impl Reporter {
             return;
         };
         let ms = started.elapsed().as_millis() as u64;
+        let spun = std::mem::take(&mut self.spinning)
+            .then(|| printer().end_spinner())
+            .flatten();
         if self.json {
             self.emit("done", json!({ "step": name, "ms": ms, "note": note }));
-        } else if let Some(bar) = self.bar.take() {
-            let msg = bar.message();
-            bar.finish_and_clear();
-            eprintln!(
-                "ok  {msg} ({ms} ms){}",
-                if note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {note}")
-                }
-            );
+        } else if let Some(msg) = spun {
+            let note = if note.is_empty() {
+                String::new()
+            } else {
+                format!(": {note}")
+            };
+            crate::note!("ok  {msg} ({ms} ms){note}");
         } else if !note.is_empty() {
-            eprintln!("{}    {note} ({ms} ms)", self.tag());
+            crate::note!("{}    {note} ({ms} ms)", self.tag());
         }
     }
 
     pub fn info(&self, message: &str) {
         if self.json {
             self.emit("info", json!({ "message": message }));
-        } else if let Some(bar) = &self.bar {
-            bar.println(format!("    {message}"));
         } else {
-            eprintln!("{}    {message}", self.tag());
+            crate::note!("{}    {message}", self.tag());
         }
     }
 
@@ -110,10 +106,8 @@ impl Reporter {
         tracing::warn!(session = self.session.as_deref(), "{message}");
         if self.json {
             self.emit("warning", json!({ "message": message }));
-        } else if let Some(bar) = &self.bar {
-            bar.println(format!("warning: {message}"));
         } else {
-            eprintln!("{}warning: {message}", self.tag());
+            crate::note!("{}warning: {message}", self.tag());
         }
     }
 
@@ -133,5 +127,11 @@ impl Reporter {
         if self.json {
             self.emit("result", fields);
         }
+    }
+}
+
+impl Default for Reporter {
+    fn default() -> Reporter {
+        Reporter::new()
     }
 }

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use gpuctl_protocol::SelfTerminate;
 
-use crate::log;
-
 /// The instance's own key, and which instance it is for.
 pub struct ScopedKey {
     provider: String,
@@ -144,11 +142,11 @@ impl ScopedKey {
             attempt += 1;
             match self.terminate_once(&client, &target.api_base).await {
                 Ok(answer) => {
-                    log!("layer 1: {answer} (attempt {attempt})");
+                    tracing::info!("layer 1: {answer} (attempt {attempt})");
                     return format!("{answer}, with {}, attempt {attempt}", self.describe());
                 }
                 Err(e) if start.elapsed() < GIVE_UP_AFTER => {
-                    log!("layer 1: the terminate was not accepted ({e}); asking again");
+                    tracing::warn!("layer 1: the terminate was not accepted ({e}); asking again");
                     let pause = Duration::from_millis(500 * u64::from(attempt.min(60)));
                     tokio::time::sleep(pause.min(Duration::from_secs(30))).await;
                 }

@@ -14,8 +14,6 @@ use gpuctl_protocol::ModelFetch;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::log;
-
 /// Written beside a checked file: its sha256.
 const VERIFIED: &str = ".verified";
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -69,7 +67,7 @@ pub async fn fetch(
     if std::fs::read_to_string(dir.join(VERIFIED)).is_ok_and(|s| s.trim() == fetch.sha256)
         && path.is_file()
     {
-        log!(
+        tracing::info!(
             "fetch: reusing {} (downloaded by an earlier session, sha256 {} checked then)",
             path.display(),
             fetch.sha256
@@ -78,7 +76,7 @@ pub async fn fetch(
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let part = dir.join(format!("{}.part", file_name(&fetch.url)));
-    log!(
+    tracing::info!(
         "fetch: downloading {} to {}",
         shown(&fetch.url),
         path.display()
@@ -128,13 +126,13 @@ pub async fn fetch(
         if said.elapsed() >= PROGRESS_EVERY {
             said = Instant::now();
             match total {
-                Some(t) if t > 0 => log!(
+                Some(t) if t > 0 => tracing::info!(
                     "fetch: {} of {} MB ({} %)",
                     got / 1_000_000,
                     t / 1_000_000,
                     got * 100 / t
                 ),
-                _ => log!("fetch: {} MB", got / 1_000_000),
+                _ => tracing::info!("fetch: {} MB", got / 1_000_000),
             }
         }
     }
@@ -152,7 +150,7 @@ pub async fn fetch(
     }
     std::fs::rename(&part, &path).with_context(|| format!("keeping {}", path.display()))?;
     std::fs::write(dir.join(VERIFIED), &sha).context("recording the check")?;
-    log!(
+    tracing::info!(
         "fetch: {} MB in {} s, sha256 checked",
         got / 1_000_000,
         started.elapsed().as_secs()

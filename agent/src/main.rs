@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("serve") => {
+            log::init();
             let config = match args.get(1..) {
                 Some([flag, path]) if flag == "--config" => std::path::PathBuf::from(path),
                 _ => {
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
             let code = match runtime.block_on(serve::run(&config)) {
                 Ok(()) => 0,
                 Err(e) => {
-                    log!("error: {e:#}");
+                    tracing::error!("{e:#}");
                     1
                 }
             };

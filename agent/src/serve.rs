@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, Upstream};
 use crate::engine::{self, EngineHandle};
 use crate::supervise::Server;
-use crate::{config, envreport, log, metrics};
+use crate::{config, envreport, metrics};
 
 /// How long in-flight responses get to finish once the stop begins; the port closes after it.
 const DRAIN: Duration = Duration::from_millis(300);
@@ -82,14 +82,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Placement: before anything touches CUDA, and inherited by a supervised server.
     if let Some(devices) = &cfg.cuda_visible_devices {
         std::env::set_var("CUDA_VISIBLE_DEVICES", devices);
-        log!("CUDA_VISIBLE_DEVICES={devices}");
+        tracing::info!(CUDA_VISIBLE_DEVICES = %devices, "GPUs placed");
     }
     let evidence = loaded.evidence_dir.clone();
-    log!(
-        "session {} model {} deadline {}",
-        cfg.session_id,
-        cfg.model.id,
-        cfg.deadline.to_rfc3339()
+    tracing::info!(
+        session = %cfg.session_id,
+        model = %cfg.model.id,
+        deadline = %cfg.deadline.to_rfc3339(),
+        agent = env!("CARGO_PKG_VERSION"),
+        "starting"
     );
 
     // Arm the watchdog before anything slow: the deadline holds even during model load.
@@ -127,7 +128,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
     });
     if let Some(e) = &ends_billing {
-        log!("layer 1: {e}");
+        tracing::info!("layer 1: {e}");
     }
     let mut closer = Closer {
         cfg: cfg.clone(),
@@ -170,7 +171,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     ready.versions
                 ));
                 if let Err(e) = std::fs::write(&report, text) {
-                    log!("cannot add the setup's versions to the environment report: {e}");
+                    tracing::warn!(
+                        "cannot add the setup's versions to the environment report: {e}"
+                    );
                 }
                 crate::setup::activate_here(&ready.venv);
             }
@@ -219,7 +222,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             evidence.join(evidence_files::SERVER_PGID),
             server.pid.to_string(),
         ) {
-            log!("cannot record the server's process group: {e}");
+            tracing::warn!("cannot record the server's process group: {e}");
         }
         tokio::select! {
             ready = server.wait_ready() => {
@@ -238,7 +241,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         spawn_server_watch(server.clone(), stop_tx.clone());
         (None, Some(server))
     };
-    log!("model ready in {} ms", started.elapsed().as_millis());
+    tracing::info!("model ready in {} ms", started.elapsed().as_millis());
     let upstream = match &server {
         Some(s) => Some(Upstream {
             base: format!("http://127.0.0.1:{}", s.port),
@@ -271,7 +274,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             cfg.listen_port
         )
     })?;
-    log!("serving on http://{addr}");
+    tracing::info!("serving on http://{addr}");
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let server_task =
@@ -325,7 +328,7 @@ async fn load_candle(
         .path
         .clone()
         .context("the config names no model path")?;
-    log!("loading {model_path}");
+    tracing::info!("loading {model_path}");
     let load = tokio::task::spawn_blocking(move || {
         use engine::Backend;
         let mut model = engine::load(Path::new(&model_path))?;
@@ -408,13 +411,13 @@ fn spawn_watchdog(
                     clock.extend(new - current);
                     *deadline.lock().unwrap_or_else(|p| p.into_inner()) = new;
                     graced = false;
-                    log!(
-                        "deadline extended: {} -> {}",
-                        current.to_rfc3339(),
-                        new.to_rfc3339()
+                    tracing::info!(
+                        from = %current.to_rfc3339(),
+                        to = %new.to_rfc3339(),
+                        "deadline extended"
                     );
                 } else {
-                    log!(
+                    tracing::info!(
                         "deadline request {} ignored: not after {}",
                         new.to_rfc3339(),
                         current.to_rfc3339()
@@ -425,19 +428,22 @@ fn spawn_watchdog(
                 let written = std::fs::write(&tmp, deadline_of(&deadline).to_rfc3339())
                     .and_then(|_| std::fs::rename(&tmp, &applied));
                 if let Err(e) = written {
-                    log!("cannot answer the deadline request: {e}");
+                    tracing::warn!("cannot answer the deadline request: {e}");
                 }
             }
             if !graced && clock.left(grace).is_zero() {
                 graced = true;
-                log!(
+                tracing::info!(
                     "grace period: the deadline is {}",
                     deadline_of(&deadline).to_rfc3339()
                 );
             }
             let left = clock.left(Duration::ZERO);
             if left.is_zero() {
-                log!("deadline reached: stopping");
+                tracing::info!(
+                    deadline = %deadline_of(&deadline).to_rfc3339(),
+                    "deadline reached: stopping"
+                );
                 let _ = stop.send(Some(StopReason::Deadline));
                 return;
             }
@@ -459,7 +465,7 @@ fn take_deadline_request(dir: &Path) -> Option<chrono::DateTime<Utc>> {
     match chrono::DateTime::parse_from_rfc3339(text.trim()) {
         Ok(t) => Some(t.with_timezone(&Utc)),
         Err(e) => {
-            log!("deadline request {:?} ignored: {e}", text.trim());
+            tracing::warn!("deadline request {:?} ignored: {e}", text.trim());
             None
         }
     }
@@ -472,7 +478,7 @@ fn spawn_idle_watch(state: Arc<AppState>, idle: Duration, stop: StopTx) {
         loop {
             let quiet = state.activity.quiet_for();
             if quiet >= idle {
-                log!(
+                tracing::info!(
                     "idle: no API request for {} s (stop.idle): stopping",
                     quiet.as_secs()
                 );
@@ -491,12 +497,12 @@ fn spawn_signal_handler(stop: StopTx) {
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) else {
-            log!("cannot install signal handlers; the deadline still applies");
+            tracing::warn!("cannot install signal handlers; the deadline still applies");
             return;
         };
         tokio::select! {
-            _ = term.recv() => log!("SIGTERM: stopping"),
-            _ = int.recv() => log!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
         let _ = stop.send(Some(StopReason::Signal));
     });
@@ -508,7 +514,7 @@ fn spawn_server_watch(server: Arc<Server>, stop: StopTx) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if let Some(status) = server.exited() {
-                log!(
+                tracing::info!(
                     "the model server died while serving: it {}",
                     crate::supervise::describe_exit(status)
                 );
@@ -553,7 +559,7 @@ impl Closer {
                 self.write_record(&record)?;
             }
         }
-        log!(
+        tracing::info!(
             "stopped ({:?}{})",
             record.reason,
             if record.out_of_memory {
@@ -570,7 +576,7 @@ impl Closer {
     /// A step before serving (`[setup]`, the model fetch) failed: the session ends failed,
     /// with its final record, and the agent exits with the error.
     async fn failed_before_serving(&mut self, what: &str, e: anyhow::Error) -> anyhow::Result<()> {
-        log!("{what} failed: {e:#}");
+        tracing::warn!("{what} failed: {e:#}");
         let mut ending = Ending::new(StopReason::ServerFailed, vec![what.into()]);
         ending.failure = Some(format!("{what} failed: {e:#}"));
         self.finish(ending).await?;
@@ -591,7 +597,7 @@ impl Closer {
         if crate::billing::controller_present(&self.dir) {
             let note =
                 "a controller is watching: it collects the evidence and terminates the instance";
-            log!("layer 1: {note}");
+            tracing::info!("layer 1: {note}");
             return Some(note.into());
         }
         if self.scoped.is_none() {
@@ -599,7 +605,7 @@ impl Closer {
         }
         match &self.scoped {
             Some(key) => {
-                log!(
+                tracing::info!(
                     "layer 1: no controller is watching; terminating with {}",
                     key.describe()
                 );
@@ -610,7 +616,7 @@ impl Closer {
                     "no instance-scoped {} key on this host: serving stopped, but the instance bills until the controller, the daemon or `gpuctl down` terminates it",
                     target.provider
                 );
-                log!("layer 1: {note}");
+                tracing::info!("layer 1: {note}");
                 Some(note)
             }
         }

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use gpuctl_protocol::SetupConfig;
 
-use crate::log;
-
 /// Written last into a finished environment: its key, then what pip froze.
 const READY: &str = ".gpuctl-ready";
 
@@ -46,7 +44,7 @@ pub fn run(
         .with_context(|| format!("opening {}", log_path.display()))?;
     if let Ok(marker) = std::fs::read_to_string(venv.join(READY)) {
         if marker.lines().next() == Some(setup.key.as_str()) {
-            log!(
+            tracing::info!(
                 "setup: reusing {} (the same [setup] was built by an earlier session, key {})",
                 venv.display(),
                 setup.key
@@ -67,7 +65,7 @@ pub fn run(
     }
     let started = Instant::now();
     let python = find_python(setup.python.as_deref())?;
-    log!("setup: creating {} with {python}", venv.display());
+    tracing::info!("setup: creating {} with {python}", venv.display());
     step(
         &mut out,
         "venv",
@@ -76,7 +74,7 @@ pub fn run(
     )?;
     let bin = venv.join("bin");
     if !setup.pip.is_empty() {
-        log!("setup: pip install {}", setup.pip.join(" "));
+        tracing::info!("setup: pip install {}", setup.pip.join(" "));
         step(
             &mut out,
             "pip install",
@@ -93,7 +91,7 @@ pub fn run(
         )?;
     }
     for (i, c) in setup.commands.iter().enumerate() {
-        log!("setup: command {} of {}: {c}", i + 1, setup.commands.len());
+        tracing::info!("setup: command {} of {}: {c}", i + 1, setup.commands.len());
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(c).current_dir(agent_dir);
         activate(&mut cmd, &venv);
@@ -106,7 +104,7 @@ pub fn run(
     let versions = String::from_utf8_lossy(&freeze.stdout).trim().to_string();
     std::fs::write(venv.join(READY), format!("{}\n{versions}\n", setup.key))
         .context("marking the environment complete")?;
-    log!(
+    tracing::info!(
         "setup: done in {} s ({} packages)",
         started.elapsed().as_secs(),
         versions.lines().count()

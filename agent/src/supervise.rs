@@ -15,8 +15,6 @@ use gpuctl_protocol::{ModelConfig, Runtime};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::log;
-
 /// How long the server gets after SIGTERM before SIGKILL (the controller waits longer).
 const TERM_GRACE: Duration = Duration::from_secs(gpuctl_protocol::SERVER_TERM_SECS);
 
@@ -226,7 +224,7 @@ impl Server {
             .port();
         let key = inner_key().context("making the server's API key")?;
         let argv = server_argv(model, port, gpus, &key)?;
-        log!("starting {}", argv.join(" ").replace(&key, "<inner key>"));
+        tracing::info!("starting {}", argv.join(" ").replace(&key, "<inner key>"));
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             // Code the plan names gets no secret of the agent's environment.
@@ -273,7 +271,7 @@ impl Server {
                     if is_oom_line(&line) {
                         oom.store(true, Ordering::SeqCst);
                     }
-                    log!("[server {name}] {line}");
+                    tracing::info!("[server {name}] {line}");
                     if let Ok(mut l) = last.lock() {
                         l.push(line);
                         let excess = l.len().saturating_sub(20);

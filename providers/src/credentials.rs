@@ -50,11 +50,12 @@ pub fn env_var(kind: ProviderKind) -> &'static str {
 }
 
 pub fn credentials_file() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("gpuctl/credentials.toml"))
+    Some(
+        crate::settings::settings()
+            .config_dir
+            .as_ref()?
+            .join("gpuctl/credentials.toml"),
+    )
 }
 
 /// The key for `kind`, or a message that says where it was looked for and how to set it.

@@ -84,11 +84,7 @@ pub fn is_loopback(url: &str) -> bool {
 
 /// The request timeout: 30 s, or `GPUCTL_API_TIMEOUT_MS` (tests shorten it).
 fn timeout() -> Duration {
-    std::env::var("GPUCTL_API_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(30))
+    crate::settings::settings().api_timeout
 }
 
 impl Api {
@@ -113,7 +109,7 @@ impl Api {
     /// off and `GPUCTL_EMULATOR_UNPACED=1`; the lift applies to a loopback API base only,
     /// so it can never send a real provider more than its documented limits allow.
     fn unpaced(&self) -> bool {
-        std::env::var("GPUCTL_EMULATOR_UNPACED").is_ok_and(|v| v == "1") && is_loopback(&self.base)
+        crate::settings::settings().unpaced && is_loopback(&self.base)
     }
 
     /// API calls made so far through this client.

@@ -12,6 +12,7 @@ mod kind;
 mod lambda;
 mod provider;
 mod runpod;
+pub mod settings;
 mod vast;
 
 pub use catalog::{catalog, price_of, Price};
@@ -44,18 +45,7 @@ pub enum Cloud {
 /// The API base of a cloud: `GPUCTL_<NAME>_API` when set (a proxy, or the emulator), else
 /// the provider's documented address.
 pub fn api_base(kind: ProviderKind) -> Option<String> {
-    let (var, default) = match kind {
-        ProviderKind::Lambda => ("GPUCTL_LAMBDA_API", lambda::DEFAULT_BASE),
-        ProviderKind::Runpod => ("GPUCTL_RUNPOD_API", runpod::DEFAULT_BASE),
-        ProviderKind::Vast => ("GPUCTL_VAST_API", vast::DEFAULT_BASE),
-        ProviderKind::Local | ProviderKind::Ssh => return None,
-    };
-    Some(
-        std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| default.to_string()),
-    )
+    settings::settings().api_base(kind).map(str::to_string)
 }
 
 impl Cloud {

@@ -104,7 +104,10 @@ fn table_row(out: &mut impl Write, row: &Row, color: bool) -> std::io::Result<()
     writeln!(out)
 }
 
-pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
+pub fn run(mut args: AuditArgs) -> anyhow::Result<Exit> {
+    if crate::output::json() {
+        args.format = AuditFormat::Json;
+    }
     let mut filter = Filter {
         plan: args.plan.clone(),
         owner: args.owner.clone(),
@@ -118,7 +121,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
             match parse_date(flag, v) {
                 Ok(t) => *slot = Some(t),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    crate::error_line!("{e}");
                     return Ok(Exit::Refused);
                 }
             }
@@ -138,9 +141,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
     let mut groups = Groups::default();
     // Flagged sessions are kept for the HTML page (never all sessions).
     let mut flagged: Vec<Row> = Vec::new();
-    let stdout = std::io::stdout();
-    let color = stdout.is_terminal();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let color = std::io::stdout().is_terminal();
+    let mut out = crate::output::printer().stream();
     let per_session = by.is_none();
     let mut first = true;
     match (args.format, per_session) {
@@ -269,10 +271,13 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Exit> {
     if let Some(path) = &args.html {
         let page = crate::report::audit_page(&groups, by, &flagged, &filter, now);
         std::fs::write(path, page)?;
-        eprintln!("wrote {}", path.display());
+        crate::note!("wrote {}", path.display());
     }
     if all.stop_unconfirmed > 0 {
-        eprintln!("warning: {} session(s) have no confirmed stop and may still bill; they are listed first", all.stop_unconfirmed);
+        crate::warning!(
+            "{} session(s) have no confirmed stop and may still bill; they are listed first",
+            all.stop_unconfirmed
+        );
     }
     Ok(
         match (args.strict, all.stop_unconfirmed > 0, all.flagged()) {

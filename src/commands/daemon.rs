@@ -14,17 +14,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             home,
             DaemonOptions {
                 schedule: args.schedule,
-                json: args.json,
                 parallel_stops: args.parallel_stops,
                 log_sweeps: args.log_sweeps,
             },
         )),
-        Some(DaemonAction::Status { json }) => {
+        Some(DaemonAction::Status) => {
             let st = daemon::status(&home)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+            if crate::output::json() {
+                crate::output::printer().doc(&st)?;
             } else if st.running {
-                println!(
+                crate::out!(
                     "a gpuctl daemon runs for {} (pid {}), store {}; it holds {} live session(s)",
                     st.home,
                     st.pid
@@ -34,7 +33,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
                     st.sessions.len()
                 );
                 for s in &st.sessions {
-                    println!(
+                    crate::out!(
                         "  {}  {}  deadline {}  owner {}",
                         s.id,
                         s.state,
@@ -43,7 +42,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
                     );
                 }
             } else {
-                println!(
+                crate::out!(
                     "no gpuctl daemon runs for {}: start one with `gpuctl daemon` (or install it with `gpuctl daemon install`)",
                     st.home
                 );
@@ -55,22 +54,22 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             let home = std::path::absolute(&home).unwrap_or(home);
             let text = unit::unit_text(&exe, &home);
             if print {
-                print!("{text}");
+                crate::output::printer().out_text(&text);
                 return Ok(Exit::Done);
             }
             let dir = unit::unit_dir()?;
             let path = dir.join(unit::UNIT_NAME);
             if path.exists() && !force {
-                eprintln!(
-                    "error: {} exists; pass --force to overwrite it (or --print to see the new one)",
+                crate::error_line!(
+                    "{} exists; pass --force to overwrite it (or --print to see the new one)",
                     path.display()
                 );
                 return Ok(Exit::Refused);
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            println!("{}", path.display());
-            eprintln!(
+            crate::out!("{}", path.display());
+            crate::note!(
                 "wrote {}; start it now and at every login with:\n    systemctl --user daemon-reload && systemctl --user enable --now {}\n(on a server where you log out, also: loginctl enable-linger $USER)",
                 path.display(),
                 unit::UNIT_NAME

@@ -22,7 +22,7 @@ struct StoreStatus {
 }
 
 fn selected_by() -> &'static str {
-    if std::env::var("GPUCTL_DATABASE_URL").is_ok_and(|u| !u.trim().is_empty()) {
+    if crate::settings::settings().database_url_from_env {
         "GPUCTL_DATABASE_URL"
     } else if crate::db::database_url().is_some() {
         "database_url in $XDG_CONFIG_HOME/gpuctl/config.toml"
@@ -34,7 +34,7 @@ fn selected_by() -> &'static str {
 pub fn run(action: DbAction) -> anyhow::Result<Exit> {
     let home = crate::home::gpuctl_home()?;
     match action {
-        DbAction::Status { json } => {
+        DbAction::Status => {
             let db = Db::connect(&home)?;
             let status = match &db {
                 Some(db) => StoreStatus {
@@ -60,14 +60,14 @@ pub fn run(action: DbAction) -> anyhow::Result<Exit> {
             };
             let behind = status.schema_version.is_some_and(|v| v < SCHEMA_VERSION);
             let ahead = status.schema_version.is_some_and(|v| v > SCHEMA_VERSION);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+            if crate::output::json() {
+                crate::output::printer().doc(&status)?;
             } else {
-                println!("store:    {} ({})", status.location, status.backend);
-                println!("selected: {}", status.selected_by);
+                crate::out!("store:    {} ({})", status.location, status.backend);
+                crate::out!("selected: {}", status.selected_by);
                 match status.schema_version {
-                    None => println!("schema:   not created yet (the first command that records a session creates it)"),
-                    Some(v) => println!(
+                    None => crate::out!("schema:   not created yet (the first command that records a session creates it)"),
+                    Some(v) => crate::out!(
                         "schema:   {v} (this gpuctl knows {SCHEMA_VERSION}){}",
                         if behind {
                             "; `gpuctl db migrate` brings it up to date"
@@ -79,12 +79,12 @@ pub fn run(action: DbAction) -> anyhow::Result<Exit> {
                     ),
                 }
                 if let (Some(n), Some(l)) = (status.sessions, status.live_sessions) {
-                    println!("sessions: {n} ({l} live)");
+                    crate::out!("sessions: {n} ({l} live)");
                 }
             }
             Ok(if ahead { Exit::Failed } else { Exit::Done })
         }
-        DbAction::Migrate { json } => {
+        DbAction::Migrate => {
             let before = match Db::connect(&home)? {
                 Some(db) => Some(db.schema_version()?),
                 None => None,
@@ -92,24 +92,24 @@ pub fn run(action: DbAction) -> anyhow::Result<Exit> {
             // Opening migrates (in one transaction, one process at a time).
             let db = Db::open(&home)?;
             let after = db.schema_version()?;
-            if json {
-                println!(
+            if crate::output::json() {
+                crate::out!(
                     "{}",
                     serde_json::json!({ "backend": backend_name(&db), "location": db.location(), "schema_version_before": before, "schema_version": after })
                 );
             } else {
                 match before {
-                    Some(b) if b == after => println!(
+                    Some(b) if b == after => crate::out!(
                         "{}: schema {after}, up to date ({})",
                         db.location(),
                         backend_name(&db)
                     ),
-                    Some(b) => println!(
+                    Some(b) => crate::out!(
                         "{}: schema {b} -> {after} ({})",
                         db.location(),
                         backend_name(&db)
                     ),
-                    None => println!(
+                    None => crate::out!(
                         "{}: created, schema {after} ({})",
                         db.location(),
                         backend_name(&db)

@@ -44,7 +44,7 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<Exit> {
                     "debug writer",
                     now,
                 )?;
-                println!("{i}");
+                crate::out!("{i}");
             }
             Ok(Exit::Done)
         }
@@ -182,6 +182,6 @@ fn seed(
         }
     }
     db.seed(&batch)?;
-    eprintln!("seeded {count} session(s) in {}", db.location());
+    crate::note!("seeded {count} session(s) in {}", db.location());
     Ok(Exit::Done)
 }

@@ -42,7 +42,7 @@ async fn down(args: DownArgs) -> anyhow::Result<Exit> {
             match db.get_session(id) {
                 Ok(s) => found.push(s),
                 Err(e @ (DbError::NotFound(_) | DbError::Ambiguous(_))) => {
-                    eprintln!("error: {e} (`gpuctl ls` lists the sessions); nothing was stopped");
+                    crate::error_line!("{e} (`gpuctl ls` lists the sessions); nothing was stopped");
                     return Ok(Exit::Refused);
                 }
                 Err(e) => return Err(e.into()),
@@ -51,28 +51,28 @@ async fn down(args: DownArgs) -> anyhow::Result<Exit> {
         found
     };
     if targets.is_empty() {
-        eprintln!(
+        crate::note!(
             "nothing to stop: every session in {} is stopped",
             db.location()
         );
     }
     let mut results = Vec::new();
     for s in targets {
-        let r = stop_one(&home, &db, s, args.timeout, args.json).await?;
-        if !args.json {
-            println!("{} {}: {}", r.session_id, r.state, r.message);
+        let r = stop_one(&home, &db, s, args.timeout).await?;
+        if !crate::output::json() {
+            crate::out!("{} {}: {}", r.session_id, r.state, r.message);
         }
         results.push(r);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+    if crate::output::json() {
+        crate::output::printer().doc(&results)?;
     }
     let exit = if results
         .iter()
         .any(|r| r.state == SessionState::StopUnconfirmed)
     {
-        eprintln!(
-            "warning: a stop is not confirmed; the instance may still bill. {}; `gpuctl ls` shows it first",
+        crate::warning!(
+            "a stop is not confirmed; the instance may still bill. {}; `gpuctl ls` shows it first",
             crate::daemon::who_retries(&home)
         );
         Exit::StopUnconfirmed
@@ -91,7 +91,6 @@ async fn stop_one(
     db: &Db,
     s: SessionRecord,
     timeout: Duration,
-    json: bool,
 ) -> anyhow::Result<Stopped> {
     let me = crate::procs::me(ControllerKind::Down);
     let done = |s: &SessionRecord, message: String| Stopped {
@@ -124,7 +123,7 @@ async fn stop_one(
                     // Never signal a reused PID: it must still be this gpuctl.
                     if crate::procs::cmdline_contains(c.pid, "gpuctl") {
                         let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGTERM);
-                        eprintln!("{}: asked gpuctl up (pid {}) to stop it", s.id, c.pid);
+                        crate::note!("{}: asked gpuctl up (pid {}) to stop it", s.id, c.pid);
                     }
                     signalled = Some(c);
                 }
@@ -139,8 +138,7 @@ async fn stop_one(
             {
                 return Ok(done(&cur, stop_message(&cur)));
             }
-            None => match takeover::stop_recorded(home, &s.id, me, "stopped by gpuctl down", json)
-                .await?
+            None => match takeover::stop_recorded(home, &s.id, me, "stopped by gpuctl down").await?
             {
                 Outcome::Stopped(_) | Outcome::AlreadyFinal => {
                     let cur = db.get_session(&s.id)?;

@@ -14,17 +14,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Exit> {
     let cases = match plan::read_cases_file(&args.cases) {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => {
-            eprintln!("error: {} holds no [[case]] tables", args.cases.display());
+            crate::error_line!("{} holds no [[case]] tables", args.cases.display());
             return Ok(Exit::Refused);
         }
         Err(problems) => {
             for p in problems {
-                eprintln!("{p}");
+                crate::note!("{p}");
             }
             return Ok(Exit::Refused);
         }
     };
-    let token = std::env::var(&args.token_env).unwrap_or_default();
+    let token = crate::settings::secret(&args.token_env).unwrap_or_default();
     runtime()?.block_on(async {
         let model = match args.model {
             Some(m) => m,
@@ -34,8 +34,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Exit> {
         let mut results = Vec::new();
         for case in &cases {
             let r = eval::run_case(&client, case).await;
-            if !args.json {
-                eprintln!(
+            if !crate::output::json() {
+                crate::note!(
                     "{} {}: {} ({} ms, {} tokens)",
                     if r.pass { "pass" } else { "FAIL" },
                     r.id,
@@ -50,11 +50,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Exit> {
             std::fs::write(out, eval::to_csv(&results))
                 .with_context(|| format!("writing {}", out.display()))?;
         }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&results)?);
+        if crate::output::json() {
+            crate::output::printer().doc(&results)?;
         } else {
             let passed = results.iter().filter(|r| r.pass).count();
-            println!("{passed}/{} passed", results.len());
+            crate::out!("{passed}/{} passed", results.len());
         }
         Ok(Exit::Done)
     })

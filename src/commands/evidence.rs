@@ -18,34 +18,34 @@ struct Finding {
 }
 
 pub fn run(args: EvidenceArgs) -> anyhow::Result<Exit> {
-    if let Some(crate::cli::EvidenceImport::Import { plan, zip, json }) = args.import {
-        return super::notebook::import(&plan, &zip, json);
+    if let Some(crate::cli::EvidenceImport::Import { plan, zip }) = args.import {
+        return super::notebook::import(&plan, &zip);
     }
     let Some(id) = args.id.as_deref() else {
-        eprintln!("error: give a session id (`gpuctl ls` lists them), or `gpuctl evidence import PLAN BUNDLE.zip`");
+        crate::error_line!("give a session id (`gpuctl ls` lists them), or `gpuctl evidence import PLAN BUNDLE.zip`");
         return Ok(Exit::Refused);
     };
     let db = open_db()?;
     let session = db.get_session(id)?;
     let Some(dir) = session.evidence_dir.clone() else {
-        eprintln!("session {} has no evidence folder recorded", session.id);
+        crate::note!("session {} has no evidence folder recorded", session.id);
         return Ok(Exit::Failed);
     };
     let dir = Path::new(&dir);
     let rows = db.evidence_rows(&session.id)?;
     if args.action.as_deref() != Some("verify") {
-        if args.json {
-            println!(
+        if crate::output::json() {
+            crate::out!(
                 "{}",
                 serde_json::to_string_pretty(
                     &serde_json::json!({ "session_id": session.id, "bundle": dir, "state": session.state, "files": rows })
                 )?
             );
         } else {
-            println!("{}", dir.display());
+            crate::out!("{}", dir.display());
             for r in &rows {
                 let size = r.size.map(|s| format!("{s} bytes")).unwrap_or_default();
-                eprintln!("  {:<8} {:<32} {size}", r.status, r.path);
+                crate::note!("  {:<8} {:<32} {size}", r.status, r.path);
             }
         }
         return Ok(Exit::Done);
@@ -107,24 +107,24 @@ pub fn run(args: EvidenceArgs) -> anyhow::Result<Exit> {
         }
     }
     let ok = findings.is_empty();
-    if args.json {
-        println!(
+    if crate::output::json() {
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "session_id": session.id, "bundle": dir, "ok": ok, "problems": findings })
             )?
         );
     } else if ok {
-        println!(
+        crate::out!(
             "{}: intact ({} files match MANIFEST.sha256; every file the plan asked for is there)",
             dir.display(),
             manifest.map(|m| m.lines().count()).unwrap_or(0)
         );
     } else {
         for f in &findings {
-            eprintln!("error: {}: {}", f.file, f.problem);
+            crate::error_line!("{}: {}", f.file, f.problem);
         }
-        eprintln!(
+        crate::note!(
             "{}: NOT intact ({} problem(s))",
             dir.display(),
             findings.len()

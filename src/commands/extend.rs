@@ -30,12 +30,12 @@ pub fn run(args: ExtendArgs) -> anyhow::Result<Exit> {
 
 fn refuse(json: bool, id: &str, why: &str) -> Exit {
     if json {
-        println!(
+        crate::out!(
             "{}",
             serde_json::json!({ "session_id": id, "extended": false, "error": why })
         );
     }
-    eprintln!("error: {why}; the deadline is unchanged");
+    crate::error_line!("{why}; the deadline is unchanged");
     Exit::Refused
 }
 
@@ -45,7 +45,7 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
         Ok(s) => s,
         Err(e @ (DbError::NotFound(_) | DbError::Ambiguous(_))) => {
             return Ok(refuse(
-                args.json,
+                crate::output::json(),
                 &args.id,
                 &format!("{e} (`gpuctl ls` lists the sessions)"),
             ))
@@ -60,7 +60,7 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
             Ok(t) => t.with_timezone(&Utc),
             Err(_) => {
                 return Ok(refuse(
-                    args.json,
+                    crate::output::json(),
                     &s.id,
                     &format!(
                         "--to {to:?} is not an RFC 3339 time; write it like 2026-12-02T18:00:00Z"
@@ -70,19 +70,19 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
         },
         (None, None) => {
             return Ok(refuse(
-                args.json,
+                crate::output::json(),
                 &s.id,
                 "say how far: --by 30m or --to 2026-12-02T18:00:00Z",
             ))
         }
     };
     if let Err(why) = allowed(&s, new, now) {
-        return Ok(refuse(args.json, &s.id, &why));
+        return Ok(refuse(crate::output::json(), &s.id, &why));
     }
     // The agent first: if it cannot take the new deadline, nothing else moves.
     if let Err(e) = tell_agent(&s, new).await {
         return Ok(refuse(
-            args.json,
+            crate::output::json(),
             &s.id,
             &format!(
                 "the agent did not take the new deadline ({e:#}); the session still stops at {}",
@@ -102,13 +102,13 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
         ),
         Utc::now(),
     )?;
-    if args.json {
-        println!(
+    if crate::output::json() {
+        crate::out!(
             "{}",
             serde_json::json!({ "session_id": s.id, "extended": true, "old_deadline": old, "deadline": new, "by": by })
         );
     } else {
-        println!(
+        crate::out!(
             "{}: the hard stop moves from {} to {} (the agent, `up` and the daemon follow it)",
             s.id,
             old.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -120,7 +120,10 @@ async fn extend(args: ExtendArgs) -> anyhow::Result<Exit> {
 
 /// Who asked, for the event: user, host and process (never a secret).
 fn who() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = crate::settings::settings()
+        .user
+        .clone()
+        .unwrap_or_else(|| "unknown".into());
     format!(
         "{user}@{} (gpuctl extend, pid {})",
         crate::procs::hostname(),

@@ -75,13 +75,23 @@ async fn read(
     }
 }
 
-fn print_new(text: &str, from: usize, server_only: bool) -> usize {
+/// Print the whole lines of `text` after `from` (as JSON Lines events `log` with
+/// `--json`); returns where the next read starts.
+fn print_new(text: &str, from: usize, server_only: bool, session: &str) -> usize {
     let new = text.get(from..).unwrap_or("");
     // Whole lines only; a line still being written waits for the next read.
     let end = new.rfind('\n').map(|i| i + 1).unwrap_or(0);
     for line in new[..end].lines() {
         if !server_only || line.contains("[server ") {
-            println!("{line}");
+            if crate::output::json() {
+                crate::output::printer().event(
+                    "log",
+                    Some(session),
+                    serde_json::json!({ "line": line }),
+                );
+            } else {
+                crate::out!("{line}");
+            }
         }
     }
     from + end
@@ -94,7 +104,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<Exit> {
         None => match db.latest_session()? {
             Some(s) => s,
             None => {
-                eprintln!("no sessions in {}", db.location());
+                crate::note!("no sessions in {}", db.location());
                 return Ok(Exit::Done);
             }
         },
@@ -110,9 +120,9 @@ async fn show(db: &Db, session: SessionRecord, follow: bool, server: bool) -> an
     let give_up = session.deadline + chrono::Duration::hours(1);
     loop {
         match read(&src, &mut host).await {
-            Ok(text) => printed = print_new(&text, printed, server),
+            Ok(text) => printed = print_new(&text, printed, server, &session.id),
             Err(e) if !follow => {
-                eprintln!("error: the log of session {}: {e:#}", session.id);
+                crate::error_line!("the log of session {}: {e:#}", session.id);
                 return Ok(Exit::Failed);
             }
             Err(_) => {}
@@ -125,10 +135,10 @@ async fn show(db: &Db, session: SessionRecord, follow: bool, server: bool) -> an
             // The last lines, from wherever the log ended up.
             if let Source::File(p) = source(&now) {
                 if let Ok(text) = std::fs::read_to_string(p) {
-                    print_new(&text, printed, server);
+                    print_new(&text, printed, server, &now.id);
                 }
             }
-            eprintln!("session {} is {}", now.id, now.state);
+            crate::note!("session {} is {}", now.id, now.state);
             return Ok(Exit::Done);
         }
         src = match (&src, source(&now)) {

@@ -12,21 +12,27 @@ use crate::session::SessionState;
 pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
     let db = open_db()?;
     if args.orphans {
-        return super::runtime()?.block_on(orphans(&db, args.json));
+        return super::runtime()?.block_on(orphans(&db, crate::output::json()));
     }
     let sessions = db.list_sessions(args.limit)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&sessions)?);
+    if crate::output::json() {
+        crate::output::printer().doc(&sessions)?;
         return Ok(Exit::Done);
     }
     if sessions.is_empty() {
-        eprintln!("no sessions in {}", db.location());
+        crate::note!("no sessions in {}", db.location());
         return Ok(Exit::Done);
     }
     let now = Utc::now();
-    println!(
+    crate::out!(
         "{:<24} {:<24} {:<10} {:<8} {:<17} {:<20} {:>9}",
-        "ID", "PLAN", "ROUTE", "PROVIDER", "STATE", "DEADLINE", "COST"
+        "ID",
+        "PLAN",
+        "ROUTE",
+        "PROVIDER",
+        "STATE",
+        "DEADLINE",
+        "COST"
     );
     for s in &sessions {
         let deadline = if s.state.is_final() {
@@ -50,7 +56,7 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
         } else {
             format!("{:<17}", s.state.to_string())
         };
-        println!(
+        crate::out!(
             "{:<24} {:<24} {:<10} {:<8} {} {:<20} {:>9}",
             s.id,
             s.plan_name,
@@ -61,15 +67,15 @@ pub fn run(args: LsArgs) -> anyhow::Result<Exit> {
             usd(s.cost_usd)
         );
         if let Some(note) = driver_note(s) {
-            println!("{:<24} {note}", "");
+            crate::out!("{:<24} {note}", "");
         }
     }
     if sessions
         .iter()
         .any(|s| s.state == SessionState::StopUnconfirmed)
     {
-        eprintln!(
-            "warning: sessions in STOP_UNCONFIRMED may still bill; {}",
+        crate::warning!(
+            "sessions in STOP_UNCONFIRMED may still bill; {}",
             crate::home::gpuctl_home()
                 .map(|h| crate::daemon::who_retries(&h))
                 .unwrap_or_else(|_| "see `gpuctl daemon status`".into())
@@ -139,12 +145,12 @@ async fn orphans(db: &crate::db::Db, json: bool) -> anyhow::Result<Exit> {
         }
     }
     for s in &skipped {
-        eprintln!("not asked: {s}");
+        crate::note!("not asked: {s}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
+        crate::output::printer().doc(&found)?;
     } else if found.is_empty() {
-        eprintln!(
+        crate::note!(
             "no orphans on {}",
             if asked.is_empty() {
                 "any provider (no API key set)".to_string()
@@ -153,12 +159,16 @@ async fn orphans(db: &crate::db::Db, json: bool) -> anyhow::Result<Exit> {
             }
         );
     } else {
-        println!(
+        crate::out!(
             "{:<8} {:<34} {:<36} {:<10} {:>8}  SESSION",
-            "PROVIDER", "INSTANCE", "NAME", "STATE", "$/H"
+            "PROVIDER",
+            "INSTANCE",
+            "NAME",
+            "STATE",
+            "$/H"
         );
         for o in &found {
-            println!(
+            crate::out!(
                 "{:<8} {:<34} {:<36} {:<10} {:>8}  {}",
                 o.provider,
                 o.instance_id,
@@ -171,7 +181,7 @@ async fn orphans(db: &crate::db::Db, json: bool) -> anyhow::Result<Exit> {
                 }
             );
         }
-        eprintln!("warning: {} instance(s) tagged by gpuctl may still bill with no session to stop them; terminate them at the provider", found.len());
+        crate::warning!("{} instance(s) tagged by gpuctl may still bill with no session to stop them; terminate them at the provider", found.len());
     }
     // An orphan is an alarm for scripts: exit 4, like a stop that is not confirmed.
     Ok(if found.is_empty() {

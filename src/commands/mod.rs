@@ -21,6 +21,14 @@ use crate::cli::{Cli, Command, PlanCommand};
 use crate::exit::Exit;
 
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    if cli.json {
+        if let Some(name) = without_json(&cli.command) {
+            crate::error_line!(
+                "`gpuctl {name}` writes no JSON (its output is for a person or a shell); run it without --json"
+            );
+            return Ok(Exit::Refused);
+        }
+    }
     match cli.command {
         Command::Plan(PlanCommand::New(args)) => plan::new(args),
         Command::Plan(PlanCommand::Check(args)) => plan::check(args),
@@ -54,6 +62,17 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     }
 }
 
+/// Commands whose output has no JSON form.
+fn without_json(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Plan(PlanCommand::New(_)) => Some("plan new"),
+        Command::Ssh(_) => Some("ssh"),
+        Command::Completions(_) => Some("completions"),
+        Command::Man => Some("man"),
+        _ => None,
+    }
+}
+
 fn open_db() -> anyhow::Result<crate::db::Db> {
     let home = crate::home::gpuctl_home()?;
     Ok(crate::db::Db::open(&home)?)
@@ -74,7 +93,7 @@ fn usd(v: Option<f64>) -> String {
 
 /// `text` in bold red on a terminal (what may still bill must not be missed), plain otherwise.
 fn alarm(text: &str, stream_is_terminal: bool) -> String {
-    if stream_is_terminal && std::env::var_os("NO_COLOR").is_none() {
+    if stream_is_terminal && !crate::settings::settings().no_color {
         format!("\x1b[1;31m{text}\x1b[0m")
     } else {
         text.to_string()

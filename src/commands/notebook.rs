@@ -15,14 +15,14 @@ fn checked_plan(
 ) -> Result<(crate::plan::Plan, String), Exit> {
     let checked = crate::plan::check_file(path, at);
     for p in &checked.problems {
-        eprintln!("{p}");
+        crate::note!("{p}");
     }
     let (Some(plan), Some(source)) = (checked.plan, checked.source) else {
-        eprintln!("{}: refused", path.display());
+        crate::note!("{}: refused", path.display());
         return Err(Exit::Refused);
     };
     if let Some(why) = notebook::refusal(&plan) {
-        eprintln!("error: {}: {why}", path.display());
+        crate::error_line!("{}: {why}", path.display());
         return Err(Exit::Refused);
     }
     Ok((plan, source.text))
@@ -35,8 +35,8 @@ pub fn run(args: NotebookArgs) -> anyhow::Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     if args.output.exists() && !args.force {
-        eprintln!(
-            "error: {} exists; pass --force to overwrite it",
+        crate::error_line!(
+            "{} exists; pass --force to overwrite it",
             args.output.display()
         );
         return Ok(Exit::Refused);
@@ -48,7 +48,7 @@ pub fn run(args: NotebookArgs) -> anyhow::Result<Exit> {
             Ok(c) => cases.extend(c),
             Err(problems) => {
                 for p in problems {
-                    eprintln!("{p}");
+                    crate::note!("{p}");
                 }
                 return Ok(Exit::Refused);
             }
@@ -57,23 +57,31 @@ pub fn run(args: NotebookArgs) -> anyhow::Result<Exit> {
     cases.extend(plan.eval.cases.iter().cloned());
     let nb = notebook::notebook(&plan, &text, &cases, now);
     std::fs::write(&args.output, serde_json::to_string_pretty(&nb)?)?;
-    println!("{}", args.output.display());
-    eprintln!(
-        "wrote {}: its hard stop is {}; open it in Colab, run all cells, download the zip, then `gpuctl evidence import {} gpuctl-evidence-{}.zip`",
+    let deadline = nb["metadata"]["gpuctl"]["deadline"].as_str().unwrap_or("-");
+    if crate::output::json() {
+        crate::output::printer().doc(&serde_json::json!({
+            "notebook": args.output,
+            "deadline": deadline,
+            "evidence_zip": format!("gpuctl-evidence-{}.zip", plan.name),
+        }))?;
+    } else {
+        crate::out!("{}", args.output.display());
+    }
+    crate::note!(
+        "wrote {}: its hard stop is {deadline}; open it in Colab, run all cells, download the zip, then `gpuctl evidence import {} gpuctl-evidence-{}.zip`",
         args.output.display(),
-        nb["metadata"]["gpuctl"]["deadline"].as_str().unwrap_or("-"),
         args.plan.display(),
         plan.name
     );
     Ok(Exit::Done)
 }
 
-pub fn import(plan_path: &Path, zip: &Path, json: bool) -> anyhow::Result<Exit> {
+pub fn import(plan_path: &Path, zip: &Path) -> anyhow::Result<Exit> {
     // The zip first: nothing is recorded unless all of it is sound.
     let imported = match colab::read_zip(zip) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::error_line!("{e}");
             return Ok(Exit::Refused);
         }
     };
@@ -84,8 +92,8 @@ pub fn import(plan_path: &Path, zip: &Path, json: bool) -> anyhow::Result<Exit> 
     };
     let sha = crate::evidence::sha256_hex(text.as_bytes());
     if imported.stop["plan_sha256"].as_str() != Some(sha.as_str()) {
-        eprintln!(
-            "error: {} was made from another version of {} (its sha256 {}, the file's {sha}); import it with the plan the notebook was written from; nothing was imported",
+        crate::error_line!(
+            "{} was made from another version of {} (its sha256 {}, the file's {sha}); import it with the plan the notebook was written from; nothing was imported",
             zip.display(),
             plan_path.display(),
             imported.stop["plan_sha256"].as_str().unwrap_or("unknown")
@@ -94,14 +102,14 @@ pub fn import(plan_path: &Path, zip: &Path, json: bool) -> anyhow::Result<Exit> 
     }
     let home = crate::home::gpuctl_home()?;
     let s = colab::record(&home, plan_path, &plan, &text, zip, imported)?;
-    if json {
-        println!(
+    if crate::output::json() {
+        crate::out!(
             "{}",
             serde_json::json!({ "session_id": s.id, "bundle": s.bundle, "state": "stopped" })
         );
     } else {
-        println!("{}", s.bundle.display());
-        eprintln!("session {} recorded (free_colab, cost $0.00); `gpuctl audit` and its report.html show it", s.id);
+        crate::out!("{}", s.bundle.display());
+        crate::note!("session {} recorded (free_colab, cost $0.00); `gpuctl audit` and its report.html show it", s.id);
     }
     Ok(Exit::Done)
 }

@@ -33,10 +33,10 @@ struct Candidate {
 pub fn run(args: OffersArgs) -> anyhow::Result<Exit> {
     let c = crate::plan::check_file(&args.plan, Utc::now());
     for p in c.errors() {
-        eprintln!("{p}");
+        crate::note!("{p}");
     }
     let Some(plan) = c.plan else {
-        eprintln!("{}: refused; fix the errors above", args.plan.display());
+        crate::note!("{}: refused; fix the errors above", args.plan.display());
         return Ok(Exit::Refused);
     };
     let hourly = plan.budget.hourly_usd;
@@ -58,8 +58,8 @@ pub fn run(args: OffersArgs) -> anyhow::Result<Exit> {
             best: None,
             error: None,
         };
-        if !args.json {
-            eprintln!("asking {kind} about {t}...");
+        if !crate::output::json() {
+            crate::note!("asking {kind} about {t}...");
         }
         let quote = rt.block_on(async {
             let cloud = Cloud::connect(kind)?;
@@ -88,19 +88,19 @@ pub fn run(args: OffersArgs) -> anyhow::Result<Exit> {
         out.push(cand);
     }
     let any = out.iter().any(|c| c.best.is_some());
-    if args.json {
+    if crate::output::json() {
         let doc = serde_json::json!({
             "plan": plan.name,
             "budget_hourly_usd": hourly,
             "candidates": out,
             "fits": any,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::printer().doc(&doc)?;
     } else {
         print_table(&out, hourly);
     }
     if out.is_empty() {
-        eprintln!(
+        crate::note!(
             "the plan rents nothing (provider {}): no offers to ask for",
             plan.instance.provider
         );
@@ -109,14 +109,21 @@ pub fn run(args: OffersArgs) -> anyhow::Result<Exit> {
 }
 
 fn print_table(out: &[Candidate], hourly: Option<f64>) {
-    println!(
+    crate::out!(
         "{:<8} {:<26} {:<14} {:>4} {:>6} {:>9} {:>9} {:<10} FITS",
-        "PROVIDER", "TYPE", "WHERE", "GPUS", "VRAM", "LIVE/H", "CATALOG", "AVAILABLE"
+        "PROVIDER",
+        "TYPE",
+        "WHERE",
+        "GPUS",
+        "VRAM",
+        "LIVE/H",
+        "CATALOG",
+        "AVAILABLE"
     );
     for c in out {
         let catalog = super::usd(c.catalog_usd_per_hour);
         if let Some(e) = &c.error {
-            println!(
+            crate::out!(
                 "{:<8} {:<26} {:<14} {:>4} {:>6} {:>9} {:>9} {:<10} -",
                 c.provider.to_string(),
                 c.instance_type,
@@ -127,11 +134,11 @@ fn print_table(out: &[Candidate], hourly: Option<f64>) {
                 catalog,
                 "error"
             );
-            println!("  {e}");
+            crate::out!("  {e}");
             continue;
         }
         if c.offers.is_empty() {
-            println!(
+            crate::out!(
                 "{:<8} {:<26} {:<14} {:>4} {:>6} {:>9} {:>9} {:<10} -",
                 c.provider.to_string(),
                 c.instance_type,
@@ -145,7 +152,7 @@ fn print_table(out: &[Candidate], hourly: Option<f64>) {
         }
         for r in c.offers.iter().take(5) {
             let o = &r.offer;
-            println!(
+            crate::out!(
                 "{:<8} {:<26} {:<14} {:>4} {:>6} {:>9} {:>9} {:<10} {}",
                 c.provider.to_string(),
                 o.instance_type,
@@ -161,12 +168,12 @@ fn print_table(out: &[Candidate], hourly: Option<f64>) {
             );
         }
         if let Some(read) = &c.catalog_read_on {
-            println!(
+            crate::out!(
                 "  catalog price read {read}; the live price is what a launch is checked against"
             );
         }
     }
     if let Some(h) = hourly {
-        println!("budget.hourly_usd = ${h:.2}");
+        crate::out!("budget.hourly_usd = ${h:.2}");
     }
 }

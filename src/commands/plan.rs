@@ -1,7 +1,5 @@
 //! `gpuctl plan new|check|show`.
 
-use std::io::Write;
-
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
@@ -20,20 +18,17 @@ pub fn new(args: PlanNewArgs) -> anyhow::Result<Exit> {
     match args.output {
         Some(path) => {
             if path.exists() && !args.force {
-                eprintln!(
-                    "error: {} exists; pass --force to overwrite it",
-                    path.display()
-                );
+                crate::error_line!("{} exists; pass --force to overwrite it", path.display());
                 return Ok(Exit::Refused);
             }
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!(
+            crate::note!(
                 "wrote {}; fill it in, then run `gpuctl plan check {}`",
                 path.display(),
                 path.display()
             );
         }
-        None => std::io::stdout().write_all(text.as_bytes())?,
+        None => crate::output::printer().out_text(&text),
     }
     Ok(Exit::Done)
 }
@@ -56,7 +51,7 @@ pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
         c.errors().next().is_some() || (args.deny_warnings && c.warnings().next().is_some())
     };
     let all_ok = checked.iter().all(|(_, c)| !refused(c));
-    if args.json {
+    if crate::output::json() {
         let reports: Vec<FileReport> = checked
             .iter()
             .map(|(path, c)| FileReport {
@@ -66,16 +61,16 @@ pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
             })
             .collect();
         let doc = serde_json::json!({ "ok": all_ok, "files": reports });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::printer().doc(&doc)?;
     } else {
         for (path, c) in &checked {
             for p in &c.problems {
-                eprintln!("{p}");
+                crate::note!("{p}");
             }
             let errors = c.errors().count();
             let warnings = c.warnings().count();
             if refused(c) {
-                eprintln!(
+                crate::note!(
                     "{}: refused ({errors} error(s), {warnings} warning(s))",
                     path.display()
                 );
@@ -95,14 +90,14 @@ pub fn check(args: PlanCheckArgs) -> anyhow::Result<Exit> {
                 } else {
                     String::new()
                 };
-                println!(
+                crate::out!(
                     "{}: ok ({}, {}{warn}){stop}",
                     path.display(),
                     plan.route,
                     plan.instance.provider
                 );
                 if plan.instance.provider.is_cloud() {
-                    println!(
+                    crate::out!(
                         "  if this laptop sleeps or `up` dies: {}",
                         crate::plan::who_ends_billing(plan.instance.provider)
                     );
@@ -117,16 +112,16 @@ pub fn show(args: PlanShowArgs) -> anyhow::Result<Exit> {
     let now = Utc::now();
     let c = plan::check_file(&args.plan, now);
     for p in &c.problems {
-        eprintln!("{p}");
+        crate::note!("{p}");
     }
     let Some(plan) = c.plan else {
-        eprintln!("{}: refused; fix the errors above", args.plan.display());
+        crate::note!("{}: refused; fix the errors above", args.plan.display());
         return Ok(Exit::Refused);
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+    if crate::output::json() {
+        crate::output::printer().doc(&plan)?;
     } else {
-        print!("{}", plan::route_card(&plan, now));
+        crate::output::printer().out_text(&plan::route_card(&plan, now));
     }
     Ok(Exit::Done)
 }

@@ -30,14 +30,14 @@ pub fn run(args: SshArgs) -> anyhow::Result<Exit> {
         None => match db.latest_session()? {
             Some(s) => s,
             None => {
-                eprintln!("no sessions in {}", db.location());
+                crate::note!("no sessions in {}", db.location());
                 return Ok(Exit::Refused);
             }
         },
     };
     if s.state.is_final() || s.state == SessionState::StopUnconfirmed {
-        eprintln!(
-            "error: session {} is {}: its host is no longer the session's; `gpuctl ssh` opens a shell only while a session is live (its logs: `gpuctl logs {}`)",
+        crate::error_line!(
+            "session {} is {}: its host is no longer the session's; `gpuctl ssh` opens a shell only while a session is live (its logs: `gpuctl logs {}`)",
             s.id, s.state, s.id
         );
         return Ok(Exit::Refused);
@@ -45,8 +45,8 @@ pub fn run(args: SshArgs) -> anyhow::Result<Exit> {
     let (ssh, dir) = match s.handle.as_deref().map(AgentHandle::from_json) {
         Some(Ok(AgentHandle::Remote { ssh, dir, .. })) => (ssh, dir),
         Some(Ok(AgentHandle::Local { work, .. })) => {
-            eprintln!(
-                "error: session {} runs on this machine (its run folder is {}); there is no host to open a shell on",
+            crate::error_line!(
+                "session {} runs on this machine (its run folder is {}); there is no host to open a shell on",
                 s.id,
                 work.display()
             );
@@ -54,8 +54,8 @@ pub fn run(args: SshArgs) -> anyhow::Result<Exit> {
         }
         Some(Err(e)) => return Err(e),
         None => {
-            eprintln!(
-                "error: session {} has no agent on a host yet (it is {}); try again once it is deploying or serving",
+            crate::error_line!(
+                "session {} has no agent on a host yet (it is {}); try again once it is deploying or serving",
                 s.id, s.state
             );
             return Ok(Exit::Refused);
@@ -127,7 +127,7 @@ pub fn run(args: SshArgs) -> anyhow::Result<Exit> {
         ));
         format!("`{}`", args.command.join(" "))
     };
-    eprintln!(
+    crate::note!(
         "gpuctl ssh: {}@{} (host key {}, pinned by the session); the session's folder is {dir}",
         ssh.user,
         ssh.addr(),

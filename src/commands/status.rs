@@ -14,19 +14,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         None => match db.latest_session()? {
             Some(s) => s,
             None => {
-                eprintln!("no sessions in {}", db.location());
+                crate::note!("no sessions in {}", db.location());
                 return Ok(Exit::Done);
             }
         },
     };
     let events = db.events(&session.id)?;
-    if args.json {
+    if crate::output::json() {
         let doc = serde_json::json!({ "session": session, "events": events });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::printer().doc(&doc)?;
     } else {
         let s = &session;
-        println!("session   {}", s.id);
-        println!(
+        crate::out!("session   {}", s.id);
+        crate::out!(
             "plan      {} (sha256 {}{})",
             s.plan_name,
             &s.plan_sha256[..12.min(s.plan_sha256.len())],
@@ -43,7 +43,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
                 ))
                 .unwrap_or_default()
         );
-        println!(
+        crate::out!(
             "route     {} on {}{}",
             s.route,
             s.provider,
@@ -60,37 +60,37 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         } else {
             s.state.to_string()
         };
-        println!("state     {state}");
+        crate::out!("state     {state}");
         if let Some(note) = driver_note(s) {
-            println!("          {note}");
+            crate::out!("          {note}");
         }
-        println!("created   {}", s.created_at.to_rfc3339());
-        println!("deadline  {} ({})", s.deadline.to_rfc3339(), s.stop_cause);
+        crate::out!("created   {}", s.created_at.to_rfc3339());
+        crate::out!("deadline  {} ({})", s.deadline.to_rfc3339(), s.stop_cause);
         if let Some(end) = s.ended_at {
-            println!("ended     {}", end.to_rfc3339());
+            crate::out!("ended     {}", end.to_rfc3339());
         }
-        println!(
+        crate::out!(
             "price     {}/h, budget {}/h and {} in total",
             usd(s.price_usd_per_hour),
             usd(s.hourly_budget_usd),
             usd(s.max_total_usd)
         );
-        println!("cost      {}", usd(s.cost_usd));
+        crate::out!("cost      {}", usd(s.cost_usd));
         if let Some(r) = &s.stop_reason {
-            println!("stopped   {r}");
+            crate::out!("stopped   {r}");
         }
         if let Some(ms) = s.stop_lateness_ms {
-            println!("lateness  {ms} ms after the deadline");
+            crate::out!("lateness  {ms} ms after the deadline");
         }
         if let Some(r) = &s.failure_reason {
-            println!("failure   {r}");
+            crate::out!("failure   {r}");
         }
         if let Some(d) = &s.evidence_dir {
-            println!("evidence  {d}");
+            crate::out!("evidence  {d}");
         }
-        println!("events:");
+        crate::out!("events:");
         for e in &events {
-            println!(
+            crate::out!(
                 "  {} {:<8} {}",
                 e.at.format("%H:%M:%S%.3f"),
                 e.kind,

@@ -22,7 +22,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<Exit> {
     let opts = UpOptions {
         plan_path: args.plan,
         agent_bin: args.agent_bin,
-        json: args.json,
         allow_public_ports: args.allow_public_ports,
         accept_new_host_key: args.accept_new_host_key,
         fallback: args.fallback,
@@ -93,7 +92,7 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
             // Refused or failed before the session was recorded: show why, keep its code.
             let mut text = String::new();
             let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-            eprint!("{text}");
+            crate::output::printer().note_text(&text);
             return Ok(match status.code() {
                 Some(2) => Exit::Refused,
                 Some(4) => Exit::StopUnconfirmed,
@@ -101,8 +100,8 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
             });
         }
         if started.elapsed() > DETACH_WAIT {
-            eprintln!(
-                "error: the background gpuctl up (pid {}) recorded no session within {} s; see {}",
+            crate::error_line!(
+                "the background gpuctl up (pid {}) recorded no session within {} s; see {}",
                 child.id(),
                 DETACH_WAIT.as_secs(),
                 log.display()
@@ -116,8 +115,8 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
         .unwrap_or_default()
         .to_string();
     let daemon_pid = ensure_daemon(&home)?;
-    if args.json {
-        println!(
+    if crate::output::json() {
+        crate::out!(
             "{}",
             serde_json::json!({
                 "session_id": id,
@@ -129,8 +128,8 @@ fn detach(args: UpArgs) -> anyhow::Result<Exit> {
             })
         );
     } else {
-        println!("{id}");
-        eprintln!(
+        crate::out!("{id}");
+        crate::note!(
             "session {id} runs in the background (gpuctl up pid {}, log {});\nthe daemon{} stops it at {} even if that process dies.\n`gpuctl status {id}` follows it; `gpuctl down {id}` stops it now.",
             child.id(),
             log.display(),
@@ -163,7 +162,7 @@ fn ensure_daemon(home: &Path) -> anyhow::Result<Option<u32>> {
     while started.elapsed() < Duration::from_secs(10) {
         let st = crate::daemon::status(home)?;
         if st.running && st.pid.is_some() {
-            eprintln!(
+            crate::note!(
                 "started gpuctl daemon (pid {}, log {})",
                 st.pid.unwrap_or_default(),
                 log.display()
@@ -172,8 +171,8 @@ fn ensure_daemon(home: &Path) -> anyhow::Result<Option<u32>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!(
-        "warning: the daemon did not start (see {}); the session's own deadline still stops its agent",
+    crate::warning!(
+        "the daemon did not start (see {}); the session's own deadline still stops its agent",
         log.display()
     );
     Ok(None)

@@ -71,8 +71,6 @@ const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2)
 pub struct DaemonOptions {
     /// Cron expression (with seconds) of the sweep.
     pub schedule: String,
-    /// JSON Lines on stdout instead of text lines on stderr.
-    pub json: bool,
     /// Stops run at once at most this many at a time.
     pub parallel_stops: usize,
     pub log_sweeps: bool,
@@ -83,7 +81,6 @@ struct Daemon {
     /// This machine's name, shown to other hosts in the daemons table.
     hostname: String,
     me: Controller,
-    json: bool,
     log_sweeps: bool,
     db: Db,
     /// The deadline each armed timer was set for.
@@ -94,16 +91,17 @@ struct Daemon {
     due: mpsc::UnboundedSender<String>,
 }
 
-fn log(json: bool, session: Option<&str>, message: &str) {
+fn log(session: Option<&str>, message: &str) {
     let now = Utc::now();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "at": now.to_rfc3339(), "event": "daemon", "session_id": session, "message": message })
+    if crate::output::json() {
+        crate::output::printer().event(
+            "daemon",
+            session,
+            serde_json::json!({ "message": message }),
         );
     } else {
         let tag = session.map(|s| format!("[{s}] ")).unwrap_or_default();
-        eprintln!("{} {tag}{message}", now.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        crate::note!("{} {tag}{message}", now.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
     }
 }
 
@@ -113,7 +111,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
     let _lock = match DaemonLock::acquire(&home, &me) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::error_line!("{e:#}");
             return Ok(Exit::Failed);
         }
     };
@@ -150,7 +148,6 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
         home: home.clone(),
         hostname: crate::procs::hostname(),
         me,
-        json: opts.json,
         log_sweeps: opts.log_sweeps,
         armed: HashMap::new(),
         stopping: Arc::new(Mutex::new(HashSet::new())),
@@ -158,7 +155,6 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
         due: due_tx,
     };
     log(
-        opts.json,
         None,
         &format!(
             "gpuctl daemon (pid {}) watches {} (sweep \"{}\")",
@@ -177,9 +173,7 @@ pub async fn run(home: PathBuf, opts: DaemonOptions) -> anyhow::Result<Exit> {
         }
     }
     let _ = scheduler.shutdown().await;
-    log(
-        opts.json,
-        None,
+    log(None,
         "daemon stopping; live sessions stay armed on their hosts (the agent's deadline) and are taken over by the next daemon",
     );
     Ok(Exit::Done)
@@ -222,7 +216,6 @@ impl Daemon {
         );
         if self.log_sweeps {
             log(
-                self.json,
                 None,
                 &format!(
                     "sweep: {live} live session(s) in {:.1} ms",
@@ -244,11 +237,7 @@ impl Daemon {
             )
         });
         if let Err(e) = renewed {
-            log(
-                self.json,
-                None,
-                &format!("cannot renew this daemon's leases ({e})"),
-            );
+            log(None, &format!("cannot renew this daemon's leases ({e})"));
         }
     }
 
@@ -262,7 +251,6 @@ impl Daemon {
             Ok(l) => l,
             Err(e) => {
                 log(
-                    self.json,
                     None,
                     &format!("cannot read the sessions ({e}); retrying at the next sweep"),
                 );
@@ -299,9 +287,7 @@ impl Daemon {
                 match self.db.claim(&s.id, self.me, crate::procs::gone, now) {
                     Ok(Claim::Taken { from }) => {
                         held += 1;
-                        log(
-                        self.json,
-                        Some(&s.id),
+                        log(Some(&s.id),
                         &match (from, why) {
                             (Some(c), Some(why)) => format!(
                                 "taken over: its controller, gpuctl {} (pid {}), {why}; deadline {}",
@@ -319,7 +305,6 @@ impl Daemon {
                     Ok(_) => continue,
                     Err(e) => {
                         log(
-                            self.json,
                             Some(&s.id),
                             &format!("cannot take over ({e}); retrying at the next sweep"),
                         );
@@ -374,14 +359,13 @@ impl Daemon {
                 Ok(true) => released += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    log(self.json, None, &format!("cannot hand sessions back ({e})"));
+                    log(None, &format!("cannot hand sessions back ({e})"));
                     return;
                 }
             }
         }
         if released > 0 {
             log(
-                self.json,
                 None,
                 &format!("handed {released} session(s) back to the store: {why}"),
             );
@@ -443,7 +427,7 @@ impl Daemon {
             if let Ok(full) = self.db.get_session(&s.id) {
                 crate::notify::Alerter::for_record(&full).send("budget", &msg);
             }
-            log(self.json, Some(&s.id), &msg);
+            log(Some(&s.id), &msg);
         }
     }
 
@@ -454,13 +438,13 @@ impl Daemon {
                 return;
             }
         }
-        let (home, me, json) = (self.home.clone(), self.me, self.json);
+        let (home, me) = (self.home.clone(), self.me);
         let stopping = self.stopping.clone();
         let permits = self.permits.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            log(json, Some(&id), &format!("stopping: {reason}"));
+            log(Some(&id), &format!("stopping: {reason}"));
             // Each stop on a thread and runtime of its own: its store calls block (SQLite's
             // file, PostgreSQL's round trips), and must never hold up the sweep that renews
             // this daemon's leases and arms the next deadlines.
@@ -470,7 +454,7 @@ impl Daemon {
                     .enable_all()
                     .build()
                     .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(takeover::stop_recorded(&h, &i, me, &r, json)))
+                    .and_then(|rt| rt.block_on(takeover::stop_recorded(&h, &i, me, &r)))
             })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the stop's thread ended: {e}")));
@@ -493,7 +477,7 @@ impl Daemon {
                 ),
                 Err(e) => format!("the stop failed: {e:#}; retrying at the next sweep"),
             };
-            log(json, Some(&id), &message);
+            log(Some(&id), &message);
             if let Ok(mut set) = stopping.lock() {
                 set.remove(&id);
             }

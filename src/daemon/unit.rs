@@ -9,13 +9,10 @@ pub const UNIT_NAME: &str = "gpuctl-daemon.service";
 
 /// `$XDG_CONFIG_HOME/systemd/user` (default `~/.config/systemd/user`).
 pub fn unit_dir() -> anyhow::Result<PathBuf> {
-    if let Some(c) = std::env::var_os("XDG_CONFIG_HOME").filter(|c| !c.is_empty()) {
-        return Ok(PathBuf::from(c).join("systemd/user"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("cannot find the systemd user folder: set HOME or XDG_CONFIG_HOME")?;
-    Ok(PathBuf::from(home).join(".config/systemd/user"))
+    Ok(crate::settings::settings()
+        .config_dir()
+        .context("cannot find the systemd user folder: set HOME or XDG_CONFIG_HOME")?
+        .join("systemd/user"))
 }
 
 /// The unit text: this gpuctl, this data directory, restarted whenever it stops.

@@ -20,10 +20,7 @@ use crate::progress::Reporter;
 /// How long one stop keeps asking the provider before it says "unconfirmed" (the daemon
 /// then retries with backoff, for ever): 90 s, or `GPUCTL_STOP_CONFIRM_WINDOW` ("30s").
 fn confirm_window() -> Duration {
-    std::env::var("GPUCTL_STOP_CONFIRM_WINDOW")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(90))
+    crate::settings::settings().stop_confirm_window
 }
 
 /// Where a session may run: the plan's instance, then `fallback.if_no_capacity` in order.
@@ -101,9 +98,7 @@ pub fn precheck(plan: &Plan) -> Result<Option<f64>, String> {
 /// A key name already registered with Lambda, when the user names one
 /// (`GPUCTL_LAMBDA_SSH_KEY_NAME`); otherwise the plan's public key is registered.
 fn lambda_key_name() -> Option<String> {
-    std::env::var("GPUCTL_LAMBDA_SSH_KEY_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
+    crate::settings::settings().lambda_ssh_key_name.clone()
 }
 
 /// The public half of the plan's identity file, given to the provider (Lambda registers

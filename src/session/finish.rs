@@ -587,8 +587,8 @@ impl Session {
             "timings_ms": outcome.timings,
         }));
         if !rep.is_json() {
-            println!("{}", self.bundle.dir.display());
-            eprintln!(
+            crate::out!("{}", self.bundle.dir.display());
+            crate::note!(
                 "session {} {}: evidence in {}",
                 self.id,
                 state,
@@ -596,7 +596,7 @@ impl Session {
             );
         }
         if recorded.is_err() {
-            eprintln!("error: the agent is stopped (see shutdown_proof.json), but the session database could not record it: {}; `gpuctl daemon` or `gpuctl down {}` will record it once the database can be written", run.db_errors.last().map(String::as_str).unwrap_or_default(), self.id);
+            crate::error_line!("the agent is stopped (see shutdown_proof.json), but the session database could not record it: {}; `gpuctl daemon` or `gpuctl down {}` will record it once the database can be written", run.db_errors.last().map(String::as_str).unwrap_or_default(), self.id);
             return Ok(if exit == Exit::StopUnconfirmed {
                 exit
             } else {

@@ -79,8 +79,8 @@ fn own_identity(ssh: &SshEndpoint) -> SshEndpoint {
     let mut ssh = ssh.clone();
     let missing = ssh.identity_file.as_ref().is_some_and(|p| !p.exists());
     if missing || ssh.identity_file.is_none() {
-        if let Some(own) = std::env::var_os("GPUCTL_DAEMON_IDENTITY").filter(|v| !v.is_empty()) {
-            ssh.identity_file = Some(PathBuf::from(own));
+        if let Some(own) = &crate::settings::settings().daemon_identity {
+            ssh.identity_file = Some(own.clone());
         } else if missing {
             ssh.identity_file = None;
         }

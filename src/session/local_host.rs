@@ -36,9 +36,9 @@ pub fn find_agent(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         bail!("--agent-bin {} does not exist", p.display());
     }
-    if let Some(p) = std::env::var_os("GPUCTL_AGENT_BIN").map(PathBuf::from) {
+    if let Some(p) = &crate::settings::settings().agent_bin {
         if p.is_file() {
-            return Ok(p);
+            return Ok(p.clone());
         }
         bail!("GPUCTL_AGENT_BIN={} does not exist", p.display());
     }

@@ -34,7 +34,6 @@ pub async fn stop_recorded(
     id: &str,
     me: Controller,
     reason: &str,
-    json: bool,
 ) -> anyhow::Result<Outcome> {
     let db = Db::open(home)?;
     match db.claim(id, me, crate::procs::gone, chrono::Utc::now())? {
@@ -46,7 +45,7 @@ pub async fn stop_recorded(
     // another) sees a live controller and never starts a second stop.
     let _lease = super::up::Heartbeat::start(home, id, me);
     let record = db.get_session(id)?;
-    let mut rep = Reporter::for_session(json, id);
+    let mut rep = Reporter::for_session(id);
     let mut session = resume(db, home, &record).await?;
     let ending = if reason == "deadline" {
         Ending::Deadline
@@ -87,8 +86,8 @@ async fn resume(db: Db, home: &Path, record: &SessionRecord) -> anyhow::Result<S
         Ok(b) => b,
         Err(e) => {
             let fallback = home.join("evidence").join(&record.id);
-            eprintln!(
-                "warning: cannot create {} ({e:#}); the evidence of {} goes to {}",
+            crate::warning!(
+                "cannot create {} ({e:#}); the evidence of {} goes to {}",
                 bundle_dir.display(),
                 record.id,
                 fallback.display()

@@ -36,7 +36,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct UpOptions {
     pub plan_path: PathBuf,
     pub agent_bin: Option<PathBuf>,
-    pub json: bool,
     pub allow_public_ports: bool,
     /// Record a first-seen SSH host key in known_hosts instead of refusing it.
     pub accept_new_host_key: bool,
@@ -84,7 +83,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     // A closed terminal must not end a session without its stop (`up --detach` relies on it).
     let _sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut rep = Reporter::new(opts.json);
+    let mut rep = Reporter::new();
     let now = Utc::now();
     let Preflight {
         plan,
@@ -118,8 +117,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         laptop_bound
     };
     if !laptop_bound.is_empty() && !opts.laptop_only {
-        eprintln!(
-            "error: {}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this session store): if it sleeps or `up` dies, the instance bills until something here runs again. Run `gpuctl daemon` on an always-on host that shares the session store (team mode, see README), or run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit); nothing was started",
+        crate::error_line!(
+            "{}: on {} only this machine can end billing (the agent has no instance-scoped key there, and no daemon on another host watches this session store): if it sleeps or `up` dies, the instance bills until something here runs again. Run `gpuctl daemon` on an always-on host that shares the session store (team mode, see README), or run it anyway with `gpuctl up --laptop-only` (recorded, shown by audit); nothing was started",
             opts.plan_path.display(),
             laptop_bound.join(", ")
         );
@@ -250,7 +249,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<Exit> {
         price,
         session.plan.budget.max_total_usd,
         now,
-        rep.is_json(),
         alerts,
     );
     let ending = {
@@ -339,20 +337,17 @@ struct Preflight {
 
 /// A preflight refusal: said on stderr, naming the plan; nothing was started.
 fn refuse(opts: &UpOptions, why: impl std::fmt::Display) -> Exit {
-    eprintln!(
-        "error: {}: {why}; nothing was started",
-        opts.plan_path.display()
-    );
+    crate::error_line!("{}: {why}; nothing was started", opts.plan_path.display());
     Exit::Refused
 }
 
 fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     let checked = plan::check_file(&opts.plan_path, now);
     for p in &checked.problems {
-        eprintln!("{p}");
+        crate::note!("{p}");
     }
     let (Some(plan), Some(source)) = (checked.plan, checked.source) else {
-        eprintln!("{}: refused; nothing was started", opts.plan_path.display());
+        crate::note!("{}: refused; nothing was started", opts.plan_path.display());
         return Err(Exit::Refused);
     };
     if let Some(reason) = unsupported(&plan, opts) {
@@ -361,7 +356,7 @@ fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     let agent_bin = match find_agent(opts.agent_bin.as_deref()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e:#}; nothing was started");
+            crate::error_line!("{e:#}; nothing was started");
             return Err(Exit::Refused);
         }
     };
@@ -379,8 +374,8 @@ fn preflight(opts: &UpOptions, now: DateTime<Utc>) -> Result<Preflight, Exit> {
     // Here the agent listens on the remote port itself; over SSH the tunnel takes the local one.
     let here = if is_ssh { api.local } else { api.remote };
     if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", here)) {
-        eprintln!(
-            "error: port 127.0.0.1:{here} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started"
+        crate::error_line!(
+            "port 127.0.0.1:{here} is already in use ({e}); stop what uses it or change access.ports in the plan; nothing was started"
         );
         return Err(Exit::Refused);
     }
@@ -424,7 +419,7 @@ fn record_within_caps(
             return Ok(None);
         }
         Err(e) => {
-            eprintln!("error: {e}; nothing was started");
+            crate::error_line!("{e}; nothing was started");
             return Ok(Some(Exit::Refused));
         }
     };
@@ -451,8 +446,8 @@ fn record_within_caps(
             caps.team_usd.unwrap_or_default(),
         ),
     };
-    eprintln!(
-        "error: {}: refused by the team policy {}: {who}'s monthly cap is ${cap:.2}; ${spent:.2} is spent or committed this month (since {}; live sessions count at their max_total_usd), and this plan could spend ${:.2} more. Lower budget.max_total_usd, wait for next month, or ask the policy's owner; nothing was started",
+    crate::error_line!(
+        "{}: refused by the team policy {}: {who}'s monthly cap is ${cap:.2}; ${spent:.2} is spent or committed this month (since {}; live sessions count at their max_total_usd), and this plan could spend ${:.2} more. Lower budget.max_total_usd, wait for next month, or ask the policy's owner; nothing was started",
         plan_path.display(),
         policy.path.display(),
         caps.since.format("%Y-%m-%d"),
@@ -518,7 +513,6 @@ fn budget_warning(
     price: f64,
     max_total: Option<f64>,
     launched: DateTime<Utc>,
-    json: bool,
     alerts: crate::notify::Alerter,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -534,14 +528,7 @@ fn budget_warning(
             );
             let _ = db.add_event(&id, "budget", &msg, Utc::now());
             alerts.send("budget", &msg);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "at": Utc::now().to_rfc3339(), "event": "warning", "message": msg })
-                );
-            } else {
-                eprintln!("warning: {msg}");
-            }
+            crate::progress::Reporter::new().warn(&msg);
         }
     })
 }
@@ -666,9 +653,10 @@ pub(super) fn hub_token_may_go_to(url: &str) -> bool {
         return false;
     }
     let host = u.host_str().unwrap_or("").to_ascii_lowercase();
-    let mirror = std::env::var("HF_ENDPOINT")
-        .ok()
-        .and_then(|e| reqwest::Url::parse(&e).ok())
+    let mirror = crate::settings::settings()
+        .hf_endpoint
+        .as_deref()
+        .and_then(|e| reqwest::Url::parse(e).ok())
         .is_some_and(|e| {
             e.host_str() == u.host_str() && e.port_or_known_default() == u.port_or_known_default()
         });
@@ -682,9 +670,7 @@ impl Session {
     fn hf_token_file(&self, model: &plan::ModelSpec) -> anyhow::Result<Option<PathBuf>> {
         let needed = matches!(model.runtime, Runtime::Vllm | Runtime::Sglang)
             || model.url.as_deref().is_some_and(hub_token_may_go_to);
-        let token = std::env::var("HF_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty());
+        let token = crate::settings::secret("HF_TOKEN");
         match (needed, token) {
             (true, Some(t)) => {
                 let f = self.work.join("hf_token");

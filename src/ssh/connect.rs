@@ -16,15 +16,12 @@ use super::remote::Session;
 use super::{SshError, CONNECT_TIMEOUT};
 
 fn expand_home(p: &Path) -> PathBuf {
-    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => p.to_path_buf(),
-    }
+    crate::settings::settings().expand_home(p)
 }
 
 /// The passphrase of an encrypted key: `GPUCTL_KEY_PASSPHRASE`, else asked on the terminal.
 fn passphrase(path: &Path) -> Option<String> {
-    if let Ok(p) = std::env::var("GPUCTL_KEY_PASSPHRASE") {
+    if let Some(p) = crate::settings::secret("GPUCTL_KEY_PASSPHRASE") {
         return Some(p);
     }
     use std::io::{BufRead, IsTerminal, Write};
@@ -187,7 +184,7 @@ async fn authenticate(session: &mut Session, target: &SshEndpoint) -> Result<(),
         }
         tried.push(path.display().to_string());
     }
-    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+    if crate::settings::settings().ssh_agent {
         if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
             let identities = agent.request_identities().await.unwrap_or_default();
             for id in identities {

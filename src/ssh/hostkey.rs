@@ -35,10 +35,7 @@ impl HostKeyVerdict {
 
 /// The user's known_hosts file (`~/.ssh/known_hosts`): the one place its path is made.
 pub fn user_known_hosts() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".ssh/known_hosts")
+    crate::settings::settings().known_hosts()
 }
 
 pub fn fingerprint(key: &PublicKey) -> String {

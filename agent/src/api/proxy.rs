@@ -35,7 +35,7 @@ async fn unreachable_reason(up: &Upstream, e: &reqwest::Error) -> String {
             // Let the output readers take in the last lines first.
             tokio::time::sleep(Duration::from_millis(200)).await;
             if let Some(report) = up.server.death_report() {
-                crate::log!("a request failed: {report}");
+                tracing::warn!("a request failed: {report}");
                 return report;
             }
         }

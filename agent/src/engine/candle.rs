@@ -134,7 +134,7 @@ pub fn device() -> anyhow::Result<Device> {
         if std::env::var("GPUCTL_DEVICE").map_or(true, |d| d != "cpu") {
             match Device::new_cuda(0) {
                 Ok(dev) => return Ok(dev),
-                Err(e) => crate::log!("no CUDA device ({e}); serving on the CPU"),
+                Err(e) => tracing::warn!("no CUDA device ({e}); serving on the CPU"),
             }
         }
     }
