@@ -27,7 +27,7 @@ fn logs_show_the_agent_while_serving_follow_to_the_stop_and_read_the_bundle_afte
     let now = ctx.run(["logs", &id]);
     assert_eq!(now.code, 0, "{}", now.stderr);
     assert!(
-        now.stdout.contains(&format!("session {id}")),
+        now.stdout.contains(&format!("session={id}")),
         "{}",
         now.stdout
     );
@@ -67,7 +67,7 @@ fn logs_show_the_agent_while_serving_follow_to_the_stop_and_read_the_bundle_afte
         .expect("read");
     assert!(out.contains("deadline reached"), "{out}");
     assert_eq!(
-        out.matches(&format!("session {id}")).count(),
+        out.matches(&format!("session={id}")).count(),
         1,
         "every line once: {out}"
     );
@@ -98,7 +98,7 @@ fn logs_of_a_session_over_ssh_come_from_the_host_with_its_pinned_key() {
     let now = ctx.run(["logs", &id]);
     assert_eq!(now.code, 0, "{}", now.stderr);
     assert!(
-        now.stdout.contains(&format!("session {id}")),
+        now.stdout.contains(&format!("session={id}")),
         "{}",
         now.stdout
     );
@@ -108,7 +108,7 @@ fn logs_of_a_session_over_ssh_come_from_the_host_with_its_pinned_key() {
     let after = ctx.run(["logs", &id]);
     assert_eq!(after.code, 0, "{}", after.stderr);
     assert!(
-        after.stdout.contains(&format!("session {id}")),
+        after.stdout.contains(&format!("session={id}")),
         "{}",
         after.stdout
     );

@@ -1,5 +1,6 @@
 //! Sessions: their states and identities.
 
+mod agent_binary;
 pub mod budget;
 mod cloud;
 mod finish;

@@ -11,7 +11,7 @@ use gpuctl_protocol::{evidence_files, AgentConfig};
 use tokio::sync::{mpsc, Mutex, RwLock};
 
 use crate::eval::AgentClient;
-use crate::evidence::{sha256_file, Check};
+use crate::evidence::Check;
 use crate::ssh::{self, sh_quote, Download, Session, Shared, SshEndpoint, Tunnel};
 
 const EXEC: Duration = Duration::from_secs(30);
@@ -280,6 +280,7 @@ impl RemoteAgent {
     pub async fn deploy(
         connected: Connected,
         agent_bin: &Path,
+        facts: &super::agent_binary::AgentFacts,
         config: &AgentConfig,
         token: &str,
         local_port: u16,
@@ -294,18 +295,43 @@ impl RemoteAgent {
         let (events, events_rx) = mpsc::unbounded_channel();
         let session = shared.read().await.clone();
 
-        // Can the agent run there? Check before sending anything large.
-        let probe = session.exec("uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -1; echo $HOME", EXEC).await?;
-        let mut lines = probe.stdout.lines();
-        let arch = lines.next().unwrap_or_default().trim().to_string();
-        let glibc = lines.next().and_then(parse_glibc);
-        let home = lines.next().unwrap_or_default().trim().to_string();
+        // One round trip: can the agent run there (checked before sending anything large),
+        // the session's folders, and whether this very binary is already there. Its name is
+        // its sha256 and an upload lands by rename, so a file of that name and size is it.
+        let sha = &facts.sha256;
+        let rel_bin = format!(".gpuctl/bin/gpuctl-agent-{sha}");
+        let rel_dir = format!(".gpuctl/sessions/{}", config.session_id);
+        let probe = session
+            .exec(
+                &format!(
+                    "echo \"arch=$(uname -m)\"; \
+                     echo \"glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -1)\"; \
+                     echo \"home=$HOME\"; \
+                     mkdir -p \"$HOME\"/.gpuctl/bin \"$HOME\"/{dir}/evidence && chmod 700 \"$HOME\"/.gpuctl; \
+                     echo \"mkdir=$?\"; \
+                     echo \"size=$(stat -c %s \"$HOME\"/{bin} 2>/dev/null)\"",
+                    dir = sh_quote(&rel_dir),
+                    bin = sh_quote(&rel_bin),
+                ),
+                EXEC,
+            )
+            .await?;
+        let field = |name: &str| {
+            probe
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let arch = field("arch");
+        let glibc = parse_glibc(&field("glibc"));
+        let home = field("home");
         if arch != std::env::consts::ARCH {
             bail!("the host is {arch}, but this gpuctl-agent is built for {}; build the agent for {arch} and pass --agent-bin", std::env::consts::ARCH);
         }
-        let bytes =
-            std::fs::read(agent_bin).with_context(|| format!("reading {}", agent_bin.display()))?;
-        if let (Some(need), Some(have)) = (glibc_needed(&bytes), glibc) {
+        if let (Some(need), Some(have)) = (facts.glibc, glibc) {
             if need > have {
                 bail!(
                     "the host has glibc {}.{}, but {} needs glibc {}.{}; build the agent for an older glibc (cargo-zigbuild --target x86_64-unknown-linux-gnu.2.31) and pass --agent-bin",
@@ -317,27 +343,13 @@ impl RemoteAgent {
             bail!("cannot find the home folder of {} on the host", target.user);
         }
 
-        let (sha, _) = sha256_file(agent_bin)?;
-        let bin = format!("{home}/.gpuctl/bin/gpuctl-agent-{sha}");
-        let dir = format!("{home}/.gpuctl/sessions/{}", config.session_id);
-        let mkdir = session
-            .exec(
-                &format!(
-                    "mkdir -p {} {}/evidence && chmod 700 {home}/.gpuctl",
-                    sh_quote(&format!("{home}/.gpuctl/bin")),
-                    sh_quote(&dir)
-                ),
-                EXEC,
-            )
-            .await?;
-        if !mkdir.ok() {
-            bail!("cannot create {dir} on the host: {}", mkdir.stderr.trim());
+        let bin = format!("{home}/{rel_bin}");
+        let dir = format!("{home}/{rel_dir}");
+        if field("mkdir") != "0" {
+            bail!("cannot create {dir} on the host: {}", probe.stderr.trim());
         }
         // Content-addressed: the same binary is uploaded once per host.
-        let present = session
-            .exec(&format!("sha256sum {} 2>/dev/null", sh_quote(&bin)), EXEC)
-            .await?;
-        let uploaded = !present.stdout.starts_with(&sha);
+        let uploaded = field("size") != facts.size.to_string();
         let sftp = session.sftp().await?;
         if uploaded {
             session.upload(&sftp, agent_bin, &bin, 0o755).await?;

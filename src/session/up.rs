@@ -1163,9 +1163,12 @@ impl Session {
                         .skip(1)
                         .map(|p| (p.local, p.remote))
                         .collect();
+                    let facts =
+                        super::agent_binary::facts(&crate::home::gpuctl_home()?, &self.agent_bin)?;
                     RemoteAgent::deploy(
                         connected,
                         &self.agent_bin,
+                        &facts,
                         &config,
                         token,
                         ports.local,

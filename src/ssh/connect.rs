@@ -15,6 +15,27 @@ use super::hostkey::{user_known_hosts, Checker, HostKeyVerdict};
 use super::remote::Session;
 use super::{SshError, CONNECT_TIMEOUT};
 
+/// russh's algorithms, with AES-GCM ahead of ChaCha20-Poly1305: ring runs AES-GCM on the
+/// CPU's AES and carry-less multiply instructions (every x86-64 server and laptop of the
+/// last decade), where its ChaCha20-Poly1305 for SSH is the slower of the two; the tunnel's
+/// throughput is bound by the cipher (BENCHMARKS.md, SSH route). A server without AES-GCM
+/// still gets ChaCha20-Poly1305 or AES-CTR.
+fn client_preferred() -> russh::Preferred {
+    use russh::cipher;
+    const CIPHERS: &[cipher::Name] = &[
+        cipher::AES_256_GCM,
+        cipher::AES_128_GCM,
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ];
+    russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(CIPHERS),
+        ..russh::Preferred::default()
+    }
+}
+
 fn expand_home(p: &Path) -> PathBuf {
     crate::settings::settings().expand_home(p)
 }
@@ -102,6 +123,7 @@ pub async fn connect(target: &SshEndpoint) -> Result<Session, SshError> {
         keepalive_interval: Some(Duration::from_secs(5)),
         keepalive_max: 3,
         nodelay: true,
+        preferred: client_preferred(),
         ..Default::default()
     });
     let connecting = client::connect(config, (target.host.as_str(), target.port), checker);
