@@ -76,7 +76,8 @@ async def one_stream(port, token, tokens, n):
 
 async def load(port, token, streams, tokens):
     t0 = time.perf_counter()
-    res = await asyncio.gather(*(one_stream(port, token, tokens, n) for n in range(streams)))
+    # Bounded: a stream that does not end in 5 minutes fails the run.
+    res = await asyncio.gather(*(asyncio.wait_for(one_stream(port, token, tokens, n), 300) for n in range(streams)))
     wall = time.perf_counter() - t0
     return sum(c for _, c in res) / wall, [f for f, _ in res], sum(c for _, c in res)
 

@@ -44,6 +44,7 @@ async def handle(reader, writer, model):
                 if ":" in line:
                     k, v = line.split(":", 1)
                     headers[k.strip().lower()] = v.strip()
+            close = headers.get("connection", "").lower() == "close" or lines[0].endswith("HTTP/1.0")
             length = int(headers.get("content-length", "0"))
             body = await reader.readexactly(length) if length else b""
             if method == "GET" and path in ("/health", "/v1/models"):
@@ -53,6 +54,8 @@ async def handle(reader, writer, model):
                 out = json.dumps(doc).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
                 await writer.drain()
+                if close:
+                    break
                 continue
             if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
@@ -76,6 +79,8 @@ async def handle(reader, writer, model):
                 out = json.dumps(doc).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
                 await writer.drain()
+                if close:
+                    break
                 continue
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             writer.write(http_chunk(chunk(model, created, {"role": "assistant", "content": ""})))
@@ -90,6 +95,8 @@ async def handle(reader, writer, model):
             writer.write(http_chunk(b"data: [DONE]\n\n"))
             writer.write(b"0\r\n\r\n")
             await writer.drain()
+            if close:
+                break
     except (asyncio.IncompleteReadError, ConnectionError, ValueError):
         pass
     finally:

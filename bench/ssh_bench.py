@@ -116,7 +116,9 @@ def openssh_deploy(a, sshd, cold):
         os.remove(f"{d}/agent")
     port, local = free_port(), free_port()
     token = "bench-token-0123456789abcdef"
-    cfg = {"protocol": 1, "session_id": "ossh", "grace_secs": 1, "listen_port": port, "deadline": "2099-01-01T00:00:00Z",
+    # The agent's config protocol, as this agent reports it ("gpuctl-agent X (protocol N)").
+    protocol = int(subprocess.run([a.agent, "version"], capture_output=True, text=True).stdout.rsplit("protocol", 1)[1].strip(" )\n"))
+    cfg = {"protocol": protocol, "session_id": "ossh", "grace_secs": 1, "listen_port": port, "deadline": "2099-01-01T00:00:00Z",
            "token_file": f"{d}/token", "evidence_dir": f"{d}/ev", "model": {"id": "smollm2", "runtime": "candle", "path": MODEL}}
     tmp = tempfile.mkdtemp()
     with open(f"{tmp}/agent.json", "w") as f:
@@ -131,7 +133,10 @@ def openssh_deploy(a, sshd, cold):
     pid = subprocess.run(["ssh", "-p", str(sshd.port)] + sshd.ssh + ["root@127.0.0.1", f"cd {d} && {{ setsid ./agent serve --config agent.json > agent.log 2>&1 < /dev/null & echo $!; }}"],
                          capture_output=True, text=True, check=True).stdout.strip()
     fwd = subprocess.Popen(["ssh", "-N", "-p", str(sshd.port), "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:127.0.0.1:{port}"] + sshd.ssh + ["root@127.0.0.1"])
+    deadline = time.time() + 60  # bounded: an agent that never answers fails the run
     while True:
+        if time.time() > deadline:
+            raise SystemExit(f"the agent started over OpenSSH never answered; see {d}/agent.log on the test host")
         try:
             req = urllib.request.Request(f"http://127.0.0.1:{local}/health", headers={"Authorization": f"Bearer {token}"})
             urllib.request.urlopen(req, timeout=1).read(); break
@@ -179,6 +184,7 @@ def main():
     try:
         rows = {}
         for cold in (True, False):
+            print(f"deploy ({'cold' if cold else 'cached'})...", file=sys.stderr, flush=True)
             g = [gpuctl_deploy(a, sshd, home, cold) for _ in range(a.runs)]
             o = [openssh_deploy(a, sshd, cold) for _ in range(a.runs)]
             rows["cold" if cold else "cached"] = (statistics.median(g), statistics.median(o))
@@ -205,6 +211,7 @@ def main():
                 break
         res = {}
         for name, port in (("direct", srv_port), ("ssh -L", l_ssh), ("gpuctl tunnel", l_g)):
+            print(f"tunnel: {name}...", file=sys.stderr, flush=True)
             big = fetch(port, "/big", a.runs)
             small = fetch(port, "/small", 200)
             eight = statistics.median([parallel(port, "/big", 8) for _ in range(a.runs)])
