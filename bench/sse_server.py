@@ -33,6 +33,12 @@ def http_chunk(data):
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+async def send_json(writer, doc):
+    out = json.dumps(doc).encode()
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+    await writer.drain()
+
+
 async def handle(reader, writer, model):
     try:
         while True:
@@ -51,9 +57,7 @@ async def handle(reader, writer, model):
                 doc = {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "synthetic"}]}
                 if path == "/health":
                     doc = {"status": "ok"}
-                out = json.dumps(doc).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
-                await writer.drain()
+                await send_json(writer, doc)
                 if close:
                     break
                 continue
@@ -76,9 +80,7 @@ async def handle(reader, writer, model):
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
                     "usage": usage,
                 }
-                out = json.dumps(doc).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
-                await writer.drain()
+                await send_json(writer, doc)
                 if close:
                     break
                 continue
