@@ -69,10 +69,6 @@ impl Printer {
         }
     }
 
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
     pub fn out(&self, line: fmt::Arguments) {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{line}").and_then(|_| stdout.flush());

@@ -2,7 +2,7 @@
 //! one is opened with `GPUCTL_KEY_PASSPHRASE` or a passphrase typed on the terminal), then
 //! the keys of a running ssh-agent. Each step has a deadline.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,10 +34,6 @@ fn client_preferred() -> russh::Preferred {
         cipher: std::borrow::Cow::Borrowed(CIPHERS),
         ..russh::Preferred::default()
     }
-}
-
-fn expand_home(p: &Path) -> PathBuf {
-    crate::settings::settings().expand_home(p)
 }
 
 /// The passphrase of an encrypted key: `GPUCTL_KEY_PASSPHRASE`, else asked on the terminal.
@@ -192,7 +188,7 @@ async fn authenticate(session: &mut Session, target: &SshEndpoint) -> Result<(),
     let mut tried = Vec::new();
     let handle = &mut session.handle;
     if let Some(path) = &target.identity_file {
-        let path = expand_home(path);
+        let path = crate::settings::settings().expand_home(path);
         let key = load_key(&path)?;
         let hash = handle.best_supported_rsa_hash().await?.flatten();
         let result = handle
