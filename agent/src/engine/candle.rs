@@ -14,11 +14,14 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use candle_transformers::models::{llama, qwen2};
 use tokenizers::Tokenizer;
 
+use super::native::{Level as KernelLevel, NativeLlama};
 use super::template::ChatTemplate;
 use super::{apply_stop, safe_prefix_len, Backend, EngineError, FinishReason, GenParams, Prompt};
 
 /// The network behind one of the supported formats.
 pub(super) enum Net {
+    /// gpuctl's own CPU engine (`native/`), for the GGUF files it can serve.
+    Native(Box<NativeLlama>),
     Gguf(Box<ModelWeights>),
     Llama(Box<LlamaNet>),
     Qwen2(Box<qwen2::ModelForCausalLM>),
@@ -33,6 +36,7 @@ pub(super) struct LlamaNet {
 impl Net {
     fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
+            Net::Native(_) => {} // positions restart at 0; the cache is overwritten
             Net::Gguf(w) => w.clear_kv_cache(),
             Net::Llama(l) => l.cache = llama::Cache::new(true, DType::F32, &l.config, device)?,
             Net::Qwen2(m) => m.clear_kv_cache(),
@@ -40,12 +44,32 @@ impl Net {
         Ok(())
     }
 
+    /// Room for `positions` tokens in all, before a generation starts.
+    fn reserve(&mut self, positions: usize) {
+        if let Net::Native(n) = self {
+            n.reserve(positions);
+        }
+    }
+
     /// Logits of the last position, as a flat f32 vector tensor.
-    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+    fn forward(
+        &mut self,
+        input: &[u32],
+        pos: usize,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Net::Native(n) = self {
+            let logits = n
+                .forward(input, pos)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            return Tensor::from_slice(logits, logits.len(), &Device::Cpu);
+        }
+        let x = Tensor::new(input, device)?.unsqueeze(0)?;
         let logits = match self {
-            Net::Gguf(w) => w.forward(x, pos)?,
-            Net::Llama(l) => l.model.forward(x, pos, &mut l.cache)?,
-            Net::Qwen2(m) => m.forward(x, pos)?,
+            Net::Gguf(w) => w.forward(&x, pos)?,
+            Net::Llama(l) => l.model.forward(&x, pos, &mut l.cache)?,
+            Net::Qwen2(m) => m.forward(&x, pos)?,
+            Net::Native(_) => unreachable!("handled above"),
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -126,6 +150,42 @@ fn requantize_q4_1(
         .with_context(|| format!("re-encoding Q4_1 as Q8_0 through {}", tmp.display()))
 }
 
+/// gpuctl's own engine for this file, when it runs on the CPU and the file is one it
+/// serves (llama-family, Q4_1/Q8_0 weights); `GPUCTL_ENGINE=candle` picks candle's instead.
+fn native_engine(
+    content: &gguf_file::Content,
+    file: &mut std::fs::File,
+    device: &Device,
+    path: &Path,
+) -> anyhow::Result<Option<NativeLlama>> {
+    if !device.is_cpu() || std::env::var("GPUCTL_ENGINE").is_ok_and(|e| e == "candle") {
+        return Ok(None);
+    }
+    let level = KernelLevel::from_env()?;
+    let threads = std::env::var("GPUCTL_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|t| *t > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    match NativeLlama::from_gguf(content, file, level, threads)
+        .with_context(|| format!("loading {}", path.display()))?
+    {
+        Ok(native) => {
+            tracing::info!(
+                kernels = native.level().name(),
+                threads = native.threads(),
+                "serving with gpuctl's CPU engine"
+            );
+            Ok(Some(native))
+        }
+        Err(why) => {
+            tracing::info!(reason = %why.0, "serving with candle's engine");
+            Ok(None)
+        }
+    }
+}
+
 /// CUDA device 0 when built with the `cuda` feature and a GPU answers, else the CPU;
 /// `GPUCTL_DEVICE=cpu` forces the CPU (to compare the two on one host).
 pub fn device() -> anyhow::Result<Device> {
@@ -203,12 +263,19 @@ impl CandleModel {
                 path.display()
             )
         };
-        let weights = match requantize_q4_1(&content, &mut file, &device)? {
-            Some(weights) => weights,
-            None => ModelWeights::from_gguf(content, &mut file, &device).map_err(truncated)?,
+        let weights = match native_engine(&content, &mut file, &device, path)? {
+            Some(native) => Net::Native(Box::new(native)),
+            None => Net::Gguf(Box::new(
+                match requantize_q4_1(&content, &mut file, &device)? {
+                    Some(weights) => weights,
+                    None => {
+                        ModelWeights::from_gguf(content, &mut file, &device).map_err(truncated)?
+                    }
+                },
+            )),
         };
         Ok(CandleModel {
-            weights: Net::Gguf(Box::new(weights)),
+            weights,
             tokenizer,
             template,
             eos_ids,
@@ -224,15 +291,9 @@ impl CandleModel {
     }
 
     fn step(&mut self, input: &[u32], pos: usize) -> Result<Tensor, EngineError> {
-        let internal = |e: candle_core::Error| EngineError::Internal(e.to_string());
-        let x = Tensor::new(input, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(internal)?;
-        let logits = self.weights.forward(&x, pos).map_err(internal)?;
-        logits
-            .squeeze(0)
-            .and_then(|l| l.to_dtype(DType::F32))
-            .map_err(internal)
+        self.weights
+            .forward(input, pos, &self.device)
+            .map_err(|e| EngineError::Internal(e.to_string()))
     }
 }
 
@@ -281,6 +342,7 @@ impl Backend for CandleModel {
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
         let internal = |e: candle_core::Error| EngineError::Internal(e.to_string());
         self.weights.reset(&self.device).map_err(internal)?;
+        self.weights.reserve(prompt.len() + params.max_tokens);
         let mut logits = self.step(prompt, 0)?;
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
@@ -352,6 +414,7 @@ impl CandleModel {
                 .unwrap_or(0))
         };
         self.weights.reset(&self.device)?;
+        self.weights.reserve(prompt.len() + n);
         let start = std::time::Instant::now();
         let logits = self.step(prompt, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut next = argmax(&logits)?;

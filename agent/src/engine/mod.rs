@@ -3,6 +3,7 @@
 //! and the model never sits behind a lock on the async runtime.
 
 mod candle;
+mod native;
 mod safetensors;
 mod template;
 

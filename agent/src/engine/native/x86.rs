@@ -1,0 +1,165 @@
+//! x86-64 SIMD kernels: AVX2 (with FMA and F16C) and AVX-512 VNNI. Each is `unsafe` because
+//! the CPU must have its features; `kernels.rs` picks them at run time and only then.
+//! The scalar kernels in `quant.rs` are the reference they are tested against.
+
+use std::arch::x86_64::*;
+
+use super::quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn half(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// A Q4_1 block's 32 values as bytes: element j of the block is byte j.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: 16 readable bytes, unaligned load.
+    let low = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(low, 4), low);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32(qs: &[i8; 32]) -> __m256i {
+    // SAFETY: 32 readable bytes, unaligned load.
+    unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1_q8_1_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let scale = half(x.d) * half(y.d);
+        mins += half(x.m) * half(y.s);
+        // SAFETY: the blocks' arrays are in bounds.
+        let (qx, qy) = unsafe { (nibbles(&x.qs), load32(&y.qs)) };
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+    }
+    hsum(acc) + mins
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_q8_0_avx2(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        let scale = half(x.d) * half(y.d);
+        // SAFETY: the blocks' arrays are in bounds.
+        let (qx, qy) = unsafe { (load32(&x.qs), load32(&y.qs)) };
+        // maddubs multiplies unsigned by signed: move x's sign onto y.
+        let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+        let sums = _mm256_madd_epi16(prod, ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+    }
+    hsum(acc)
+}
+
+/// # Safety
+/// The CPU has AVX-512 VNNI with VL, AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_1_q8_1_vnni(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let scale = half(x.d) * half(y.d);
+        mins += half(x.m) * half(y.s);
+        // SAFETY: the blocks' arrays are in bounds.
+        let (qx, qy) = unsafe { (nibbles(&x.qs), load32(&y.qs)) };
+        let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+    }
+    hsum(acc) + mins
+}
+
+/// # Safety
+/// The CPU has AVX-512 VNNI with VL, AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot_q8_0_q8_0_vnni(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        let scale = half(x.d) * half(y.d);
+        // SAFETY: the blocks' arrays are in bounds.
+        let (qx, qy) = unsafe { (load32(&x.qs), load32(&y.qs)) };
+        let sums = _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            _mm256_sign_epi8(qx, qx),
+            _mm256_sign_epi8(qy, qx),
+        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+    }
+    hsum(acc)
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n, within both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8)), acc1);
+        }
+        i += 16;
+    }
+    let mut sum = hsum(_mm256_add_ps(acc0, acc1));
+    while i < n {
+        sum += a[i] * b[i];
+        i += 1;
+    }
+    sum
+}
+
+/// y += alpha * x
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f32_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let va = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, within both slices.
+        unsafe {
+            let py = y.as_mut_ptr().add(i);
+            let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py));
+            _mm256_storeu_ps(py, v);
+        }
+        i += 8;
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
