@@ -4,8 +4,14 @@ bench) against llama.cpp (llama-cpp-python) on the same GGUF file and the same t
 a fresh process per run, engines alternating round by round.
 
 usage: bench/cpu_decode.py [--rounds 5] [--tokens 128] [--threads 2] [--agent target/release/gpuctl-agent]
-                           [--llamacpp portable]
-Writes a Markdown table to stdout and the raw runs to bench/results/cpu_decode.json.
+                           [--llamacpp portable] [--prompt-tokens 1024]
+Writes a Markdown table to stdout and the raw runs to bench/results/cpu_decode[-N].json.
+
+Engines: gpuctl's own CPU engine at the best kernel level this CPU has, the same forced to
+AVX2 (GPUCTL_CPU_KERNELS=avx2: what a CPU without AVX-512 runs), and candle 0.11's engine
+(GPUCTL_ENGINE=candle). `--prompt-tokens N` replaces the short chat prompt with N tokens of
+text (prefill-heavy). The physical floor is printed too: memory read bandwidth measured
+here (numpy, one reader per thread) over the GGUF's bytes, read once per token.
 
 llama.cpp is measured at its best: built for this very CPU (GGML_NATIVE=ON) into a virtual
 environment of the benchmark's own, bench/.llamacpp-native/ (git-ignored, built once, about
@@ -26,7 +32,7 @@ def llamacpp_run(ids, tokens, threads):
     """One llama.cpp run in this (fresh) process: greedy, EOS ignored."""
     import numpy as np
     import llama_cpp
-    llm = llama_cpp.Llama(model_path=MODEL, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(model_path=MODEL, n_ctx=len(ids) + tokens + 64, n_threads=threads, n_threads_batch=threads, verbose=False)
     n_vocab = llm.n_vocab()
 
     def argmax():
@@ -98,10 +104,41 @@ def smoke_test(py, threads):
                  "Measure the tests' portable build instead: bench/cpu_decode.py --llamacpp portable")
 
 
-def prompt_ids():
+LONG_TEXT = ("The history of the printing press begins in the fifteenth century, when movable type, "
+             "oil-based inks and the screw press came together in Mainz. Within fifty years presses "
+             "worked in more than two hundred cities, and the price of a book fell by an order of "
+             "magnitude. Scholars argue about how much of the Reformation, the scientific revolution "
+             "and the rise of vernacular literature followed from it. ")
+
+
+def prompt_ids(n=None):
     import llama_cpp
     vocab = llama_cpp.Llama(model_path=MODEL, vocab_only=True, verbose=False)
-    return vocab.tokenize(PROMPT.encode(), add_bos=False, special=True)
+    if n is None:
+        return vocab.tokenize(PROMPT.encode(), add_bos=False, special=True)
+    ids = []
+    while len(ids) < n:
+        ids = vocab.tokenize((LONG_TEXT * (1 + len(ids) // 40 + n // 40)).encode(), add_bos=False, special=False)
+    return ids[:n]
+
+
+def read_bandwidth(threads):
+    """Bytes per second read from memory, one numpy reader per thread over a 1 GiB array, best
+    of 5 passes (numpy's sum releases the GIL, so the readers run in parallel)."""
+    import threading
+    import numpy as np
+    data = np.ones(256 * 1024 * 1024, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    for _ in range(5):
+        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, data.nbytes / (time.perf_counter() - t0))
+    return best
 
 
 def main():
@@ -112,6 +149,7 @@ def main():
     ap.add_argument("--agent", default=os.path.join(ROOT, "target", "release", "gpuctl-agent"))
     ap.add_argument("--llamacpp", choices=["native", "portable"], default="native",
                     help="which llama.cpp build to measure (default: built for this CPU)")
+    ap.add_argument("--prompt-tokens", type=int, help="a text prompt of this many tokens instead of the chat prompt")
     ap.add_argument("--llamacpp-child", help=argparse.SUPPRESS)
     ap.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -125,15 +163,16 @@ def main():
         smoke_test(py, a.threads)
         os.execv(py, [py, __file__, "--in-venv"] + sys.argv[1:])
 
-    ids = prompt_ids()
+    ids = prompt_ids(a.prompt_tokens)
     id_arg = ",".join(map(str, ids))
     variants = [
-        ("candle (gpuctl: Q4_1 re-encoded as Q8_0)", {}),
-        ("candle, Q4_1 kept (GPUCTL_Q4_1_AS=keep)", {"GPUCTL_Q4_1_AS": "keep"}),
-        ("candle, CANDLE_DEQUANTIZE_ALL=1", {"CANDLE_DEQUANTIZE_ALL": "1", "GPUCTL_Q4_1_AS": "keep"}),
+        ("gpuctl engine (best kernels here)", {}),
+        ("gpuctl engine, AVX2 forced", {"GPUCTL_CPU_KERNELS": "avx2"}),
+        ("candle 0.11 (GPUCTL_ENGINE=candle: Q4_1 re-encoded as Q8_0)", {"GPUCTL_ENGINE": "candle"}),
     ]
     runs = {name: [] for name in ["llama.cpp"] + [v[0] for v in variants]}
-    base_env = dict(os.environ, CANDLE_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads))
+    base_env = dict(os.environ, CANDLE_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads),
+                    GPUCTL_THREADS=str(a.threads))
     for r in range(a.rounds):
         for name, extra in variants:
             out = subprocess.run([a.agent, "bench", "--model", MODEL, "--prompt-ids", id_arg, "--tokens", str(a.tokens)],
@@ -156,20 +195,36 @@ def main():
             pairs = [lc[i * len(variants) + [v[0] for v in variants].index(name)] for i in range(len(rs))]
             dec_ratio = [x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(rs, pairs)]
             ttft_ratio = [x["ttft_ms"] / y["ttft_ms"] for x, y in zip(rs, pairs)]
-        # How many of the generated tokens agree with llama.cpp's, position by position.
-        agree = statistics.median(sum(1 for p, q in zip(x["tokens"], lc[0]["tokens"]) if p == q) for x in rs)
+        # How many leading generated tokens agree with llama.cpp's (quantized arithmetic may
+        # drift later; the first ones must match).
+        def prefix(x):
+            n = 0
+            for p, q in zip(x["tokens"], lc[0]["tokens"]):
+                if p != q:
+                    break
+                n += 1
+            return n
+        agree = min(prefix(x) for x in rs)
         rows.append((name, med("ttft_ms"), med("decode_tok_s"), max(x["peak_rss_kib"] for x in rs) / 1024,
-                     statistics.median(dec_ratio), min(dec_ratio), max(dec_ratio), statistics.median(ttft_ratio), agree))
+                     statistics.median(dec_ratio), min(dec_ratio), max(dec_ratio), statistics.median(ttft_ratio),
+                     min(ttft_ratio), max(ttft_ratio), agree, rs[0].get("engine", "llama.cpp")))
 
+    gguf = os.path.getsize(MODEL)
+    bw = read_bandwidth(a.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads {a.threads}; "
           f"prompt {len(ids)} tokens; {a.tokens} greedy tokens (EOS ignored); {a.rounds} rounds")
-    print("| engine | TTFT (median) | decode tok/s (median) | peak RSS | decode ratio to llama.cpp (min-max) | TTFT ratio | tokens equal to llama.cpp's |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for n, t, d, rss, dr, dmin, dmax, tr, agree in rows:
-        print(f"| {n} | {t:.0f} ms | {d:.1f} | {rss:.0f} MiB | {dr:.2f} ({dmin:.2f}-{dmax:.2f}) | {tr:.2f}x | {agree:.0f}/{a.tokens} |")
+    print(f"GGUF {gguf / 2**20:.1f} MiB; peak-memory target 1.5x = {1.5 * gguf / 2**20:.0f} MiB")
+    print(f"memory read bandwidth ({a.threads} readers): {bw / 1e9:.1f} GB/s; floor: the GGUF read once per "
+          f"token = {bw / gguf:.0f} tok/s")
+    print("| engine | TTFT (median) | decode tok/s (median) | peak RSS | decode ratio to llama.cpp (min-max) | TTFT ratio (min-max) | leading tokens equal to llama.cpp's (min) | decode / floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, t, d, rss, dr, dmin, dmax, tr, tmin, tmax, agree, engine in rows:
+        print(f"| {n} [{engine}] | {t:.0f} ms | {d:.1f} | {rss:.0f} MiB | {dr:.2f} ({dmin:.2f}-{dmax:.2f}) | "
+              f"{tr:.2f}x ({tmin:.2f}-{tmax:.2f}) | {agree}/{a.tokens} | {d / (bw / gguf):.2f} |")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "cpu_decode.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "runs": runs}, f)
+    suffix = f"-{a.prompt_tokens}" if a.prompt_tokens else ""
+    with open(os.path.join(ROOT, "bench", "results", f"cpu_decode{suffix}.json"), "w") as f:
+        json.dump({"prompt_ids": ids, "runs": runs, "read_bandwidth_bytes_s": bw, "gguf_bytes": gguf}, f)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let run = m.bench(&prompt, tokens)?;
     let decode_s = run.decode.as_secs_f64();
     let out = serde_json::json!({
-        "engine": "candle",
+        "engine": m.engine(),
         "load_ms": load_ms,
         "prompt_tokens": prompt.len(),
         "generated": run.generated,

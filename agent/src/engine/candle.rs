@@ -394,6 +394,14 @@ pub struct BenchRun {
 }
 
 impl CandleModel {
+    /// Which engine serves the model: "native (avx512vnni, 2 threads)" or "candle".
+    pub fn engine(&self) -> String {
+        match &self.weights {
+            Net::Native(n) => format!("native ({}, {} threads)", n.level().name(), n.threads()),
+            _ => "candle".to_string(),
+        }
+    }
+
     pub fn tokenize(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         Ok(self
             .tokenizer

@@ -130,6 +130,34 @@ impl Out {
     }
 }
 
+/// A buffer that several threads fill in disjoint ranges.
+pub struct Shards<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: as for `Out`: disjoint ranges only, while the caller holds the buffer.
+unsafe impl<T: Send> Send for Shards<T> {}
+unsafe impl<T: Send> Sync for Shards<T> {}
+
+impl<T> Shards<T> {
+    pub fn new(buf: &mut [T]) -> Shards<T> {
+        Shards {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other live reference overlaps `range`.
+    #[allow(clippy::mut_from_ref)] // disjoint ranges of one buffer, by the caller's promise
+    pub unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len, "shard out of bounds");
+        // SAFETY: in bounds (checked); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
 macro_rules! rows_loop {
     ($w:ident, $bpr:ident, $a:ident, $m:ident, $rows:ident, $out:ident, $dot:expr) => {
         for r in $rows {
@@ -137,6 +165,29 @@ macro_rules! rows_loop {
             for t in 0..$m {
                 let v = $dot(wr, &$a[t * $bpr..(t + 1) * $bpr]);
                 $out.set(t, r, v);
+            }
+        }
+    };
+}
+
+/// The Q4_1 loop, four tokens at a time where it can (the row is unpacked once per four).
+macro_rules! rows_loop4 {
+    ($w:ident, $bpr:ident, $a:ident, $m:ident, $rows:ident, $out:ident, $dot:expr, $dot4:expr) => {
+        for r in $rows {
+            let wr = &$w[r * $bpr..(r + 1) * $bpr];
+            let mut t = 0;
+            while t + 4 <= $m {
+                let act = |k: usize| &$a[(t + k) * $bpr..(t + k + 1) * $bpr];
+                let v = $dot4(wr, [act(0), act(1), act(2), act(3)]);
+                for (k, v) in v.into_iter().enumerate() {
+                    $out.set(t + k, r, v);
+                }
+                t += 4;
+            }
+            while t < $m {
+                let v = $dot(wr, &$a[t * $bpr..(t + 1) * $bpr]);
+                $out.set(t, r, v);
+                t += 1;
             }
         }
     };
@@ -157,9 +208,16 @@ mod simd_loops {
         out: Out,
     ) {
         // SAFETY: same features as this function's.
-        rows_loop!(w, bpr, a, m, rows, out, |x, y| unsafe {
-            x86::dot_q4_1_q8_1_avx2(x, y)
-        });
+        rows_loop4!(
+            w,
+            bpr,
+            a,
+            m,
+            rows,
+            out,
+            |x, y| unsafe { x86::dot_q4_1_q8_1_avx2(x, y) },
+            |x, y| unsafe { x86::dot4_q4_1_q8_1_avx2(x, y) }
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -187,9 +245,16 @@ mod simd_loops {
         out: Out,
     ) {
         // SAFETY: same features as this function's.
-        rows_loop!(w, bpr, a, m, rows, out, |x, y| unsafe {
-            x86::dot_q4_1_q8_1_vnni(x, y)
-        });
+        rows_loop4!(
+            w,
+            bpr,
+            a,
+            m,
+            rows,
+            out,
+            |x, y| unsafe { x86::dot_q4_1_q8_1_vnni(x, y) },
+            |x, y| unsafe { x86::dot4_q4_1_q8_1_vnni(x, y) }
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
@@ -263,6 +328,24 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Level::Avx512Vnni => unsafe { simd_loops::q8_0_vnni(w, bpr, a, m, rows, out) },
             _ => rows_loop!(w, bpr, a, m, rows, out, quant::dot_q8_0_q8_0),
+        }
+    }
+
+    pub fn quantize_q8_1(&self, x: &[f32], y: &mut [BlockQ8_1]) {
+        match self.level {
+            // SAFETY: every SIMD level includes AVX2, FMA and F16C, checked by `new`.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512Vnni => unsafe { super::x86::quantize_row_q8_1_avx2(x, y) },
+            _ => quant::quantize_row_q8_1(x, y),
+        }
+    }
+
+    pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
+        match self.level {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512Vnni => unsafe { super::x86::quantize_row_q8_0_avx2(x, y) },
+            _ => quant::quantize_row_q8_0(x, y),
         }
     }
 
@@ -417,6 +500,24 @@ mod tests {
             let sum: i32 = b.qs.iter().map(|v| i32::from(*v)).sum();
             let s = quant::f16_to_f32(b.d) * sum as f32;
             assert!((quant::f16_to_f32(b.s) - s).abs() <= s.abs() * 1e-2 + 1e-2);
+        }
+    }
+
+    #[test]
+    fn every_level_quantizes_like_the_scalar_path() {
+        let mut rng = Lcg(13);
+        let mut x = random_acts(&mut rng, 6);
+        x[..QK].fill(0.0); // an all-zero block: scale 0, values 0
+        x[QK] = 1e-3; // a tie-free small value among large ones
+        for k in levels() {
+            let (mut want, mut got) = (vec![BlockQ8_1::default(); 6], vec![BlockQ8_1::default(); 6]);
+            quant::quantize_row_q8_1(&x, &mut want);
+            k.quantize_q8_1(&x, &mut got);
+            assert_eq!(got, want, "{:?}", k.level());
+            let (mut want, mut got) = (vec![BlockQ8_0::default(); 6], vec![BlockQ8_0::default(); 6]);
+            quant::quantize_row_q8_0(&x, &mut want);
+            k.quantize_q8_0(&x, &mut got);
+            assert_eq!(got, want, "{:?}", k.level());
         }
     }
 

@@ -20,7 +20,7 @@ use anyhow::Context;
 use candle_core::quantized::{gguf_file, GgmlDType};
 
 pub use kernels::Level;
-use kernels::{Kernels, Out};
+use kernels::{Kernels, Out, Shards};
 use pool::{share, Pool};
 use quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 
@@ -586,17 +586,47 @@ fn matmul(
     match &w.blocks {
         Blocks::Q4_1(b) => {
             grow(acts.0, m * bpr);
-            quant::quantize_row_q8_1(x, &mut acts.0[..m * bpr]);
+            quantize_rows(pool, x, w.cols, &mut acts.0[..m * bpr], |x, y| {
+                kernels.quantize_q8_1(x, y)
+            });
             let a = &acts.0[..m * bpr];
             pool.run(&|i| kernels.q4_1_rows(b, bpr, a, m, share(w.rows, i, threads, 8), out));
         }
         Blocks::Q8_0(b) => {
             grow(acts.1, m * bpr);
-            quant::quantize_row_q8_0(x, &mut acts.1[..m * bpr]);
+            quantize_rows(pool, x, w.cols, &mut acts.1[..m * bpr], |x, y| {
+                kernels.quantize_q8_0(x, y)
+            });
             let a = &acts.1[..m * bpr];
             pool.run(&|i| kernels.q8_0_rows(b, bpr, a, m, share(w.rows, i, threads, 8), out));
         }
     }
+}
+
+/// Each token's row of `x` quantized into its row of `blocks`; tokens split over the pool.
+#[allow(unsafe_code)] // disjoint rows of one buffer, see below
+fn quantize_rows<B: Send>(
+    pool: &Pool,
+    x: &[f32],
+    cols: usize,
+    blocks: &mut [B],
+    quantize: impl Fn(&[f32], &mut [B]) + Sync,
+) {
+    let m = x.len() / cols;
+    if m < 2 {
+        quantize(x, blocks);
+        return;
+    }
+    let bpr = cols / QK;
+    let threads = pool.threads();
+    let shards = Shards::new(blocks);
+    pool.run(&|i| {
+        for t in share(m, i, threads, 1) {
+            // SAFETY: token t's row is written by this thread alone.
+            let row = unsafe { shards.slice(t * bpr..(t + 1) * bpr) };
+            quantize(&x[t * cols..(t + 1) * cols], row);
+        }
+    });
 }
 
 struct AttentionInput<'a> {

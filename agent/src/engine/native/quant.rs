@@ -55,7 +55,7 @@ pub fn f32_to_f16(x: f32) -> u16 {
 fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
         let r = (v * id).round_ties_even() as i8;

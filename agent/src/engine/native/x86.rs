@@ -113,6 +113,113 @@ pub unsafe fn dot_q8_0_q8_0_vnni(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     hsum(acc)
 }
 
+/// Four tokens against one Q4_1 row: the row's blocks are unpacked once for all four
+/// (the prompt's batched path).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q4_1_q8_1_avx2(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for (b, x) in w.iter().enumerate() {
+        let (dx, mx) = (half(x.d), half(x.m));
+        // SAFETY: the block's array is in bounds.
+        let qx = unsafe { nibbles(&x.qs) };
+        for k in 0..4 {
+            let y = &a[k][b];
+            // SAFETY: as above.
+            let qy = unsafe { load32(&y.qs) };
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y.d)), _mm256_cvtepi32_ps(sums), acc[k]);
+            mins[k] += mx * half(y.s);
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+}
+
+/// # Safety
+/// The CPU has AVX-512 VNNI with VL, AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot4_q4_1_q8_1_vnni(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for (b, x) in w.iter().enumerate() {
+        let (dx, mx) = (half(x.d), half(x.m));
+        // SAFETY: the block's array is in bounds.
+        let qx = unsafe { nibbles(&x.qs) };
+        for k in 0..4 {
+            let y = &a[k][b];
+            // SAFETY: as above.
+            let qy = unsafe { load32(&y.qs) };
+            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy);
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y.d)), _mm256_cvtepi32_ps(sums), acc[k]);
+            mins[k] += mx * half(y.s);
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+}
+
+/// 32 floats to 8-bit values with scale amax / 127 (rounding half to even); returns
+/// (scale, sum of the values).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    assert!(x.len() >= 32);
+    // SAFETY: 32 readable floats (asserted).
+    let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let mut amax = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let d = max / 127.0;
+    let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
+    let i: [__m256i; 4] = std::array::from_fn(|k| {
+        let r = _mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_cvtps_epi32(r)
+    });
+    let total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    let t4 = _mm_add_epi32(_mm256_extracti128_si256(total, 1), _mm256_castsi256_si128(total));
+    let t4 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, 1)));
+    // Pack to bytes; the packs interleave 128-bit lanes, the permute restores the order.
+    let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: 32 writable bytes.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+    (d, sum)
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8_1_avx2(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (block, xs) in y.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: same features.
+        let (d, sum) = unsafe { quantize_block(xs, &mut block.qs) };
+        block.d = super::quant::f32_to_f16(d);
+        block.s = super::quant::f32_to_f16(d * sum as f32);
+    }
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8_0_avx2(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (block, xs) in y.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: same features.
+        let (d, _) = unsafe { quantize_block(xs, &mut block.qs) };
+        block.d = super::quant::f32_to_f16(d);
+    }
+}
+
 /// # Safety
 /// The CPU has AVX2, FMA and F16C.
 #[inline]
