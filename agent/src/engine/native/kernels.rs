@@ -152,7 +152,10 @@ impl<T> Shards<T> {
     /// No other live reference overlaps `range`.
     #[allow(clippy::mut_from_ref)] // disjoint ranges of one buffer, by the caller's promise
     pub unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
-        assert!(range.start <= range.end && range.end <= self.len, "shard out of bounds");
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "shard out of bounds"
+        );
         // SAFETY: in bounds (checked); exclusive by the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
     }
@@ -349,21 +352,27 @@ impl Kernels {
         }
     }
 
-    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+    /// See `quant::attend_head`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_head(
+        &self,
+        q: &[f32],
+        k: &[u16],
+        v: &[u16],
+        stride: usize,
+        off: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
         match self.level {
-            // SAFETY: every SIMD level includes AVX2 and FMA, checked by `new`.
+            // SAFETY: every SIMD level includes AVX2, FMA and F16C, checked by `new`.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Avx512Vnni => unsafe { super::x86::dot_f32_avx2(a, b) },
-            _ => quant::dot_f32(a, b),
-        }
-    }
-
-    pub fn axpy_f32(&self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        match self.level {
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Avx512Vnni => unsafe { super::x86::axpy_f32_avx2(alpha, x, y) },
-            _ => quant::axpy_f32(alpha, x, y),
+            Level::Avx2 | Level::Avx512Vnni if q.len() % 8 == 0 => unsafe {
+                super::x86::attend_head_avx2(q, k, v, stride, off, n, scale, scores, out)
+            },
+            _ => quant::attend_head(q, k, v, stride, off, n, scale, scores, out),
         }
     }
 }
@@ -467,17 +476,28 @@ mod tests {
     }
 
     #[test]
-    fn every_level_matches_the_scalar_f32_helpers() {
+    fn every_level_matches_the_scalar_attention() {
         let mut rng = Lcg(3);
-        let a: Vec<f32> = (0..77).map(|_| rng.float()).collect();
-        let b: Vec<f32> = (0..77).map(|_| rng.float()).collect();
-        let want = quant::dot_f32(&a, &b);
-        for k in levels() {
-            assert!(close(k.dot_f32(&a, &b), want), "{:?}", k.level());
-            let mut y = b.clone();
-            k.axpy_f32(0.5, &a, &mut y);
-            for i in 0..77 {
-                assert!(close(y[i], b[i] + 0.5 * a[i]), "{:?}", k.level());
+        let (stride, hd, n) = (192, 64, 77);
+        let k: Vec<u16> = (0..n * stride)
+            .map(|_| f32_to_f16(rng.float() * 3.0))
+            .collect();
+        let v: Vec<u16> = (0..n * stride).map(|_| f32_to_f16(rng.float())).collect();
+        let q: Vec<f32> = (0..hd).map(|_| rng.float() * 2.0).collect();
+        let mut scores = vec![0f32; n];
+        for len in [1, 9, n] {
+            let mut want = vec![0f32; hd];
+            quant::attend_head(&q, &k, &v, stride, 64, len, 0.125, &mut scores, &mut want);
+            for kern in levels() {
+                let mut got = vec![f32::NAN; hd];
+                kern.attend_head(&q, &k, &v, stride, 64, len, 0.125, &mut scores, &mut got);
+                for (g, e) in got.iter().zip(&want) {
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                        "{:?} n={len}: {g} != {e}",
+                        kern.level()
+                    );
+                }
             }
         }
     }
@@ -510,11 +530,13 @@ mod tests {
         x[..QK].fill(0.0); // an all-zero block: scale 0, values 0
         x[QK] = 1e-3; // a tie-free small value among large ones
         for k in levels() {
-            let (mut want, mut got) = (vec![BlockQ8_1::default(); 6], vec![BlockQ8_1::default(); 6]);
+            let (mut want, mut got) =
+                (vec![BlockQ8_1::default(); 6], vec![BlockQ8_1::default(); 6]);
             quant::quantize_row_q8_1(&x, &mut want);
             k.quantize_q8_1(&x, &mut got);
             assert_eq!(got, want, "{:?}", k.level());
-            let (mut want, mut got) = (vec![BlockQ8_0::default(); 6], vec![BlockQ8_0::default(); 6]);
+            let (mut want, mut got) =
+                (vec![BlockQ8_0::default(); 6], vec![BlockQ8_0::default(); 6]);
             quant::quantize_row_q8_0(&x, &mut want);
             k.quantize_q8_0(&x, &mut got);
             assert_eq!(got, want, "{:?}", k.level());

@@ -127,26 +127,40 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     sum
 }
 
-/// f32 dot product with eight partial sums (so the baseline build still uses packed SSE).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// One query head's causal attention over `n` cached positions. Keys and values are f16
+/// rows of `stride` values; this head's part of each row starts at `off`. `scores` is
+/// scratch of at least `n`; the result goes to `out` (the head's width).
+#[allow(clippy::too_many_arguments)] // one kernel's operands, same as the SIMD versions
+pub fn attend_head(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    stride: usize,
+    off: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores[..n].iter_mut().enumerate() {
+        let kr = &k[j * stride + off..j * stride + off + hd];
+        let dot: f32 = q.iter().zip(kr).map(|(a, b)| a * f16_to_f32(*b)).sum();
+        *s = dot * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in scores[..n].iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    out[..hd].fill(0.0);
+    for (j, s) in scores[..n].iter().enumerate() {
+        let vr = &v[j * stride + off..j * stride + off + hd];
+        for (o, x) in out.iter_mut().zip(vr) {
+            *o += s * inv * f16_to_f32(*x);
         }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
-    }
-    sum
-}
-
-/// y += a * x
-pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    for (o, v) in y.iter_mut().zip(x) {
-        *o += a * v;
     }
 }

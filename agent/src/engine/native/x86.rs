@@ -133,7 +133,11 @@ pub unsafe fn dot4_q4_1_q8_1_avx2(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32
             // SAFETY: as above.
             let qy = unsafe { load32(&y.qs) };
             let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y.d)), _mm256_cvtepi32_ps(sums), acc[k]);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dx * half(y.d)),
+                _mm256_cvtepi32_ps(sums),
+                acc[k],
+            );
             mins[k] += mx * half(y.s);
         }
     }
@@ -156,7 +160,11 @@ pub unsafe fn dot4_q4_1_q8_1_vnni(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32
             // SAFETY: as above.
             let qy = unsafe { load32(&y.qs) };
             let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy);
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y.d)), _mm256_cvtepi32_ps(sums), acc[k]);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dx * half(y.d)),
+                _mm256_cvtepi32_ps(sums),
+                acc[k],
+            );
             mins[k] += mx * half(y.s);
         }
     }
@@ -182,15 +190,24 @@ unsafe fn quantize_block(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     let d = max / 127.0;
     let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
     let i: [__m256i; 4] = std::array::from_fn(|k| {
-        let r = _mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_round_ps(
+            _mm256_mul_ps(v[k], id),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
         _mm256_cvtps_epi32(r)
     });
     let total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-    let t4 = _mm_add_epi32(_mm256_extracti128_si256(total, 1), _mm256_castsi256_si128(total));
+    let t4 = _mm_add_epi32(
+        _mm256_extracti128_si256(total, 1),
+        _mm256_castsi256_si128(total),
+    );
     let t4 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
     let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, 1)));
     // Pack to bytes; the packs interleave 128-bit lanes, the permute restores the order.
-    let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(i[0], i[1]),
+        _mm256_packs_epi32(i[2], i[3]),
+    );
     let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     // SAFETY: 32 writable bytes.
     unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
@@ -220,53 +237,109 @@ pub unsafe fn quantize_row_q8_0_avx2(x: &[f32], y: &mut [BlockQ8_0]) {
     }
 }
 
-/// # Safety
-/// The CPU has AVX2, FMA and F16C.
+/// e^x for x <= 0 (attention's shifted scores): 2^n times a polynomial for the rest
+/// (Cephes' expf coefficients), relative error ~1e-7; x below -87 gives ~e^-87.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n, within both slices.
-        unsafe {
-            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8)), acc1);
-        }
-        i += 16;
+fn exp_neg(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
     }
-    let mut sum = hsum(_mm256_add_ps(acc0, acc1));
-    while i < n {
-        sum += a[i] * b[i];
-        i += 1;
-    }
-    sum
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    ));
+    _mm256_mul_ps(y, pow2n)
 }
 
-/// y += alpha * x
+/// `quant::attend_head` for heads a multiple of 8 wide.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C.
-#[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy_f32_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let va = _mm256_set1_ps(alpha);
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n, within both slices.
-        unsafe {
-            let py = y.as_mut_ptr().add(i);
-            let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py));
-            _mm256_storeu_ps(py, v);
+pub unsafe fn attend_head_avx2(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    stride: usize,
+    off: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    assert!(hd % 8 == 0 && out.len() >= hd && scores.len() >= n);
+    assert!(n == 0 || ((n - 1) * stride + off + hd <= k.len().min(v.len())));
+    let load_half = |p: *const u16| {
+        // SAFETY: callers pass pointers to 8 in-bounds f16 values (asserted above).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    };
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores[..n].iter_mut().enumerate() {
+        let row = k[j * stride + off..].as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..hd).step_by(8) {
+            // SAFETY: i + 8 <= hd, in bounds of q and of the key row.
+            let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(i)) };
+            acc = _mm256_fmadd_ps(qv, load_half(row.wrapping_add(i)), acc);
         }
-        i += 8;
+        *s = hsum(acc) * scale;
+        max = max.max(*s);
     }
-    while i < n {
-        y[i] += alpha * x[i];
-        i += 1;
+    let vmax = _mm256_set1_ps(max);
+    let mut vsum = _mm256_setzero_ps();
+    let mut j = 0;
+    while j + 8 <= n {
+        // SAFETY: j + 8 <= n <= scores.len().
+        unsafe {
+            let p = scores.as_mut_ptr().add(j);
+            let e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
+            _mm256_storeu_ps(p, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        j += 8;
+    }
+    let mut sum = hsum(vsum);
+    while j < n {
+        scores[j] = (scores[j] - max).exp();
+        sum += scores[j];
+        j += 1;
+    }
+    let inv = 1.0 / sum;
+    // Four accumulators of 8 cover a 32-wide slice of the head; wider heads take passes.
+    for base in (0..hd).step_by(32) {
+        let width = (hd - base).min(32);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (j, s) in scores[..n].iter().enumerate() {
+            let w = _mm256_set1_ps(s * inv);
+            let row = v[j * stride + off + base..].as_ptr();
+            for (c, a) in acc.iter_mut().enumerate().take(width / 8) {
+                *a = _mm256_fmadd_ps(w, load_half(row.wrapping_add(8 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(width / 8) {
+            // SAFETY: base + 8c + 8 <= hd <= out.len().
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(base + 8 * c), *a) };
+        }
     }
 }
