@@ -45,11 +45,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "engine": m.engine(),
         "load_ms": load_ms,
         "prompt_tokens": prompt.len(),
+        "prompt_ids": prompt,
         "generated": run.generated,
         "ttft_ms": run.ttft.as_secs_f64() * 1000.0,
         "decode_tok_s": if decode_s > 0.0 { (run.generated - 1) as f64 / decode_s } else { 0.0 },
         "peak_rss_kib": peak_rss_kib(),
         "tokens": run.tokens,
+        "first_top": run.first_top,
     });
     println!("{out}");
     Ok(())

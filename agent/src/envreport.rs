@@ -37,6 +37,17 @@ pub fn report(work_dir: &Path) -> String {
             .map(|n| n.get().to_string())
             .unwrap_or_else(|_| unknown())
     );
+    let levels: Vec<&str> = crate::engine::KernelLevel::ALL
+        .into_iter()
+        .filter(|l| l.supported())
+        .map(|l| l.name())
+        .collect();
+    let _ = writeln!(
+        out,
+        "cpu_kernels: {} (this CPU runs: {})",
+        crate::engine::KernelLevel::detect().name(),
+        levels.join(", ")
+    );
     let (total, available) = memory_kib();
     let _ = writeln!(
         out,

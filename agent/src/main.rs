@@ -28,6 +28,7 @@ commands:
                time to first token and decode speed (for bench/)
   version      print the agent's version and protocol version
   env-report   print the environment report (OS, CPU, memory, disk, GPUs through NVML)
+  kernels      print the CPU engine's kernel levels this CPU runs, and the one it picks (JSON)
   gpu-procs    print the compute processes on every GPU (JSON), for the stop's check";
 
 fn main() -> ExitCode {
@@ -98,6 +99,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("kernels") => {
+            let supported: Vec<&str> = engine::KernelLevel::ALL
+                .into_iter()
+                .filter(|l| l.supported())
+                .map(|l| l.name())
+                .collect();
+            let best = engine::KernelLevel::detect().name();
+            println!(
+                "{}",
+                serde_json::json!({ "best": best, "supported": supported })
+            );
+            ExitCode::SUCCESS
+        }
         Some("bench") => match bench::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

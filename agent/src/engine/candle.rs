@@ -95,6 +95,40 @@ fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     ct.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
+/// candle 0.11 builds a GPT-2-style tokenizer whose pre-tokenizer adds a space before
+/// every piece of text, and (for `smollm`) does not split digits: after each special token
+/// "user" became " user", so a chat prompt was not the one the model was trained on (and
+/// not the one llama.cpp feeds it). Set the pre-tokenizer from the file's own metadata
+/// (`tokenizer.ggml.add_space_prefix`, false unless said) and llama.cpp's pre-type rules;
+/// the pre-types candle already gets right are left alone.
+fn fix_pre_tokenizer(tokenizer: &mut Tokenizer, content: &gguf_file::Content) {
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    if meta_string(content, "tokenizer.ggml.model").as_deref() != Some("gpt2") {
+        return;
+    }
+    let pre = meta_string(content, "tokenizer.ggml.pre");
+    if matches!(
+        pre.as_deref(),
+        Some("qwen2" | "smaug-bpe" | "lfm2" | "llama3")
+    ) {
+        return;
+    }
+    let add_prefix_space = content
+        .metadata
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    let byte_level = ByteLevel::new(add_prefix_space, true, true);
+    let wrapper: PreTokenizerWrapper = if pre.as_deref() == Some("smollm") {
+        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+    } else {
+        byte_level.into()
+    };
+    tokenizer.with_pre_tokenizer(Some(wrapper));
+}
+
 /// candle has no SIMD kernel for Q4_1 (a scalar dot product takes most of the decode time),
 /// but fast ones for Q8_0. Q4_1 weights are re-encoded as Q8_0 at load, which loses nothing
 /// measurable (8 bits per weight hold a 4-bit value and its block offset); set
@@ -230,12 +264,13 @@ impl CandleModel {
                 path.display()
             );
         }
-        let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| {
+        let mut tokenizer = Tokenizer::from_gguf(&content).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot build the tokenizer from its metadata: {e}",
                 path.display()
             )
         })?;
+        fix_pre_tokenizer(&mut tokenizer, &content);
         let token_text = |key: &str| {
             meta_u32(&content, key)
                 .and_then(|id| tokenizer.id_to_token(id))
@@ -391,6 +426,8 @@ pub struct BenchRun {
     pub decode: std::time::Duration,
     pub generated: usize,
     pub tokens: Vec<u32>,
+    /// The prompt's three best next tokens and their logits (how close the first pick was).
+    pub first_top: Vec<(u32, f32)>,
 }
 
 impl CandleModel {
@@ -427,6 +464,14 @@ impl CandleModel {
         let logits = self.step(prompt, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut next = argmax(&logits)?;
         let ttft = start.elapsed();
+        let mut ranked: Vec<(u32, f32)> = logits
+            .to_vec1::<f32>()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (i as u32, l))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(3);
         let mut tokens = vec![next];
         let start = std::time::Instant::now();
         for i in 1..n {
@@ -441,6 +486,7 @@ impl CandleModel {
             decode: start.elapsed(),
             generated: n,
             tokens,
+            first_top: ranked,
         })
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 pub use candle::CandleModel;
+pub use native::Level as KernelLevel;
 
 /// Jobs waiting beyond this make senders wait (back-pressure), they are not dropped.
 const QUEUE_DEPTH: usize = 256;

@@ -129,7 +129,9 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 
 /// One query head's causal attention over `n` cached positions. Keys and values are f16
 /// rows of `stride` values; this head's part of each row starts at `off`. `scores` is
-/// scratch of at least `n`; the result goes to `out` (the head's width).
+/// scratch of at least `n`; the result goes to `out` (the head's width). As in llama.cpp
+/// (its f16 cache, no flash attention), the query and the softmax weights are rounded to
+/// f16 before they meet the f16 keys and values: greedy picks then agree on near-ties.
 #[allow(clippy::too_many_arguments)] // one kernel's operands, same as the SIMD versions
 pub fn attend_head(
     q: &[f32],
@@ -143,6 +145,7 @@ pub fn attend_head(
     out: &mut [f32],
 ) {
     let hd = q.len();
+    let q: Vec<f32> = q.iter().map(|v| f16_to_f32(f32_to_f16(*v))).collect();
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..n].iter_mut().enumerate() {
         let kr = &k[j * stride + off..j * stride + off + hd];
@@ -158,9 +161,10 @@ pub fn attend_head(
     let inv = 1.0 / sum;
     out[..hd].fill(0.0);
     for (j, s) in scores[..n].iter().enumerate() {
+        let w = f16_to_f32(f32_to_f16(s * inv));
         let vr = &v[j * stride + off..j * stride + off + hd];
         for (o, x) in out.iter_mut().zip(vr) {
-            *o += s * inv * f16_to_f32(*x);
+            *o += w * f16_to_f32(*x);
         }
     }
 }

@@ -288,19 +288,29 @@ pub unsafe fn attend_head_avx2(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    assert!(hd % 8 == 0 && out.len() >= hd && scores.len() >= n);
+    assert!(hd % 8 == 0 && hd <= 512 && out.len() >= hd && scores.len() >= n);
     assert!(n == 0 || ((n - 1) * stride + off + hd <= k.len().min(v.len())));
     let load_half = |p: *const u16| {
         // SAFETY: callers pass pointers to 8 in-bounds f16 values (asserted above).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     };
+    // The query rounded to f16, as llama.cpp's f16 matmul does (see quant::attend_head).
+    let mut qh = [0f32; 512];
+    for i in (0..hd).step_by(8) {
+        // SAFETY: i + 8 <= hd <= 512, in bounds of q and qh.
+        unsafe {
+            let v = _mm256_loadu_ps(q.as_ptr().add(i));
+            let r = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_ps(qh.as_mut_ptr().add(i), r);
+        }
+    }
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..n].iter_mut().enumerate() {
         let row = k[j * stride + off..].as_ptr();
         let mut acc = _mm256_setzero_ps();
         for i in (0..hd).step_by(8) {
-            // SAFETY: i + 8 <= hd, in bounds of q and of the key row.
-            let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(i)) };
+            // SAFETY: i + 8 <= hd, in bounds of qh and of the key row.
+            let qv = unsafe { _mm256_loadu_ps(qh.as_ptr().add(i)) };
             acc = _mm256_fmadd_ps(qv, load_half(row.wrapping_add(i)), acc);
         }
         *s = hsum(acc) * scale;
@@ -325,13 +335,31 @@ pub unsafe fn attend_head_avx2(
         sum += scores[j];
         j += 1;
     }
-    let inv = 1.0 / sum;
+    // The weights, normalised and rounded to f16 (as above).
+    let vinv = _mm256_set1_ps(1.0 / sum);
+    let mut j = 0;
+    while j + 8 <= n {
+        // SAFETY: j + 8 <= n <= scores.len().
+        unsafe {
+            let p = scores.as_mut_ptr().add(j);
+            let w = _mm256_mul_ps(_mm256_loadu_ps(p), vinv);
+            _mm256_storeu_ps(
+                p,
+                _mm256_cvtph_ps(_mm256_cvtps_ph(w, _MM_FROUND_TO_NEAREST_INT)),
+            );
+        }
+        j += 8;
+    }
+    while j < n {
+        scores[j] = super::quant::f16_to_f32(super::quant::f32_to_f16(scores[j] / sum));
+        j += 1;
+    }
     // Four accumulators of 8 cover a 32-wide slice of the head; wider heads take passes.
     for base in (0..hd).step_by(32) {
         let width = (hd - base).min(32);
         let mut acc = [_mm256_setzero_ps(); 4];
         for (j, s) in scores[..n].iter().enumerate() {
-            let w = _mm256_set1_ps(s * inv);
+            let w = _mm256_set1_ps(*s);
             let row = v[j * stride + off + base..].as_ptr();
             for (c, a) in acc.iter_mut().enumerate().take(width / 8) {
                 *a = _mm256_fmadd_ps(w, load_half(row.wrapping_add(8 * c)), *a);
