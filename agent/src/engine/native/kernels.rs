@@ -369,7 +369,7 @@ impl Kernels {
         match self.level {
             // SAFETY: every SIMD level includes AVX2, FMA and F16C, checked by `new`.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Avx512Vnni if q.len() % 8 == 0 => unsafe {
+            Level::Avx2 | Level::Avx512Vnni if q.len().is_multiple_of(8) && q.len() <= 512 => unsafe {
                 super::x86::attend_head_avx2(q, k, v, stride, off, n, scale, scores, out)
             },
             _ => quant::attend_head(q, k, v, stride, off, n, scale, scores, out),

@@ -197,7 +197,7 @@ impl Loader<'_> {
                 Ok(i) => i,
                 Err(e) => return Ok(Err(e)),
             };
-            if dims.len() != 2 || dims[1] != cols || cols % QK != 0 {
+            if dims.len() != 2 || dims[1] != cols || !cols.is_multiple_of(QK) {
                 return Ok(Err(Unsupported(format!(
                     "{name} has shape {dims:?}, expected [_, {cols}]"
                 ))));

@@ -288,7 +288,7 @@ pub unsafe fn attend_head_avx2(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    assert!(hd % 8 == 0 && hd <= 512 && out.len() >= hd && scores.len() >= n);
+    assert!(hd.is_multiple_of(8) && hd <= 512 && out.len() >= hd && scores.len() >= n);
     assert!(n == 0 || ((n - 1) * stride + off + hd <= k.len().min(v.len())));
     let load_half = |p: *const u16| {
         // SAFETY: callers pass pointers to 8 in-bounds f16 values (asserted above).
