@@ -81,12 +81,17 @@ impl Pool {
             let _guard = s.park.lock();
             s.wake.notify_all();
         }
-        job(0);
+        // The workers hold a pointer to `job`: even if our share panics, wait for them
+        // before the job's frame goes away, then let the panic continue.
+        let ours = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
         while s.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
         if let Ok(mut slot) = s.job.lock() {
             *slot = None;
+        }
+        if let Err(panic) = ours {
+            std::panic::resume_unwind(panic);
         }
     }
 }

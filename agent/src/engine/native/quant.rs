@@ -145,11 +145,15 @@ pub fn attend_head(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let q: Vec<f32> = q.iter().map(|v| f16_to_f32(f32_to_f16(*v))).collect();
+    let round = |v: f32| f16_to_f32(f32_to_f16(v));
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..n].iter_mut().enumerate() {
         let kr = &k[j * stride + off..j * stride + off + hd];
-        let dot: f32 = q.iter().zip(kr).map(|(a, b)| a * f16_to_f32(*b)).sum();
+        let dot: f32 = q
+            .iter()
+            .zip(kr)
+            .map(|(a, b)| round(*a) * f16_to_f32(*b))
+            .sum();
         *s = dot * scale;
         max = max.max(*s);
     }
@@ -161,7 +165,7 @@ pub fn attend_head(
     let inv = 1.0 / sum;
     out[..hd].fill(0.0);
     for (j, s) in scores[..n].iter().enumerate() {
-        let w = f16_to_f32(f32_to_f16(s * inv));
+        let w = round(s * inv);
         let vr = &v[j * stride + off..j * stride + off + hd];
         for (o, x) in out.iter_mut().zip(vr) {
             *o += w * f16_to_f32(*x);
