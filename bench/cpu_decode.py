@@ -11,7 +11,8 @@ Engines: gpuctl's own CPU engine at the best kernel level this CPU has, the same
 AVX2 (GPUCTL_CPU_KERNELS=avx2: what a CPU without AVX-512 runs), and candle 0.11's engine
 (GPUCTL_ENGINE=candle). `--prompt-tokens N` replaces the short chat prompt with N tokens of
 text (prefill-heavy). The physical floor is printed too: memory read bandwidth measured
-here (numpy, one reader per thread) over the GGUF's bytes, read once per token.
+here (`gpuctl-agent membw`: one reader per thread over 1 GiB) over the GGUF's bytes,
+read once per token.
 
 llama.cpp is measured at its best: built for this very CPU (GGML_NATIVE=ON) into a virtual
 environment of the benchmark's own, bench/.llamacpp-native/ (git-ignored, built once, about
@@ -122,23 +123,11 @@ def prompt_ids(n=None):
     return ids[:n]
 
 
-def read_bandwidth(threads):
-    """Bytes per second read from memory, one numpy reader per thread over a 1 GiB array, best
-    of 5 passes (numpy's sum releases the GIL, so the readers run in parallel)."""
-    import threading
-    import numpy as np
-    data = np.ones(256 * 1024 * 1024, dtype=np.float32)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(5):
-        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = max(best, data.nbytes / (time.perf_counter() - t0))
-    return best
+def read_bandwidth(agent, threads):
+    """Bytes per second read from memory: `gpuctl-agent membw` (each thread sums its share of
+    a 1 GiB buffer, best of 5 passes)."""
+    out = subprocess.run([agent, "membw", "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["read_bytes_per_s"]
 
 
 def main():
@@ -210,7 +199,7 @@ def main():
                      min(ttft_ratio), max(ttft_ratio), agree, rs[0].get("engine", "llama.cpp")))
 
     gguf = os.path.getsize(MODEL)
-    bw = read_bandwidth(a.threads)
+    bw = read_bandwidth(a.agent, a.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads {a.threads}; "
           f"prompt {len(ids)} tokens; {a.tokens} greedy tokens (EOS ignored); {a.rounds} rounds")
     print(f"GGUF {gguf / 2**20:.1f} MiB; peak-memory target 1.5x = {1.5 * gguf / 2**20:.0f} MiB")

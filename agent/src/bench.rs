@@ -117,3 +117,41 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1))
         .cloned()
 }
+
+/// `gpuctl-agent membw [--threads N] [--mib M]`: memory read bandwidth, for the benchmarks'
+/// physical floor (a model's bytes read once per token). Each thread sums its share of an
+/// M MiB buffer (default 1024, far beyond any cache); the best of 5 passes, as JSON.
+pub fn membw(args: &[String]) -> anyhow::Result<()> {
+    let threads: usize = flag(args, "--threads")
+        .map(|t| t.parse())
+        .transpose()?
+        .unwrap_or(2)
+        .max(1);
+    let mib: usize = flag(args, "--mib")
+        .map(|t| t.parse())
+        .transpose()?
+        .unwrap_or(1024)
+        .max(1);
+    let data: Vec<u64> = (0..mib * (1 << 17)).map(|i| i as u64).collect();
+    let share = data.len().div_ceil(threads);
+    let mut best = 0f64;
+    let mut check = 0u64;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(share)
+                .map(|part| s.spawn(move || part.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        check = check.wrapping_add(sums.iter().fold(0, |a, v| a.wrapping_add(*v)));
+        best = best.max((data.len() * 8) as f64 / secs);
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "threads": threads, "mib": mib, "read_bytes_per_s": best, "checksum": check })
+    );
+    Ok(())
+}

@@ -26,6 +26,8 @@ commands:
   serve --config FILE   serve the model the config names until its deadline
   bench --model FILE (--prompt-ids IDS | --prompt TEXT) [--tokens N]
                time to first token and decode speed (for bench/)
+  membw [--threads N] [--mib M]
+               memory read bandwidth (for bench/'s physical floor)
   version      print the agent's version and protocol version
   env-report   print the environment report (OS, CPU, memory, disk, GPUs through NVML)
   kernels      print the CPU engine's kernel levels this CPU runs, and the one it picks (JSON)
@@ -112,6 +114,13 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some("membw") => match bench::membw(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("bench") => match bench::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
