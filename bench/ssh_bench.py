@@ -153,12 +153,17 @@ STEPS = {}
 
 
 def parallel(port, path, streams):
-    """`streams` downloads at once (curl, so the client costs little); MiB/s of them all."""
+    """`streams` downloads at once (curl, so the client costs little); MiB/s of them all. A
+    transfer cut short stops the benchmark: its rate would not be a rate."""
     t0 = time.perf_counter()
-    ps = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"]) for _ in range(streams)]
-    for p in ps:
-        p.wait()
-    return 256 * streams / (time.perf_counter() - t0)
+    ps = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{port}{path}"],
+                           stdout=subprocess.PIPE, text=True) for _ in range(streams)]
+    sizes = [int(p.communicate()[0] or 0) for p in ps]
+    took = time.perf_counter() - t0
+    if any(s != 256 << 20 for s in sizes):
+        raise SystemExit(f"{streams} parallel downloads on port {port}: {sum(s != 256 << 20 for s in sizes)} cut short "
+                         f"(bytes: {sizes})")
+    return 256 * streams / took
 
 
 def fetch(port, path, n=1):

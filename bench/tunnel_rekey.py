@@ -2,8 +2,8 @@
 """Eight downloads at once through gpuctl's SSH tunnel, 256 MiB each (2 GiB in all: past
 russh's 1 GiB re-key limit, so the connection re-keys while every channel is busy), against
 a throwaway sshd on 127.0.0.1 (run as root, as the tests do). Prints, per round, how many of
-the eight arrived whole. Before gpuctl opened a 16 MiB channel window, every one of them was
-cut at the re-key (BENCHMARKS.md).
+the eight arrived whole. Before gpuctl opened an 8 MiB channel window, the eight were cut
+together at the re-key in most rounds (BENCHMARKS.md).
 
 usage: bench/tunnel_rekey.py [--rounds 3] [--bin target/release]
 """

@@ -767,7 +767,7 @@ fn eight_concurrent_downloads_through_the_tunnel_outlast_a_key_re_exchange() {
     // windows of channel data between its KEXINIT and the server's: with the default
     // window that cut every transfer of release binaries (bench/ssh_bench.py, which reads
     // fast enough to keep the windows full; this test's dev build does not, so it guards
-    // the behaviour rather than reproducing the old cut); gpuctl's larger window keeps the
+    // the behaviour rather than reproducing the old cut); gpuctl's 8 MiB window keeps the
     // in-flight data under that bound.
     const LEN: usize = 160 << 20;
     const STREAMS: usize = 8;
