@@ -91,58 +91,6 @@ fn usage_of(v: &Value, o: &mut Outcome) {
     }
 }
 
-/// The parts of one SSE chunk the request log keeps; everything else is skipped unread.
-#[derive(serde::Deserialize)]
-struct StreamChunk<'a> {
-    #[serde(borrow, default)]
-    choices: Vec<ChunkChoice<'a>>,
-    #[serde(default)]
-    usage: Option<ChunkUsage>,
-}
-
-#[derive(serde::Deserialize)]
-struct ChunkChoice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<ChunkDelta<'a>>,
-    /// Completions stream `text`, chat streams `delta.content`.
-    #[serde(borrow, default)]
-    text: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ChunkDelta<'a> {
-    #[serde(borrow, default)]
-    content: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ChunkUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-}
-
-impl StreamChunk<'_> {
-    fn record(&self, o: &mut Outcome) {
-        if let Some(choice) = self.choices.first() {
-            let text = choice
-                .delta
-                .as_ref()
-                .and_then(|d| d.content.as_deref())
-                .or(choice.text.as_deref())
-                .unwrap_or("");
-            o.output.push_str(text);
-        }
-        if let Some(u) = &self.usage {
-            if let Some(p) = u.prompt_tokens {
-                o.prompt_tokens = p as usize;
-            }
-            if let Some(c) = u.completion_tokens {
-                o.completion_tokens = c as usize;
-            }
-        }
-    }
-}
-
 pub async fn forward(
     state: Shared,
     up: &Upstream,
@@ -201,24 +149,19 @@ pub async fn forward(
         return (status, [(CONTENT_TYPE, "application/json")], bytes).into_response();
     }
     // Streamed: relay bytes as they come, reading the SSE lines on the way for the log.
-    // Each line is parsed in place into the few fields the log keeps (no tree of values,
-    // no copy of the line): this runs once per token of every stream.
-    let mut pending: Vec<u8> = Vec::new();
+    let mut pending = String::new();
     let relayed = resp.bytes_stream().map(move |chunk| {
         if let Ok(bytes) = &chunk {
-            pending.extend_from_slice(bytes);
-            let mut start = 0;
-            while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-                let line = &pending[start..start + end];
-                start += end + 1;
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if let Some(data) = line.strip_prefix(b"data: ") {
-                    if let Ok(c) = serde_json::from_slice::<StreamChunk>(data) {
-                        c.record(&mut outcome);
+            pending.push_str(&String::from_utf8_lossy(bytes));
+            while let Some(i) = pending.find('\n') {
+                let line: String = pending.drain(..=i).collect();
+                if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                    if let Ok(v) = serde_json::from_str::<Value>(data) {
+                        outcome.output.push_str(text_of(&v));
+                        usage_of(&v, &mut outcome);
                     }
                 }
             }
-            pending.drain(..start);
         }
         chunk
     });
