@@ -11,6 +11,7 @@ counts token chunks without parsing JSON, so it stays cheap next to what it meas
 
 usage: bench/proxy_load.py [--bin target/release] [--tokens 2000] [--rounds 3] [--llama]
 """
+import re
 import argparse, asyncio, json, os, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +31,9 @@ def wait_port(port, timeout=60):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+CONTENT = re.compile(rb'"content": ?"(?!")')
 
 
 def command(llama):
@@ -63,13 +67,14 @@ async def one_stream(port, token, tokens, n):
         if not data:
             break
         buf = tail + data
-        # Token chunks carry a non-empty content; the role chunk's is "".
-        c = buf.count(b'"content":"') - buf.count(b'"content":""')
+        # Token chunks carry a non-empty content; the role chunk's is "". (Servers differ on
+        # the space after the colon: llama.cpp's Python server writes one.)
+        c = len(CONTENT.findall(buf))
         if c and first is None:
             first = time.perf_counter() - t0
         chunks += c
         tail = buf[-16:]
-        chunks -= tail.count(b'"content":"') - tail.count(b'"content":""')
+        chunks -= len(CONTENT.findall(tail))
     w.close()
     return first or float("nan"), chunks
 
