@@ -39,14 +39,17 @@ CONTENT = re.compile(rb'"content": ?"(?!")')
 def command(llama):
     if llama:
         return (f'["python3", "-m", "llama_cpp.server", "--model", "{MODEL}", "--model_alias", "{{model}}", '
-                f'"--host", "{{host}}", "--port", "{{port}}", "--n_threads", "2", "--n_ctx", "8192"]')
+                f'"--host", "{{host}}", "--port", "{{port}}", "--n_threads", "2", "--n_ctx", "8192", '
+                f'"--interrupt_requests", "False"]')
     return f'["python3", "{SERVER}", "{{port}}", "--host", "{{host}}", "--model", "{{model}}"]'
 
 
 def direct_server(llama, port):
     if llama:
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", MODEL, "--model_alias", "synthetic",
-                "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2", "--n_ctx", "8192"]
+                "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2", "--n_ctx", "8192",
+                # By default a new request interrupts the one generating: queue them instead.
+                "--interrupt_requests", "False"]
     else:
         argv = [sys.executable, SERVER, str(port)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
