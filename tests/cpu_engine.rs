@@ -88,6 +88,14 @@ fn the_bundled_eval_passes_at_every_kernel_level_this_cpu_runs() {
 
 const SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
+fn token_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of token ids")
+        .iter()
+        .filter_map(|v| v.as_u64().map(|v| v as u32))
+        .collect()
+}
+
 fn chat_text(prompt: &str) -> String {
     format!(
         "<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -126,15 +134,7 @@ print(json.dumps({"ids": ids, "tokens": out}))
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let ids = |k: &str| -> Vec<u32> {
-        doc[k]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .filter_map(|v| v.as_u64().map(|v| v as u32))
-            .collect()
-    };
-    (ids("ids"), ids("tokens"))
+    (token_ids(&doc["ids"]), token_ids(&doc["tokens"]))
 }
 
 /// The agent's own prompt ids (its tokenizer) and first `n` greedy tokens.
@@ -156,15 +156,7 @@ fn gpuctl_greedy(prompt: &str, n: usize, level: &str) -> (Vec<u32>, Vec<u32>) {
         doc["engine"].as_str().is_some_and(|e| e.contains(level)),
         "{doc}"
     );
-    let ids = |k: &str| -> Vec<u32> {
-        doc[k]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .filter_map(|v| v.as_u64().map(|v| v as u32))
-            .collect()
-    };
-    (ids("prompt_ids"), ids("tokens"))
+    (token_ids(&doc["prompt_ids"]), token_ids(&doc["tokens"]))
 }
 
 #[test]

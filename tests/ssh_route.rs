@@ -359,6 +359,38 @@ fn with_the_controller_killed_the_agent_still_stops_at_its_deadline() {
     assert_eq!(after["session"]["state"], "serving");
 }
 
+/// A plan that serves until stopped (after_eval = false) and forwards a second port to
+/// `remote_port` on the host; returns it with its API ports (local, remote) and the second
+/// port's local end.
+fn serving_plan_with_second_port(
+    ctx: &Ctx,
+    sshd: &Sshd,
+    remote_port: u16,
+) -> (std::path::PathBuf, u16, u16, u16) {
+    let (local, remote, extra) = (free_port(), free_port(), free_port());
+    let plan = ssh_plan(
+        ctx,
+        sshd,
+        local,
+        remote,
+        Some(&sshd.host_fingerprint),
+        &sshd.user,
+    );
+    let text = std::fs::read_to_string(&plan)
+        .expect("read")
+        .replace("after_eval = true", "after_eval = false")
+        .replace(
+            &format!("ports = [{{ local = {local}, remote = {remote} }}]"),
+            &format!("ports = [{{ local = {local}, remote = {remote} }}, {{ local = {extra}, remote = {remote_port} }}]"),
+        );
+    (
+        ctx.write(&format!("ssh-ports-{extra}.toml"), text),
+        local,
+        remote,
+        extra,
+    )
+}
+
 #[test]
 fn every_forwarded_port_is_tunnelled_and_ctrl_c_stops_the_remote_session() {
     let ctx = Ctx::new();
@@ -382,23 +414,7 @@ fn every_forwarded_port_is_tunnelled_and_ctrl_c_stops_the_remote_session() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("http.server");
-    let (local, remote, extra) = (free_port(), free_port(), free_port());
-    let plan = ssh_plan(
-        &ctx,
-        &sshd,
-        local,
-        remote,
-        Some(&sshd.host_fingerprint),
-        &sshd.user,
-    );
-    let text = std::fs::read_to_string(&plan)
-        .expect("read")
-        .replace("after_eval = true", "after_eval = false")
-        .replace(
-            &format!("ports = [{{ local = {local}, remote = {remote} }}]"),
-            &format!("ports = [{{ local = {local}, remote = {remote} }}, {{ local = {extra}, remote = {server_port} }}]"),
-        );
-    let plan = ctx.write("ssh-ports.toml", text);
+    let (plan, local, remote, extra) = serving_plan_with_second_port(&ctx, &sshd, server_port);
     let mut child = ctx
         .command()
         .args(["up", "--json"])
@@ -774,23 +790,7 @@ fn eight_concurrent_downloads_through_the_tunnel_outlast_a_key_re_exchange() {
     let ctx = Ctx::new();
     let sshd = Sshd::start();
     let server_port = bulk_server(LEN, STREAMS);
-    let (local, remote, extra) = (free_port(), free_port(), free_port());
-    let plan = ssh_plan(
-        &ctx,
-        &sshd,
-        local,
-        remote,
-        Some(&sshd.host_fingerprint),
-        &sshd.user,
-    );
-    let text = std::fs::read_to_string(&plan)
-        .expect("read")
-        .replace("after_eval = true", "after_eval = false")
-        .replace(
-            &format!("ports = [{{ local = {local}, remote = {remote} }}]"),
-            &format!("ports = [{{ local = {local}, remote = {remote} }}, {{ local = {extra}, remote = {server_port} }}]"),
-        );
-    let plan = ctx.write("ssh-bulk.toml", text);
+    let (plan, _, _, extra) = serving_plan_with_second_port(&ctx, &sshd, server_port);
     let (mut child, _id) = common::up_until_serving(ctx.command(), &plan);
     let downloads: Vec<_> = (0..STREAMS)
         .map(|_| {

@@ -30,7 +30,7 @@ const PREFILL_CHUNK: usize = 128;
 /// The KV cache grows in steps of this many positions.
 const CACHE_STEP: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Config {
     dim: usize,
     layers: usize,
@@ -85,11 +85,23 @@ struct Scratch {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     hidden: Vec<f32>,
-    acts_q8_1: Vec<BlockQ8_1>,
-    acts_q8_0: Vec<BlockQ8_0>,
+    acts: Acts,
     /// Attention scores, one row of the cache's capacity per thread.
     scores: Vec<f32>,
     rope: Vec<(f32, f32)>,
+}
+
+/// A matmul's input quantized once: Q8_1 for Q4_1 weights, Q8_0 for Q8_0 weights.
+#[derive(Default)]
+struct Acts {
+    q8_1: Vec<BlockQ8_1>,
+    q8_0: Vec<BlockQ8_0>,
+}
+
+/// The kernels of this CPU and the threads that run them.
+struct Cpu {
+    kernels: Kernels,
+    pool: Pool,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
@@ -110,8 +122,7 @@ struct KvCache {
 
 pub struct NativeLlama {
     cfg: Config,
-    kernels: Kernels,
-    pool: Pool,
+    cpu: Cpu,
     embed: Matrix,
     /// None: the output projection is the embedding (tied weights).
     output: Option<Matrix>,
@@ -339,8 +350,10 @@ impl NativeLlama {
         Ok(Ok(NativeLlama {
             logits: vec![0f32; cfg.vocab],
             cfg,
-            kernels: Kernels::new(level)?,
-            pool: Pool::new(threads),
+            cpu: Cpu {
+                kernels: Kernels::new(level)?,
+                pool: Pool::new(threads),
+            },
             embed,
             output,
             output_norm,
@@ -351,11 +364,11 @@ impl NativeLlama {
     }
 
     pub fn level(&self) -> Level {
-        self.kernels.level()
+        self.cpu.kernels.level()
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.threads()
+        self.cpu.pool.threads()
     }
 
     /// Room in the KV cache for `positions` in all (kept across requests; the positions
@@ -377,7 +390,7 @@ impl NativeLlama {
         self.cache.k = regrow(&self.cache.k);
         self.cache.v = regrow(&self.cache.v);
         self.cache.capacity = cap;
-        self.scratch.scores = vec![0f32; self.pool.threads() * cap];
+        self.scratch.scores = vec![0f32; self.cpu.pool.threads() * cap];
     }
 
     /// Feed `tokens` at positions `pos..`; the logits of the last one.
@@ -399,7 +412,7 @@ impl NativeLlama {
     }
 
     fn chunk(&mut self, tokens: &[u32], pos: usize) {
-        let c = self.cfg.clone();
+        let c = self.cfg;
         let m = tokens.len();
         let s = &mut self.scratch;
         grow(&mut s.x, m * c.dim);
@@ -422,15 +435,7 @@ impl NativeLlama {
             let layer = &self.layers[l];
             let s = &mut self.scratch;
             rms_norm(&s.x[..m * c.dim], &layer.attn_norm, c.eps, &mut s.xn);
-            matmul(
-                &self.kernels,
-                &self.pool,
-                &layer.qkv,
-                &s.xn,
-                m,
-                (&mut s.acts_q8_1, &mut s.acts_q8_0),
-                &mut s.qkv,
-            );
+            matmul(&self.cpu, &layer.qkv, &s.xn, m, &mut s.acts, &mut s.qkv);
             apply_rope(&c, m, &s.rope, &mut s.qkv);
             // Keys and values into the cache at their positions.
             let cap = self.cache.capacity;
@@ -450,8 +455,7 @@ impl NativeLlama {
             }
             attention(
                 &c,
-                &self.kernels,
-                &self.pool,
+                &self.cpu,
                 AttentionInput {
                     qkv: &s.qkv,
                     k: &self.cache.k[l * cap * kv..(l + 1) * cap * kv],
@@ -463,24 +467,15 @@ impl NativeLlama {
                 cap,
                 &mut s.attn,
             );
-            matmul(
-                &self.kernels,
-                &self.pool,
-                &layer.wo,
-                &s.attn,
-                m,
-                (&mut s.acts_q8_1, &mut s.acts_q8_0),
-                &mut s.proj,
-            );
+            matmul(&self.cpu, &layer.wo, &s.attn, m, &mut s.acts, &mut s.proj);
             add(&mut s.x[..m * c.dim], &s.proj[..m * c.dim]);
             rms_norm(&s.x[..m * c.dim], &layer.ffn_norm, c.eps, &mut s.xn);
             matmul(
-                &self.kernels,
-                &self.pool,
+                &self.cpu,
                 &layer.gate_up,
                 &s.xn,
                 m,
-                (&mut s.acts_q8_1, &mut s.acts_q8_0),
+                &mut s.acts,
                 &mut s.gate_up,
             );
             for t in 0..m {
@@ -495,12 +490,11 @@ impl NativeLlama {
                 }
             }
             matmul(
-                &self.kernels,
-                &self.pool,
+                &self.cpu,
                 &layer.down,
                 &s.hidden,
                 m,
-                (&mut s.acts_q8_1, &mut s.acts_q8_0),
+                &mut s.acts,
                 &mut s.proj,
             );
             add(&mut s.x[..m * c.dim], &s.proj[..m * c.dim]);
@@ -510,15 +504,7 @@ impl NativeLlama {
         let last = &s.x[(m - 1) * c.dim..m * c.dim];
         rms_norm(last, &self.output_norm, c.eps, &mut s.xn);
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        matmul(
-            &self.kernels,
-            &self.pool,
-            head,
-            &s.xn,
-            1,
-            (&mut s.acts_q8_1, &mut s.acts_q8_0),
-            &mut self.logits,
-        );
+        matmul(&self.cpu, head, &s.xn, 1, &mut s.acts, &mut self.logits);
     }
 }
 
@@ -579,34 +565,27 @@ fn apply_rope(c: &Config, m: usize, table: &[(f32, f32)], qkv: &mut [f32]) {
 }
 
 /// out[m, rows] = x[m, cols] times w's rows: x quantized once, rows split over the pool.
-fn matmul(
-    kernels: &Kernels,
-    pool: &Pool,
-    w: &Matrix,
-    x: &[f32],
-    m: usize,
-    acts: (&mut Vec<BlockQ8_1>, &mut Vec<BlockQ8_0>),
-    out: &mut [f32],
-) {
+fn matmul(cpu: &Cpu, w: &Matrix, x: &[f32], m: usize, acts: &mut Acts, out: &mut [f32]) {
+    let (kernels, pool) = (&cpu.kernels, &cpu.pool);
     let bpr = w.cols / QK;
     let x = &x[..m * w.cols];
     let out = Out::new(&mut out[..m * w.rows], w.rows);
     let threads = pool.threads();
     match &w.blocks {
         Blocks::Q4_1(b) => {
-            grow(acts.0, m * bpr);
-            quantize_rows(pool, x, w.cols, &mut acts.0[..m * bpr], |x, y| {
+            grow(&mut acts.q8_1, m * bpr);
+            quantize_rows(pool, x, w.cols, &mut acts.q8_1[..m * bpr], |x, y| {
                 kernels.quantize_q8_1(x, y)
             });
-            let a = &acts.0[..m * bpr];
+            let a = &acts.q8_1[..m * bpr];
             pool.run(&|i| kernels.q4_1_rows(b, bpr, a, m, share(w.rows, i, threads, 8), out));
         }
         Blocks::Q8_0(b) => {
-            grow(acts.1, m * bpr);
-            quantize_rows(pool, x, w.cols, &mut acts.1[..m * bpr], |x, y| {
+            grow(&mut acts.q8_0, m * bpr);
+            quantize_rows(pool, x, w.cols, &mut acts.q8_0[..m * bpr], |x, y| {
                 kernels.quantize_q8_0(x, y)
             });
-            let a = &acts.1[..m * bpr];
+            let a = &acts.q8_0[..m * bpr];
             pool.run(&|i| kernels.q8_0_rows(b, bpr, a, m, share(w.rows, i, threads, 8), out));
         }
     }
@@ -651,13 +630,13 @@ struct AttentionInput<'a> {
 /// over the pool. Grouped-query: `heads / kv_heads` query heads share a key/value head.
 fn attention(
     c: &Config,
-    kernels: &Kernels,
-    pool: &Pool,
+    cpu: &Cpu,
     inp: AttentionInput,
     scores: &mut [f32],
     cap: usize,
     out: &mut [f32],
 ) {
+    let (kernels, pool) = (&cpu.kernels, &cpu.pool);
     let (hd, kv, group) = (c.head_dim, c.kv_dim(), c.heads / c.kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let items = inp.m * c.heads;
