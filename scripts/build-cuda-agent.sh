@@ -33,8 +33,10 @@ mkdir -p "$L"
 for lib in nvrtc.so.13 curand.so.10 cublas.so.13 cublasLt.so.13 cudart.so.13; do
   ln -sf "$CUDA/lib/lib$lib" "$L/lib${lib%%.so*}.so"
 done
-# candle links the driver API directly: a stub libcuda.so.1 with the same symbols.
+# candle links the driver API directly: a stub libcuda.so.1 with the same symbols, read
+# from cudarc's source (fetched first: a fresh machine has not downloaded it yet).
 if [ ! -f "$L/libcuda.so" ]; then
+  cargo fetch --locked
   grep -rhoE '\bcu[A-Z][A-Za-z0-9_]+\b' ~/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/*.rs 2>/dev/null \
     | sort -u | awk '{print "void " $1 "(void) {}"}' > "$L/cuda_stub.c"
   gcc -shared -fPIC -o "$L/libcuda.so" -Wl,-soname,libcuda.so.1 "$L/cuda_stub.c"

@@ -1,5 +1,8 @@
 //! `gpuctl-agent bench --model FILE --prompt-ids 1,2,3 --tokens 128`: time to first token
 //! and decode speed of the candle path on exactly the token ids given, for `bench/`.
+//! `--prompt-ids` and `--prompt` may be given several times and `--rounds N` repeats them
+//! all: the model loads once (a 7B model takes seconds to load) and one JSON line is
+//! printed per prompt and round, the first round being the warm-up a GPU needs.
 
 use std::path::PathBuf;
 
@@ -9,24 +12,24 @@ use crate::engine::CandleModel;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut model = None;
-    let mut ids = None;
-    let mut text = None;
+    let mut prompts: Vec<PromptArg> = Vec::new();
     let mut tokens = 128usize;
+    let mut rounds = 1usize;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--model" => model = Some(PathBuf::from(value)),
-            "--prompt-ids" => {
-                ids = Some(
-                    value
-                        .split(',')
-                        .map(|s| s.trim().parse::<u32>())
-                        .collect::<Result<Vec<_>, _>>()?,
-                )
-            }
-            "--prompt" => text = Some(value.clone()),
-            "--tokens" => tokens = value.parse()?,
+            "--prompt-ids" => prompts.push(PromptArg::Ids(
+                value
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--prompt-ids takes token ids separated by commas")?,
+            )),
+            "--prompt" => prompts.push(PromptArg::Text(value.clone())),
+            "--tokens" => tokens = value.parse().context("--tokens takes a count")?,
+            "--rounds" => rounds = value.parse().context("--rounds takes a count")?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -34,27 +37,42 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut m = CandleModel::load(&model_path)?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let prompt = match (ids, text) {
-        (Some(ids), _) => ids,
-        (None, Some(t)) => m.tokenize(&t)?,
-        (None, None) => bail!("give --prompt-ids or --prompt"),
-    };
-    let run = m.bench(&prompt, tokens)?;
-    let decode_s = run.decode.as_secs_f64();
-    let out = serde_json::json!({
-        "engine": m.engine(),
-        "load_ms": load_ms,
-        "prompt_tokens": prompt.len(),
-        "prompt_ids": prompt,
-        "generated": run.generated,
-        "ttft_ms": run.ttft.as_secs_f64() * 1000.0,
-        "decode_tok_s": if decode_s > 0.0 { (run.generated - 1) as f64 / decode_s } else { 0.0 },
-        "peak_rss_kib": peak_rss_kib(),
-        "tokens": run.tokens,
-        "first_top": run.first_top,
-    });
-    println!("{out}");
+    if prompts.is_empty() {
+        bail!("give --prompt-ids or --prompt");
+    }
+    let prompts = prompts
+        .into_iter()
+        .map(|p| match p {
+            PromptArg::Ids(ids) => Ok(ids),
+            PromptArg::Text(t) => m.tokenize(&t),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for round in 0..rounds.max(1) {
+        for prompt in &prompts {
+            let run = m.bench(prompt, tokens)?;
+            let decode_s = run.decode.as_secs_f64();
+            let out = serde_json::json!({
+                "engine": m.engine(),
+                "round": round,
+                "load_ms": load_ms,
+                "prompt_tokens": prompt.len(),
+                "prompt_ids": prompt,
+                "generated": run.generated,
+                "ttft_ms": run.ttft.as_secs_f64() * 1000.0,
+                "decode_tok_s": if decode_s > 0.0 { (run.generated - 1) as f64 / decode_s } else { 0.0 },
+                "peak_rss_kib": peak_rss_kib(),
+                "tokens": run.tokens,
+                "first_top": run.first_top,
+            });
+            println!("{out}");
+        }
+    }
     Ok(())
+}
+
+enum PromptArg {
+    Ids(Vec<u32>),
+    Text(String),
 }
 
 fn peak_rss_kib() -> Option<u64> {

@@ -14,6 +14,7 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use candle_transformers::models::{llama, qwen2};
 use tokenizers::Tokenizer;
 
+use super::decoder::Decoder;
 use super::native::{Level as KernelLevel, NativeLlama};
 use super::template::ChatTemplate;
 use super::{apply_stop, safe_prefix_len, Backend, EngineError, FinishReason, GenParams, Prompt};
@@ -25,30 +26,38 @@ pub(super) enum Net {
     Gguf(Box<ModelWeights>),
     Llama(Box<LlamaNet>),
     Qwen2(Box<qwen2::ModelForCausalLM>),
+    /// gpuctl's few-launch decoder for llama / qwen2 safetensors (`decoder.rs`).
+    Decoder(Box<Decoder>),
 }
 
 pub(super) struct LlamaNet {
     pub model: llama::Llama,
     pub cache: llama::Cache,
     pub config: llama::Config,
+    /// What its KV cache holds: the weights' dtype.
+    pub dtype: DType,
 }
 
 impl Net {
     fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
-            Net::Native(_) => {} // positions restart at 0; the cache is overwritten
+            // Positions restart at 0; the cache is overwritten.
+            Net::Native(_) | Net::Decoder(_) => {}
             Net::Gguf(w) => w.clear_kv_cache(),
-            Net::Llama(l) => l.cache = llama::Cache::new(true, DType::F32, &l.config, device)?,
+            Net::Llama(l) => l.cache = llama::Cache::new(true, l.dtype, &l.config, device)?,
             Net::Qwen2(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
 
     /// Room for `positions` tokens in all, before a generation starts.
-    fn reserve(&mut self, positions: usize) {
-        if let Net::Native(n) = self {
-            n.reserve(positions);
+    fn reserve(&mut self, positions: usize) -> candle_core::Result<()> {
+        match self {
+            Net::Native(n) => n.reserve(positions),
+            Net::Decoder(d) => d.reserve(positions)?,
+            _ => {}
         }
+        Ok(())
     }
 
     /// Logits of the last position, as a flat f32 vector tensor.
@@ -64,12 +73,15 @@ impl Net {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             return Tensor::from_slice(logits, logits.len(), &Device::Cpu);
         }
+        if let Net::Decoder(d) = self {
+            return d.forward(input, pos);
+        }
         let x = Tensor::new(input, device)?.unsqueeze(0)?;
         let logits = match self {
             Net::Gguf(w) => w.forward(&x, pos)?,
             Net::Llama(l) => l.model.forward(&x, pos, &mut l.cache)?,
             Net::Qwen2(m) => m.forward(&x, pos)?,
-            Net::Native(_) => unreachable!("handled above"),
+            Net::Native(_) | Net::Decoder(_) => unreachable!("handled above"),
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -220,6 +232,14 @@ fn native_engine(
     }
 }
 
+fn device_name(device: &Device) -> &'static str {
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
 /// CUDA device 0 when built with the `cuda` feature and a GPU answers, else the CPU;
 /// `GPUCTL_DEVICE=cpu` forces the CPU (to compare the two on one host).
 pub fn device() -> anyhow::Result<Device> {
@@ -337,6 +357,16 @@ impl Backend for CandleModel {
         self.context_length
     }
 
+    fn on_engine_thread(&mut self) -> Result<(), EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            d.cuda_stream().context().bind_to_thread().map_err(|e| {
+                EngineError::Internal(format!("cannot use the GPU from the engine thread: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
     fn encode(&self, prompt: &Prompt) -> Result<(String, Vec<u32>), EngineError> {
         let text = match prompt {
             Prompt::Chat(messages) => self
@@ -377,7 +407,9 @@ impl Backend for CandleModel {
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
         let internal = |e: candle_core::Error| EngineError::Internal(e.to_string());
         self.weights.reset(&self.device).map_err(internal)?;
-        self.weights.reserve(prompt.len() + params.max_tokens);
+        self.weights
+            .reserve(prompt.len() + params.max_tokens)
+            .map_err(internal)?;
         let mut logits = self.step(prompt, 0)?;
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
@@ -435,7 +467,8 @@ impl CandleModel {
     pub fn engine(&self) -> String {
         match &self.weights {
             Net::Native(n) => format!("native ({}, {} threads)", n.level().name(), n.threads()),
-            _ => "candle".to_string(),
+            Net::Decoder(d) => format!("decoder ({:?}, {})", d.dtype(), device_name(&self.device)),
+            _ => format!("candle ({})", device_name(&self.device)),
         }
     }
 
@@ -459,7 +492,7 @@ impl CandleModel {
                 .unwrap_or(0))
         };
         self.weights.reset(&self.device)?;
-        self.weights.reserve(prompt.len() + n);
+        self.weights.reserve(prompt.len() + n)?;
         let start = std::time::Instant::now();
         let logits = self.step(prompt, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut next = argmax(&logits)?;

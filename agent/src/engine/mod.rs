@@ -3,6 +3,7 @@
 //! and the model never sits behind a lock on the async runtime.
 
 mod candle;
+mod decoder;
 mod native;
 mod safetensors;
 mod template;
@@ -97,6 +98,13 @@ pub struct Job {
 /// What a loaded model offers the engine loop.
 pub trait Backend: Send + 'static {
     fn context_length(&self) -> usize;
+    /// Called first on the engine's own thread, which is not the one that loaded the model:
+    /// a CUDA context is current per thread, and candle's quantized kernels do not make it
+    /// current themselves (without this, a GGUF served on a GPU failed its first request with
+    /// CUDA_ERROR_INVALID_CONTEXT).
+    fn on_engine_thread(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Render the prompt (chat template for chat) and tokenize it.
     fn encode(&self, prompt: &Prompt) -> Result<(String, Vec<u32>), EngineError>;
     /// One short generation, so that the first request does not pay for kernel loading
@@ -175,7 +183,12 @@ pub fn spawn(mut backend: impl Backend) -> EngineHandle {
     let thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
+            let ready = backend.on_engine_thread();
             while let Some(Work::Job(job)) = rx.blocking_recv() {
+                if let Err(e) = &ready {
+                    let _ = job.events.blocking_send(GenEvent::Failed(e.clone()));
+                    continue;
+                }
                 if flag.load(Ordering::SeqCst) {
                     let _ = job
                         .events

@@ -1,11 +1,10 @@
 //! A llama or qwen2 model from a Hugging Face style folder: config.json, tokenizer.json,
 //! tokenizer_config.json (its chat template) and one or more *.safetensors files.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
 use serde_json::Value;
@@ -36,8 +35,101 @@ fn token_string(v: &Value) -> Option<String> {
         .or_else(|| v["content"].as_str().map(str::to_string))
 }
 
+/// What the weights are computed in. On the CPU f32 (candle's CPU kernels are fastest
+/// there); on a GPU the checkpoint's own floating type, so a bf16 7B model takes 15 GB of
+/// VRAM, not 30. `GPUCTL_DTYPE=f32|bf16|f16` overrides both.
+fn serving_dtype(files: &[PathBuf], device: &Device) -> anyhow::Result<DType> {
+    if let Ok(name) = std::env::var("GPUCTL_DTYPE") {
+        return match name.as_str() {
+            "f32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            other => {
+                bail!("GPUCTL_DTYPE={other:?} is not a dtype gpuctl serves; use f32, bf16 or f16")
+            }
+        };
+    }
+    if device.is_cpu() {
+        return Ok(DType::F32);
+    }
+    Ok(checkpoint_dtype(&files[0])?.unwrap_or(DType::F32))
+}
+
+/// The floating type of the first floating tensor in a safetensors file, read from its
+/// JSON header alone (8 bytes of length, then the header).
+fn checkpoint_dtype(file: &Path) -> anyhow::Result<Option<DType>> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{} is not a safetensors file", file.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!(
+            "{}: a header of {len} bytes is not a safetensors header",
+            file.display()
+        );
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: the header is cut short", file.display()))?;
+    let header: Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: the header is not JSON", file.display()))?;
+    let found = header
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find_map(|(name, t)| {
+            if name == "__metadata__" {
+                return None;
+            }
+            match t["dtype"].as_str()? {
+                "BF16" => Some(DType::BF16),
+                "F16" => Some(DType::F16),
+                "F32" | "F64" => Some(DType::F32),
+                _ => None,
+            }
+        });
+    Ok(found)
+}
+
+/// transformers 5 writes `rope_theta` inside `rope_parameters` and a null `sliding_window`
+/// when the window is off; candle reads the 4.x layout, and for llama would silently take
+/// its default theta. Lift both to the old places so either layout serves correctly.
+fn normalize_config(config: &mut Value) {
+    let Some(map) = config.as_object_mut() else {
+        return;
+    };
+    if !map.contains_key("rope_theta") {
+        if let Some(theta) = map
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .cloned()
+        {
+            map.insert("rope_theta".into(), theta);
+        }
+    }
+    if map.get("sliding_window").is_some_and(Value::is_null) {
+        let context = map
+            .get("max_position_embeddings")
+            .cloned()
+            .unwrap_or(Value::from(32768));
+        map.insert("sliding_window".into(), context);
+    }
+    if !map.contains_key("max_window_layers") {
+        if let Some(layers) = map.get("num_hidden_layers").cloned() {
+            map.insert("max_window_layers".into(), layers);
+        }
+    }
+    if !map.contains_key("use_sliding_window") {
+        map.insert("use_sliding_window".into(), Value::Bool(false));
+    }
+}
+
 pub(super) fn load(dir: &Path) -> anyhow::Result<Loaded> {
-    let config = read_json(&dir.join("config.json"))?;
+    let mut config = read_json(&dir.join("config.json"))?;
+    normalize_config(&mut config);
     let model_type = config["model_type"]
         .as_str()
         .unwrap_or_default()
@@ -84,28 +176,30 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Loaded> {
     if files.is_empty() {
         bail!("{} holds no *.safetensors file", dir.display());
     }
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for f in &files {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let loaded = candle_core::safetensors::load_buffer(&bytes, &device)
-            .with_context(|| format!("{} is not a safetensors file", f.display()))?;
-        for (name, t) in loaded {
-            tensors.insert(name, t.to_dtype(DType::F32)?);
-        }
-    }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+    let dtype = serving_dtype(&files, &device)?;
+    // SAFETY: the weight files are mapped read-only and must not change while they are
+    // served; a model folder is written once, before `up`, and never edited in place.
+    #[allow(unsafe_code)]
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+        .with_context(|| format!("cannot map the *.safetensors files in {}", dir.display()))?;
     let context_length = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+    let decoder = match model_type.as_str() {
+        "llama" | "qwen2" => super::decoder::try_load(&config, &model_type, &vb)?,
+        _ => None,
+    };
     let net = match model_type.as_str() {
+        _ if decoder.is_some() => Net::Decoder(Box::new(decoder.context("checked above")?)),
         "llama" => {
             let cfg: llama::LlamaConfig = serde_json::from_value(config.clone())
                 .context("config.json is not a llama config")?;
             let cfg = cfg.into_config(false);
             let model = llama::Llama::load(vb, &cfg).context("cannot load the llama weights")?;
-            let cache = llama::Cache::new(true, DType::F32, &cfg, &device)?;
+            let cache = llama::Cache::new(true, dtype, &cfg, &device)?;
             Net::Llama(Box::new(LlamaNet {
                 model,
                 cache,
                 config: cfg,
+                dtype,
             }))
         }
         "qwen2" => {
@@ -136,6 +230,8 @@ mod tests {
     use crate::engine::{Backend, CandleModel, ChatMessage, FinishReason, GenParams, Prompt};
     use candle_core::quantized::gguf_file;
     use candle_core::quantized::tokenizer::TokenizerFromGguf;
+    use candle_core::Tensor;
+    use std::collections::HashMap;
 
     /// A tiny random model of `model_type` in a temp folder, with the default model's real tokenizer.
     fn tiny_model(model_type: &str) -> tempfile::TempDir {
@@ -164,8 +260,15 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write");
         let dev = Device::Cpu;
         let mut w: HashMap<String, Tensor> = HashMap::new();
+        // Norm weights near 1 and projections near 1/sqrt(width), as in a trained model,
+        // so the logits spread enough for the decoder test to see a difference.
         let mut add = |name: String, shape: &[usize]| {
-            w.insert(name, Tensor::randn(0f32, 0.02, shape, &dev).expect("randn"));
+            let (mean, std) = if name.contains("norm") {
+                (1f32, 0.1)
+            } else {
+                (0f32, 0.15)
+            };
+            w.insert(name, Tensor::randn(mean, std, shape, &dev).expect("randn"));
         };
         add("model.embed_tokens.weight".into(), &[vocab, 64]);
         add("model.norm.weight".into(), &[64]);
@@ -223,6 +326,111 @@ mod tests {
                 "{model_type}: {finish:?} {n}"
             );
         }
+    }
+
+    /// candle's own model, one forward step: token ids at a position to flat logits.
+    type Reference = Box<dyn FnMut(&[u32], usize) -> candle_core::Result<Tensor>>;
+
+    /// gpuctl's decoder gives candle's own models' logits, prompt and decode steps alike.
+    #[test]
+    fn the_decoder_matches_candles_llama_and_qwen2() {
+        for model_type in ["llama", "qwen2"] {
+            let dir = tiny_model(model_type);
+            let mut config = read_json(&dir.path().join("config.json")).expect("config");
+            normalize_config(&mut config);
+            let files = vec![dir.path().join("model.safetensors")];
+            let dev = Device::Cpu;
+            #[allow(unsafe_code)]
+            // SAFETY: the test's own file, not changed while mapped.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &dev) }
+                .expect("vb");
+            let mut ours = crate::engine::decoder::try_load(&config, model_type, &vb)
+                .expect("load")
+                .expect("served by the decoder");
+            let mut theirs: Reference = if model_type == "qwen2" {
+                let cfg: qwen2::Config = serde_json::from_value(config.clone()).expect("cfg");
+                let mut m = qwen2::ModelForCausalLM::new(&cfg, vb.clone()).expect("qwen2");
+                Box::new(move |ids, pos| {
+                    let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+                    m.forward(&x, pos)?.flatten_all()
+                })
+            } else {
+                let cfg: llama::LlamaConfig = serde_json::from_value(config.clone()).expect("cfg");
+                let cfg = cfg.into_config(false);
+                let m = llama::Llama::load(vb.clone(), &cfg).expect("llama");
+                let mut cache = llama::Cache::new(true, DType::F32, &cfg, &dev).expect("cache");
+                Box::new(move |ids, pos| {
+                    let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+                    m.forward(&x, pos, &mut cache)?.flatten_all()
+                })
+            };
+            let steps: [&[u32]; 5] = [&[1, 42, 7, 300, 9], &[11], &[4000], &[17, 5, 6], &[8]];
+            let mut pos = 0;
+            for (n, ids) in steps.into_iter().enumerate() {
+                // Whole, then in chunks of 2 tokens: the same logits either way.
+                ours.set_prefill_chunk(if n == 0 || n == 3 { 2 } else { 2048 });
+                let a: Vec<f32> = ours
+                    .forward(ids, pos)
+                    .expect("ours")
+                    .to_vec1()
+                    .expect("vec");
+                let b: Vec<f32> = theirs(ids, pos)
+                    .and_then(|t| t.to_vec1())
+                    .expect("reference");
+                assert_eq!(a.len(), b.len());
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                let spread = b.iter().fold(f32::MIN, |m, x| m.max(*x))
+                    - b.iter().fold(f32::MAX, |m, x| m.min(*x));
+                assert!(
+                    spread > 0.05,
+                    "{model_type}: logits too flat to compare ({spread})"
+                );
+                assert!(
+                    worst < 1e-4 * spread,
+                    "{model_type} at position {pos}: logits differ by {worst} (spread {spread})"
+                );
+                pos += ids.len();
+            }
+        }
+    }
+
+    #[test]
+    fn a_transformers_5_config_reads_as_candle_expects() {
+        let mut config = serde_json::json!({
+            "model_type": "qwen2", "num_hidden_layers": 28, "max_position_embeddings": 32768,
+            "rope_parameters": { "rope_type": "default", "rope_theta": 1000000.0 },
+            "sliding_window": null,
+        });
+        normalize_config(&mut config);
+        assert_eq!(config["rope_theta"], 1000000.0);
+        assert_eq!(config["sliding_window"], 32768);
+        assert_eq!(config["max_window_layers"], 28);
+        assert_eq!(config["use_sliding_window"], false);
+        let mut old = serde_json::json!({ "rope_theta": 10000.0, "sliding_window": 4096 });
+        normalize_config(&mut old);
+        assert_eq!(old["rope_theta"], 10000.0);
+        assert_eq!(old["sliding_window"], 4096);
+    }
+
+    #[test]
+    fn a_gpu_serves_the_checkpoints_own_dtype_and_the_cpu_f32() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("model.safetensors");
+        let mut w = HashMap::new();
+        let t = Tensor::zeros((2, 2), DType::BF16, &Device::Cpu).expect("zeros");
+        w.insert("model.norm.weight".to_string(), t);
+        candle_core::safetensors::save(&w, &file).expect("save");
+        assert_eq!(checkpoint_dtype(&file).expect("header"), Some(DType::BF16));
+        assert_eq!(
+            serving_dtype(std::slice::from_ref(&file), &Device::Cpu).expect("dtype"),
+            DType::F32
+        );
+        std::fs::write(&file, b"\x05\0\0\0\0\0\0\0{}").expect("write");
+        assert!(checkpoint_dtype(&file).is_err(), "a cut-short header");
     }
 
     #[test]
