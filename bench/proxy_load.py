@@ -9,7 +9,10 @@ it supervised under `gpuctl up` (runtime = "command"); "direct" is a second inst
 same server on its own port. One client (asyncio, raw HTTP/1.1) drives both paths; it
 counts token chunks without parsing JSON, so it stays cheap next to what it measures.
 
-usage: bench/proxy_load.py [--bin target/release] [--tokens 2000] [--rounds 3] [--llama]
+usage: bench/proxy_load.py [--bin target/release] [--tokens 2000] [--rounds 3] [--llama] [--soak N]
+
+--soak N: after the table, N more rounds of 64 streams through the agent, the agent's RSS
+after each: whether its memory levels off (a high-water mark) or keeps growing (a leak).
 """
 import re
 import argparse, asyncio, json, os, socket, statistics, subprocess, sys, tempfile, time
@@ -115,6 +118,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llama", action="store_true")
+    ap.add_argument("--soak", type=int, default=0, help="further rounds of 64 streams, RSS after each")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
     home = os.path.join(d, "home")
@@ -183,6 +187,10 @@ max_tokens = 8
                          pct(ttft["direct"], 99) * 1000, pct(ttft["agent"], 99) * 1000,
                          cpu / (a.rounds * streams * a.tokens) * 1e6))
         rss1 = rss_kib(pid)
+        soak = []
+        for _ in range(a.soak):
+            asyncio.run(load(port, token, 64, a.tokens))
+            soak.append(rss_kib(pid) / 1024)
     finally:
         direct.terminate(); direct.wait()
         subprocess.run([os.path.join(a.bin, "gpuctl"), "down", sid], env=env, capture_output=True)
@@ -194,6 +202,8 @@ max_tokens = 8
     for s, td, ta, d50, a50, d99, a99, us in rows:
         print(f"| {s} | {td:.0f} | {ta:.0f} | {ta / td:.2f}x | {d50:.1f} / {a50:.1f} ms | {d99:.1f} / {a99:.1f} ms | {a99 - d99:+.1f} ms | {us:.1f} µs |")
     print(f"agent RSS: {rss0 / 1024:.1f} MiB after start, {rss1 / 1024:.1f} MiB after {a.rounds * (1 + 16 + 64)} streams")
+    if soak:
+        print("agent RSS after each further round of 64 streams (MiB): " + ", ".join(f"{r:.1f}" for r in soak))
 
 
 if __name__ == "__main__":

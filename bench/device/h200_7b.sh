@@ -9,7 +9,8 @@
 # assets/ (tokenizer.json, tokenizer_config.json from `gpuctl-agent export-tokenizer`), and
 # optionally gguf.part* (kept in /tmp/persist for bench/device/h200_gguf.sh).
 # Each step is bounded; a step that fails is written down and the run goes on.
-# VARIANTS (default "decoder candle") picks the engines the bench compares.
+# VARIANTS (default "decoder candle") picks the engines the bench compares; STEPS (default
+# "floor model session bench concurrency eager") the parts that run, in that order.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/h200
@@ -31,15 +32,18 @@ say "host: $(nproc) cores, $(. /etc/os-release; echo "$PRETTY_NAME"), python $(p
 "$W/bin/gpuctl-agent" env-report > "$D/env_report.txt" 2>&1
 
 pack
+floor() {
 say "## HBM floor: device-to-device copy"
 $HF copy | tee "$D/copy.json" | tee -a "$R"
 
-pack
+}
+model() {
 say "## model (random bf16 weights, Qwen2.5-7B shapes, the carried 49,152-token tokenizer)"
 timeout 300 python3 bench/device/make_model.py .device/assets "$M" --shape qwen2.5-7b 2>"$D/make_model.err" | tee "$D/model.json" | tee -a "$R"
 du -sb "$M" | tee -a "$R"
 
-pack
+}
+session() {
 say "## session: gpuctl up, candle on CUDA, bf16"
 p=$(port)
 LONG=$(python3 -c 'print(("The history of the printing press begins in the fifteenth century, when movable type, oil-based inks and the screw press came together in Mainz. " * 70).strip())')
@@ -87,32 +91,37 @@ if [ -n "$B" ]; then
   tail -n +2 "$B/gpu_metrics.csv" | head -3 | tee -a "$R"
 fi
 
-pack
+}
+bench() {
 say "## bench: TTFT at 128 and 2,048 prompt tokens, 256 greedy tokens (round 0 warms up)"
-# decoder: gpuctl's (agent/src/engine/decoder.rs, the default); decoder-matvec: the same with
-# GPUCTL_MATVEC=weights; candle: candle-transformers' qwen2 (GPUCTL_ENGINE=candle).
+# decoder: gpuctl's (agent/src/engine/decoder.rs, the default); candle: candle-transformers'
+# qwen2 (GPUCTL_ENGINE=candle).
 say "variants: ${VARIANTS:=decoder candle}"
 for engine in $VARIANTS; do
   nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 200 > "$D/bench_vram_$engine.csv" &
   SMI=$!
   [ $engine = candle ] && export GPUCTL_ENGINE=candle
-  [ $engine = decoder-matvec ] && export GPUCTL_MATVEC=weights
   timeout 200 "$W/bin/gpuctl-agent" bench --model "$M" --prompt-ids "$($HF ids 128)" --prompt-ids "$($HF ids 2048)" \
     --tokens 256 --rounds 3 2>"$D/bench_$engine.err" | python3 -c '
 import json, sys
 for line in sys.stdin:
     d = json.loads(line); d["tokens"] = d["tokens"][:32]; d.pop("prompt_ids")
     print(json.dumps(d), flush=True)' | tee "$D/bench_$engine.jsonl" | cut -c1-200 | tee -a "$R"
-  unset GPUCTL_ENGINE GPUCTL_MATVEC
+  unset GPUCTL_ENGINE
   kill $SMI
   say "$engine bench: VRAM peak MiB $(cut -d, -f2 "$D/bench_vram_$engine.csv" | sort -n | tail -1)"
 done
-pack
+}
+concurrency() {
 say "## concurrency: 8 requests one at a time, then at once; then SIGTERM to GPU free"
 timeout 300 python3 bench/device/concurrency.py "$W/bin/gpuctl-agent" "$M" --requests 8 --max-tokens 128 | tee "$D/concurrency.jsonl" | tee -a "$R"
 
-pack
+}
+eager() {
 say "## transformers eager (dynamic cache)"
 timeout 200 $HF run "$M" --mode eager --prompt-lens 128,2048 --tokens 64 --rounds 2 2>"$D/hf_eager.err" | tee "$D/hf_eager.jsonl" | cut -c1-220 | tee -a "$R"
+}
+
+for step in ${STEPS:-floor model session bench concurrency eager}; do $step; pack; done
 say "# done $(date -u +%FT%TZ)"
 pack
