@@ -9,8 +9,12 @@ it supervised under `gpuctl up` (runtime = "command"); "direct" is a second inst
 same server on its own port. One client (asyncio, raw HTTP/1.1) drives both paths; it
 counts token chunks without parsing JSON, so it stays cheap next to what it measures.
 
-usage: bench/proxy_load.py [--bin target/release] [--tokens 2000] [--rounds 3] [--llama] [--soak N]
+usage: bench/proxy_load.py [--bin target/release] [--tokens 2000] [--rounds 3] [--llama]
+                           [--ttft-samples N] [--soak N]
 
+--ttft-samples N: after the table, N one-stream requests of 16 tokens in a row to each path,
+alternating: time to first token p50/p99 over N samples (the table's one-stream row has only
+one sample a round).
 --soak N: after the table, N more rounds of 64 streams through the agent, the agent's RSS
 after each: whether its memory levels off (a high-water mark) or keeps growing (a leak).
 """
@@ -118,6 +122,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llama", action="store_true")
+    ap.add_argument("--ttft-samples", type=int, default=0, help="one-stream requests in a row, TTFT p50/p99")
     ap.add_argument("--soak", type=int, default=0, help="further rounds of 64 streams, RSS after each")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
@@ -187,10 +192,14 @@ max_tokens = 8
                          pct(ttft["direct"], 99) * 1000, pct(ttft["agent"], 99) * 1000,
                          cpu / (a.rounds * streams * a.tokens) * 1e6))
         rss1 = rss_kib(pid)
+        firsts = {"direct": [], "agent": []}
+        for _ in range(a.ttft_samples):
+            for name, p, tok in (("direct", direct_port, None), ("agent", port, token)):
+                firsts[name] += asyncio.run(load(p, tok, 1, 16))[1]
         soak = []
         for _ in range(a.soak):
             asyncio.run(load(port, token, 64, a.tokens))
-            soak.append(rss_kib(pid) / 1024)
+            soak.append((rss_kib(pid) / 1024, len(os.listdir(f"/proc/{pid}/fd"))))
     finally:
         direct.terminate(); direct.wait()
         subprocess.run([os.path.join(a.bin, "gpuctl"), "down", sid], env=env, capture_output=True)
@@ -202,8 +211,14 @@ max_tokens = 8
     for s, td, ta, d50, a50, d99, a99, us in rows:
         print(f"| {s} | {td:.0f} | {ta:.0f} | {ta / td:.2f}x | {d50:.1f} / {a50:.1f} ms | {d99:.1f} / {a99:.1f} ms | {a99 - d99:+.1f} ms | {us:.1f} µs |")
     print(f"agent RSS: {rss0 / 1024:.1f} MiB after start, {rss1 / 1024:.1f} MiB after {a.rounds * (1 + 16 + 64)} streams")
+    if a.ttft_samples:
+        d50, d99 = pct(firsts["direct"], 50) * 1000, pct(firsts["direct"], 99) * 1000
+        g50, g99 = pct(firsts["agent"], 50) * 1000, pct(firsts["agent"], 99) * 1000
+        print(f"one stream, {a.ttft_samples} requests each: TTFT p50 direct {d50:.2f} / agent {g50:.2f} ms, "
+              f"p99 direct {d99:.2f} / agent {g99:.2f} ms, p99 added {g99 - d99:+.2f} ms")
     if soak:
-        print("agent RSS after each further round of 64 streams (MiB): " + ", ".join(f"{r:.1f}" for r in soak))
+        print("agent RSS (MiB) and open files after each further round of 64 streams: "
+              + ", ".join(f"{r:.1f} ({n})" for r, n in soak))
 
 
 if __name__ == "__main__":

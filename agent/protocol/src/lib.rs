@@ -288,9 +288,12 @@ pub mod child_env {
         "CUDA_HOME",
         "CUDA_PATH",
         "HF_TOKEN",
+        // glibc's allocator tuning (arenas, trim and mmap thresholds) for the agent and its server.
+        "GLIBC_TUNABLES",
     ];
     /// Variables passed on by prefix: locale, CUDA and NVIDIA, Python, the model caches and
-    /// runtimes, the thread pools, gpuctl's own switches.
+    /// runtimes, the thread pools, glibc's allocator (`MALLOC_ARENA_MAX`...), gpuctl's own
+    /// switches.
     const PREFIXES: &[&str] = &[
         "LC_",
         "XDG_",
@@ -310,6 +313,7 @@ pub mod child_env {
         "OPENBLAS_",
         "RAYON_",
         "CANDLE_",
+        "MALLOC_",
         "GPUCTL_",
     ];
     /// Never passed on, whatever the prefix says.
@@ -359,6 +363,8 @@ mod tests {
             "HF_HOME",
             "HF_TOKEN",
             "LC_ALL",
+            "MALLOC_ARENA_MAX",
+            "GLIBC_TUNABLES",
         ] {
             assert!(allowed(keep), "{keep}");
         }
