@@ -4,7 +4,7 @@
 # falls back, and tokens/s on GPU against the same model on CPU. Everything comes back as
 # one archive in $OUT.
 #
-# Carried in .device/ (see bench/device/README.md for how it is made): bin/gpuctl-agent.xz
+# Carried in .device/ (bench/device/prepare.sh makes them): bin/gpuctl-agent.xz
 # (built with --features cuda, stripped), bin/gpuctl.xz, and assets/ (tokenizer.json and
 # tokenizer_config.json from `gpuctl-agent export-tokenizer`).
 set -uo pipefail

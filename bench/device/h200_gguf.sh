@@ -15,14 +15,7 @@ W=/tmp/h200b
 P=/tmp/persist
 . bench/device/unpack.sh
 mkdir -p "$P" && cp .device/gguf.part* "$P/" 2>/dev/null
-export GPUCTL_HOME=$W/home PYTHONUNBUFFERED=1
-# At most 8 files come back: everything goes to $D, packed into $OUT after every step
-# (a run cut off at its limit still returns what it had).
-D=$W/results; mkdir -p "$D"; R=$D/report.md
-pack() { tar -czf "$OUT/results.tgz" -C "$D" . && cp "$R" "$OUT/report.md"; }
-say() { echo "$*" | tee -a "$R"; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-HF="python3 bench/device/hf_bench.py"
+. bench/device/results_helpers.sh
 
 say "# H200 run 2, $(date -u +%FT%TZ)"
 pack
