@@ -204,7 +204,7 @@ fn native_engine(
     device: &Device,
     path: &Path,
 ) -> anyhow::Result<Option<NativeLlama>> {
-    if !device.is_cpu() || std::env::var("GPUCTL_ENGINE").is_ok_and(|e| e == "candle") {
+    if !device.is_cpu() || candle_forced() {
         return Ok(None);
     }
     let level = KernelLevel::from_env()?;
@@ -230,6 +230,12 @@ fn native_engine(
             Ok(None)
         }
     }
+}
+
+/// `GPUCTL_ENGINE=candle`: candle-transformers' own models serve, not gpuctl's engines
+/// (the native CPU engine for GGUF, the decoder for safetensors).
+pub(super) fn candle_forced() -> bool {
+    std::env::var("GPUCTL_ENGINE").is_ok_and(|e| e == "candle")
 }
 
 fn device_name(device: &Device) -> &'static str {

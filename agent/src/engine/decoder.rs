@@ -87,7 +87,7 @@ struct Layer {
     mlp_norm: Tensor,
     gate_up: Tensor,
     down: Tensor,
-    /// Keys and values, `[1, kv_heads, capacity, head_dim]`; positions past `Decoder::len`
+    /// Keys and values, `[1, kv_heads, capacity, head_dim]`; positions past the current one
     /// hold stale values that no query reads.
     k_cache: Tensor,
     v_cache: Tensor,
@@ -154,7 +154,6 @@ impl Decoder {
             let gate = mlp.get((shape.intermediate, shape.hidden), "gate_proj.weight")?;
             let up = mlp.get((shape.intermediate, shape.hidden), "up_proj.weight")?;
             let gate_up = Tensor::cat(&[&gate, &up], 0)?;
-            drop((q, k, v, gate, up));
             let empty = Tensor::zeros((1, shape.kv_heads, 0, hd), dtype, &device)?;
             layers.push(Layer {
                 attn_norm: l.get(shape.hidden, "input_layernorm.weight")?,
@@ -281,31 +280,25 @@ impl Decoder {
         let kvd = kv_heads * hd;
         for l in &mut self.layers {
             let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
-            // One token: one matmul for q, k and v (launches decide decode). A prompt: three,
-            // so that each output is contiguous.
-            let (mut q, mut k, mut v) = if t == 1 {
-                let qkv = linear(&h, &l.qkv)?;
-                let qkv = match &l.qkv_bias {
-                    Some(b) => qkv.broadcast_add(b)?,
-                    None => qkv,
-                };
-                (
-                    qkv.narrow(1, 0, s.hidden)?,
-                    qkv.narrow(1, s.hidden, kvd)?,
-                    qkv.narrow(1, s.hidden + kvd, kvd)?,
-                )
+            // One token: one matmul (and one bias add) for q, k and v, since launches decide
+            // decode. A prompt: one each, so that each output is contiguous.
+            let parts = [(0, s.hidden), (s.hidden, kvd), (s.hidden + kvd, kvd)];
+            let [q, k, v] = if t == 1 {
+                let mut qkv = linear(&h, &l.qkv)?;
+                if let Some(b) = &l.qkv_bias {
+                    qkv = qkv.broadcast_add(b)?;
+                }
+                parts.map(|(start, len)| qkv.narrow(1, start, len))
             } else {
-                (
-                    linear_rows(&h, &l.qkv, 0, s.hidden)?,
-                    linear_rows(&h, &l.qkv, s.hidden, kvd)?,
-                    linear_rows(&h, &l.qkv, s.hidden + kvd, kvd)?,
-                )
+                parts.map(|(start, len)| {
+                    let y = linear_rows(&h, &l.qkv, start, len)?;
+                    match &l.qkv_bias {
+                        Some(b) => y.broadcast_add(&b.narrow(0, start, len)?),
+                        None => Ok(y),
+                    }
+                })
             };
-            if let (Some(b), true) = (&l.qkv_bias, t > 1) {
-                q = q.broadcast_add(&b.narrow(0, 0, s.hidden)?)?;
-                k = k.broadcast_add(&b.narrow(0, s.hidden, kvd)?)?;
-                v = v.broadcast_add(&b.narrow(0, s.hidden + kvd, kvd)?)?;
-            }
+            let (q, k, v) = (q?, k?, v?);
             let q = q.reshape((1, t, s.heads, hd))?;
             let k = k.reshape((1, t, kv_heads, hd))?;
             let v = v.reshape((1, t, kv_heads, hd))?;
@@ -349,16 +342,17 @@ impl Decoder {
                 .reshape((t, s.hidden))?;
             x = (x + linear(&attn, &l.o)?)?;
             let h = candle_nn::ops::rms_norm(&x, &l.mlp_norm, eps)?;
-            let act = if t == 1 {
+            let n = s.intermediate;
+            let (gate, up) = if t == 1 {
                 let gu = linear(&h, &l.gate_up)?;
-                let gate = gu.narrow(1, 0, s.intermediate)?;
-                let up = gu.narrow(1, s.intermediate, s.intermediate)?;
-                (candle_nn::ops::silu(&gate)? * up)?
+                (gu.narrow(1, 0, n)?, gu.narrow(1, n, n)?)
             } else {
-                let gate = linear_rows(&h, &l.gate_up, 0, s.intermediate)?;
-                let up = linear_rows(&h, &l.gate_up, s.intermediate, s.intermediate)?;
-                (candle_nn::ops::silu(&gate)? * up)?
+                (
+                    linear_rows(&h, &l.gate_up, 0, n)?,
+                    linear_rows(&h, &l.gate_up, n, n)?,
+                )
             };
+            let act = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + linear(&act, &l.down)?)?;
         }
         let last = x.narrow(0, t - 1, 1)?;
@@ -383,7 +377,7 @@ pub fn try_load(
     model_type: &str,
     vb: &VarBuilder,
 ) -> anyhow::Result<Option<Decoder>> {
-    if std::env::var("GPUCTL_ENGINE").is_ok_and(|e| e == "candle") {
+    if super::candle::candle_forced() {
         return Ok(None);
     }
     let Some(shape) = Shape::from_config(config, model_type)? else {

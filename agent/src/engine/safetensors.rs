@@ -1,9 +1,10 @@
 //! A llama or qwen2 model from a Hugging Face style folder: config.json, tokenizer.json,
 //! tokenizer_config.json (its chat template) and one or more *.safetensors files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
@@ -38,7 +39,7 @@ fn token_string(v: &Value) -> Option<String> {
 /// What the weights are computed in. On the CPU f32 (candle's CPU kernels are fastest
 /// there); on a GPU the checkpoint's own floating type, so a bf16 7B model takes 15 GB of
 /// VRAM, not 30. `GPUCTL_DTYPE=f32|bf16|f16` overrides both.
-fn serving_dtype(files: &[PathBuf], device: &Device) -> anyhow::Result<DType> {
+fn serving_dtype(checkpoint: Option<DType>, device: &Device) -> anyhow::Result<DType> {
     if let Ok(name) = std::env::var("GPUCTL_DTYPE") {
         return match name.as_str() {
             "f32" => Ok(DType::F32),
@@ -52,46 +53,19 @@ fn serving_dtype(files: &[PathBuf], device: &Device) -> anyhow::Result<DType> {
     if device.is_cpu() {
         return Ok(DType::F32);
     }
-    Ok(checkpoint_dtype(&files[0])?.unwrap_or(DType::F32))
+    Ok(checkpoint.unwrap_or(DType::F32))
 }
 
-/// The floating type of the first floating tensor in a safetensors file, read from its
-/// JSON header alone (8 bytes of length, then the header).
-fn checkpoint_dtype(file: &Path) -> anyhow::Result<Option<DType>> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .with_context(|| format!("{} is not a safetensors file", file.display()))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        bail!(
-            "{}: a header of {len} bytes is not a safetensors header",
-            file.display()
-        );
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .with_context(|| format!("{}: the header is cut short", file.display()))?;
-    let header: Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: the header is not JSON", file.display()))?;
-    let found = header
-        .as_object()
-        .into_iter()
-        .flatten()
-        .find_map(|(name, t)| {
-            if name == "__metadata__" {
-                return None;
-            }
-            match t["dtype"].as_str()? {
-                "BF16" => Some(DType::BF16),
-                "F16" => Some(DType::F16),
-                "F32" | "F64" => Some(DType::F32),
-                _ => None,
-            }
-        });
-    Ok(found)
+/// The floating type of the checkpoint's first floating tensor (f64 served as f32).
+fn checkpoint_dtype(weights: &MmapedSafetensors) -> Option<DType> {
+    weights.tensors().into_iter().find_map(|(_, view)| {
+        match DType::try_from(view.dtype()).ok()? {
+            DType::BF16 => Some(DType::BF16),
+            DType::F16 => Some(DType::F16),
+            DType::F32 | DType::F64 => Some(DType::F32),
+            _ => None,
+        }
+    })
 }
 
 /// transformers 5 writes `rope_theta` inside `rope_parameters` and a null `sliding_window`
@@ -176,20 +150,21 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Loaded> {
     if files.is_empty() {
         bail!("{} holds no *.safetensors file", dir.display());
     }
-    let dtype = serving_dtype(&files, &device)?;
     // SAFETY: the weight files are mapped read-only and must not change while they are
     // served; a model folder is written once, before `up`, and never edited in place.
     #[allow(unsafe_code)]
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+    let weights = unsafe { MmapedSafetensors::multi(&files) }
         .with_context(|| format!("cannot map the *.safetensors files in {}", dir.display()))?;
+    let dtype = serving_dtype(checkpoint_dtype(&weights), &device)?;
+    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
     let context_length = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
     let decoder = match model_type.as_str() {
         "llama" | "qwen2" => super::decoder::try_load(&config, &model_type, &vb)?,
         _ => None,
     };
-    let net = match model_type.as_str() {
-        _ if decoder.is_some() => Net::Decoder(Box::new(decoder.context("checked above")?)),
-        "llama" => {
+    let net = match (decoder, model_type.as_str()) {
+        (Some(decoder), _) => Net::Decoder(Box::new(decoder)),
+        (None, "llama") => {
             let cfg: llama::LlamaConfig = serde_json::from_value(config.clone())
                 .context("config.json is not a llama config")?;
             let cfg = cfg.into_config(false);
@@ -202,14 +177,14 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Loaded> {
                 dtype,
             }))
         }
-        "qwen2" => {
+        (None, "qwen2") => {
             let cfg: qwen2::Config = serde_json::from_value(config.clone())
                 .context("config.json is not a qwen2 config")?;
             Net::Qwen2(Box::new(
                 qwen2::ModelForCausalLM::new(&cfg, vb).context("cannot load the qwen2 weights")?,
             ))
         }
-        other => bail!(
+        (None, other) => bail!(
             "{}: model_type {other:?} is not served by candle here (llama and qwen2 are)",
             dir.display()
         ),
@@ -424,13 +399,17 @@ mod tests {
         let t = Tensor::zeros((2, 2), DType::BF16, &Device::Cpu).expect("zeros");
         w.insert("model.norm.weight".to_string(), t);
         candle_core::safetensors::save(&w, &file).expect("save");
-        assert_eq!(checkpoint_dtype(&file).expect("header"), Some(DType::BF16));
+        #[allow(unsafe_code)]
+        // SAFETY: the test's own file, not changed while mapped.
+        let map = |f: &Path| unsafe { MmapedSafetensors::new(f) };
+        let bf16 = checkpoint_dtype(&map(&file).expect("header"));
+        assert_eq!(bf16, Some(DType::BF16));
         assert_eq!(
-            serving_dtype(std::slice::from_ref(&file), &Device::Cpu).expect("dtype"),
+            serving_dtype(bf16, &Device::Cpu).expect("dtype"),
             DType::F32
         );
         std::fs::write(&file, b"\x05\0\0\0\0\0\0\0{}").expect("write");
-        assert!(checkpoint_dtype(&file).is_err(), "a cut-short header");
+        assert!(map(&file).is_err(), "a cut-short header");
     }
 
     #[test]
