@@ -37,8 +37,8 @@ fn token_string(v: &Value) -> Option<String> {
 }
 
 /// What the weights are computed in. On the CPU f32 (candle's CPU kernels are fastest
-/// there); on a GPU the checkpoint's own floating type, so a bf16 7B model takes 15 GB of
-/// VRAM, not 30. `GPUCTL_DTYPE=f32|bf16|f16` overrides both.
+/// there); on a GPU the checkpoint's own floating type, so a bf16 7B model takes half the
+/// VRAM of f32. `GPUCTL_DTYPE=f32|bf16|f16` overrides both.
 fn serving_dtype(checkpoint: Option<DType>, device: &Device) -> anyhow::Result<DType> {
     if let Ok(name) = std::env::var("GPUCTL_DTYPE") {
         return match name.as_str() {
