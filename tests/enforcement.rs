@@ -27,7 +27,12 @@ impl Guard {
         Pid::from_raw(self.0.id() as i32)
     }
 
+    /// SIGKILL a process the test needs alive up to now: one that already ended (its
+    /// deadline came before the test got here) would make the rest of the test meaningless.
     fn sigkill(&mut self) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            panic!("the process ended ({status}) before the test could kill it: its deadline came first");
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -117,7 +122,7 @@ fn proof(s: &serde_json::Value) -> serde_json::Value {
 fn up_killed_the_daemon_stops_the_session_at_its_deadline_with_proof() {
     let ctx = Ctx::new();
     let port = free_port();
-    let plan = plan_stopping_in(&ctx, port, 25, "plan.toml");
+    let plan = plan_stopping_in(&ctx, port, 35, "plan.toml");
     let (mut up, id) = up_until_serving(&ctx, &plan);
     up.sigkill();
     let ls = ctx.run(["ls"]);
@@ -159,8 +164,8 @@ fn up_killed_the_daemon_stops_the_session_at_its_deadline_with_proof() {
 fn a_daemon_killed_and_started_again_rearms_every_live_session() {
     let ctx = Ctx::new();
     let (p1, p2) = (free_port(), free_port());
-    let (mut up1, id1) = up_until_serving(&ctx, &plan_stopping_in(&ctx, p1, 45, "a.toml"));
-    let (mut up2, id2) = up_until_serving(&ctx, &plan_stopping_in(&ctx, p2, 50, "b.toml"));
+    let (mut up1, id1) = up_until_serving(&ctx, &plan_stopping_in(&ctx, p1, 75, "a.toml"));
+    let (mut up2, id2) = up_until_serving(&ctx, &plan_stopping_in(&ctx, p2, 80, "b.toml"));
     up1.sigkill();
     up2.sigkill();
     let mut first = start_daemon(&ctx, "daemon-1.log");
@@ -200,7 +205,7 @@ fn a_daemon_killed_and_started_again_rearms_every_live_session() {
 fn with_up_and_daemon_both_dead_the_agent_stops_alone_and_the_next_daemon_confirms() {
     let ctx = Ctx::new();
     let port = free_port();
-    let (mut up, id) = up_until_serving(&ctx, &plan_stopping_in(&ctx, port, 20, "plan.toml"));
+    let (mut up, id) = up_until_serving(&ctx, &plan_stopping_in(&ctx, port, 30, "plan.toml"));
     up.sigkill();
     let deadline = chrono::DateTime::parse_from_rfc3339(
         status(&ctx, &id)["session"]["deadline"]
