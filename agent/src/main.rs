@@ -12,6 +12,7 @@ mod envreport;
 mod fetch;
 mod gpu;
 mod log;
+mod memory;
 mod metrics;
 mod reqlog;
 mod serve;

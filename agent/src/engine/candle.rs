@@ -266,6 +266,7 @@ impl CandleModel {
     pub fn load(path: &Path) -> anyhow::Result<CandleModel> {
         if path.is_dir() {
             let l = super::safetensors::load(path)?;
+            crate::memory::release_free_heap();
             return Ok(CandleModel {
                 weights: l.net,
                 tokenizer: l.tokenizer,
@@ -335,6 +336,7 @@ impl CandleModel {
                 },
             )),
         };
+        crate::memory::release_free_heap();
         Ok(CandleModel {
             weights,
             tokenizer,
