@@ -6,8 +6,10 @@ default, so N copies oversubscribe the CPU N times.
 
 usage: bench/cpu_contention.py [--copies 1,2,6] [--hogs 1] [--tokens 64] [--rounds 3]
                                [--agent target/release/gpuctl-agent ...] [--no-llamacpp]
-`--agent` may be given several times (say, two builds to compare). llama.cpp is the tests'
-portable build (scripts/install-test-deps.sh), run through bench/cpu_decode.py's child mode.
+`--agent` may be given several times (say, two builds to compare). Run it with the tests'
+Python (scripts/install-test-deps.sh): the prompt's token ids come from llama.cpp's
+tokenizer, and llama.cpp is the tests' portable build, run through bench/cpu_decode.py's
+child mode.
 Prints a Markdown table; raw runs go to bench/results/cpu_contention.json.
 """
 import argparse, json, os, statistics, subprocess, sys, time
@@ -61,8 +63,10 @@ def main():
     ap.add_argument("--no-llamacpp", action="store_true")
     a = ap.parse_args()
     a.agent = [os.path.abspath(p) for p in (a.agent or [os.path.join(ROOT, "target", "release", "gpuctl-agent")])]
-    ids = cpu_decode.prompt_ids() if not a.no_llamacpp else [1, 9690, 198, 2683, 359, 253, 5356, 5646]
-    cases = [(int(c), 0) for c in a.copies.split(",")] + ([(1, a.hogs)] if a.hogs else [])
+    ids = cpu_decode.prompt_ids()
+    # One copy alone is always measured: every row is compared with it.
+    copies = sorted({1} | {int(c) for c in a.copies.split(",")})
+    cases = [(c, 0) for c in copies] + ([(1, a.hogs)] if a.hogs else [])
     cmds = engine_cmds(a, ids)
     runs = {name: {} for name, _ in cmds}
     for r in range(a.rounds):
@@ -76,7 +80,7 @@ def main():
     print("| engine | at once | busy loops | decode tok/s, each (median) | all together | vs alone |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, by_case in runs.items():
-        alone = statistics.median(statistics.median(x) for x in by_case.get("1x0", [[float("nan")]]))
+        alone = statistics.median(statistics.median(x) for x in by_case["1x0"])
         for copies, hogs in cases:
             rounds = by_case[f"{copies}x{hogs}"]
             each = statistics.median(v for x in rounds for v in x)

@@ -264,9 +264,16 @@ pub fn device() -> anyhow::Result<Device> {
 impl CandleModel {
     /// A GGUF file, or a safetensors folder.
     pub fn load(path: &Path) -> anyhow::Result<CandleModel> {
+        let model = Self::load_from(path);
+        // What the load parsed and dropped (a GGUF's vocabulary, say) goes back to the
+        // system instead of adding to every later peak.
+        crate::memory::release_free_heap();
+        model
+    }
+
+    fn load_from(path: &Path) -> anyhow::Result<CandleModel> {
         if path.is_dir() {
             let l = super::safetensors::load(path)?;
-            crate::memory::release_free_heap();
             return Ok(CandleModel {
                 weights: l.net,
                 tokenizer: l.tokenizer,
@@ -336,7 +343,6 @@ impl CandleModel {
                 },
             )),
         };
-        crate::memory::release_free_heap();
         Ok(CandleModel {
             weights,
             tokenizer,

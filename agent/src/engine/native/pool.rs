@@ -116,7 +116,8 @@ impl Pool {
             }
         }));
         if ours.is_err() {
-            // The share that panicked never counted itself; the rest cannot be claimed.
+            // The share that panicked never counted itself; the shares left are claimed
+            // here and dropped, so that no thread starts them.
             s.done.fetch_add(1, Ordering::Release);
             while let Some(_abandoned) = claim(s) {
                 s.done.fetch_add(1, Ordering::Release);
@@ -164,13 +165,10 @@ fn worker(s: &Shared) {
             if s.generation.load(Ordering::Acquire) != seen {
                 break;
             }
-            if spins < SPIN {
+            // Spin, then yield for a while (timed from the first yield), then park.
+            if spins < SPIN || yielding_since.get_or_insert_with(Instant::now).elapsed() < YIELD_FOR
+            {
                 backoff(&mut spins);
-                continue;
-            }
-            let since = *yielding_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < YIELD_FOR {
-                std::thread::yield_now();
                 continue;
             }
             // Park: announce it first, then re-check under the lock (see `run`).
